@@ -1,0 +1,175 @@
+"""One flat run configuration, its presets, and its JSON file in the run directory.
+
+A run directory holds every stage of one experiment, so the configuration is
+shared by the three stages: the stage-specific learning rates sit side by side
+(``baseline_lr``, ``attention_lr``, ...), there are no nested dicts.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import re
+
+from aaa_keras.errors import RunDirError, UserError
+
+STAGES = ("baseline", "attention", "adversarial")
+OCCLUSION_POINTS = ("conv2", "conv3", "conv4", "conv5")
+BACKBONES = ("resnet50", "tiny_resnet")
+CONFIG_FILE = "config.json"
+
+
+@dataclasses.dataclass
+class RunConfig:
+    """Every setting of a run. Saved as ``config.json`` beside the weights."""
+
+    # === Data ===
+    data: str = ""  # dataset root; "" means the built-in synthetic data
+    image_height: int = 64
+    image_width: int = 32
+    batch_size: int = 16
+    seed: int = 0
+    random_erasing: bool = False  # paper Table 5 comparison (baseline only)
+    random_erasing_probability: float = 0.5
+    # === Model ===
+    backbone: str = "resnet50"
+    backbone_weights: str = ""  # "" = random init, "imagenet", or a path to an .h5 file
+    occlude_after: str = "conv3"  # paper Table 3: conv3 is best
+    dropout: float = 0.5  # paper 4.2: 0.5 Market-1501, 0.6 DukeMTMC-reID
+    attention_filters: int = 256
+    # === Optimisation (paper 4.2) ===
+    epochs: int = 10  # per stage
+    momentum: float = 0.9
+    weight_decay: float = 0.0
+    baseline_lr: float = 1e-3
+    baseline_lr_decay_epochs: int = 2
+    attention_lr: float = 1e-4
+    attention_lr_decay_epochs: int = 3
+    adversarial_lr: float = 1e-4
+    adversarial_lr_decay_epochs: int = 3
+    lr_decay_rate: float = 0.1
+    # === AAA-Net (paper 3.2-3.3, eq. 4) ===
+    grid_size: int = 4  # 4x4 = 16 occlusion cells
+    occluded_fraction: float = 1.0 / 3.0  # stage 3 masks the top third of M_att
+    lambda1: float = 0.3  # weight of L_r in eq. 4
+    lambda2: float = 1.7  # weight of L_att in eq. 4
+    omega: float = 0.04  # gate threshold on p_bf - p_af in eq. 4
+    finetune: bool = True  # stage 3 starts from stage 2's attention branch (Table 4)
+    take_turns: bool = True  # alternate unabridged and occluded steps
+    cells_per_call: int = 16  # occluded copies per tail call; lower it to save memory
+    # === Execution ===
+    jit_compile: bool = False
+    distribute: str = "none"
+    mixed_precision: str = ""  # "", "mixed_float16" or "mixed_bfloat16"
+    steps_per_epoch: int = 0  # 0 = one pass over the training split
+    # === Filled in by the run (not flags) ===
+    preset: str = "demo"
+    num_classes: int = 0
+    dataset_fingerprint: dict = dataclasses.field(default_factory=dict)
+
+    @property
+    def image_size(self) -> tuple[int, int]:
+        return (self.image_height, self.image_width)
+
+    def to_json(self) -> str:
+        return json.dumps(dataclasses.asdict(self), indent=2, sort_keys=True)
+
+    def summary(self) -> str:
+        """A printable, aligned listing of every setting."""
+        items = dataclasses.asdict(self)
+        width = max(len(k) for k in items)
+        return "\n".join(f"  {k:<{width}} = {v}" for k, v in items.items())
+
+
+PRESETS: dict[str, dict] = {
+    # Runs all three stages end to end on 2 CPU cores in minutes.
+    "demo": dict(image_height=64, image_width=32, batch_size=16, epochs=3),
+    # The paper's settings (section 4.2); meant for a GPU.
+    "paper": dict(image_height=224, image_width=224, batch_size=32, epochs=10),
+}
+
+# Settings that decide the shape or meaning of the weights: a run directory
+# made with other values cannot be continued.
+WEIGHT_DEFINING_KEYS = (
+    "image_height", "image_width", "backbone", "occlude_after", "attention_filters",
+    "num_classes", "dataset_fingerprint",
+)
+
+
+def make_config(preset: str = "demo", **overrides) -> RunConfig:
+    """Presets first, then explicit overrides (``None`` values are ignored)."""
+    if preset not in PRESETS:
+        raise UserError(f"--preset: unknown preset {preset!r}; expected one of {sorted(PRESETS)}")
+    values = dict(PRESETS[preset], preset=preset)
+    values.update({k: v for k, v in overrides.items() if v is not None})
+    config = RunConfig(**values)
+    validate(config)
+    return config
+
+
+def validate(config: RunConfig) -> None:
+    if config.backbone not in BACKBONES:
+        raise UserError(f"--backbone: unknown backbone {config.backbone!r}; expected one of {BACKBONES}")
+    if config.occlude_after not in OCCLUSION_POINTS:
+        raise UserError(
+            f"--occlude-after: got {config.occlude_after!r}; expected one of {OCCLUSION_POINTS}")
+    for name in ("image_height", "image_width", "batch_size", "epochs"):
+        if getattr(config, name) < 1:
+            raise UserError(f"{name} must be a positive integer, got {getattr(config, name)}")
+    if not 0.0 <= config.dropout < 1.0:
+        raise UserError(f"--dropout must be in [0, 1), got {config.dropout}")
+    if not 0.0 < config.occluded_fraction < 1.0:
+        raise UserError(f"occluded_fraction must be in (0, 1), got {config.occluded_fraction}")
+    if config.grid_size ** 2 % max(config.cells_per_call, 1) != 0 or config.cells_per_call < 1:
+        raise UserError(
+            f"--cells-per-call must divide {config.grid_size ** 2}, got {config.cells_per_call}")
+    if config.distribute not in ("none", "mirrored", "multiworker"):
+        raise UserError(
+            f"--distribute: got {config.distribute!r}; expected none, mirrored or multiworker")
+    if config.mixed_precision not in ("", "mixed_float16", "mixed_bfloat16"):
+        raise UserError(f"--mixed-precision: got {config.mixed_precision!r}; expected "
+                        "mixed_float16 or mixed_bfloat16")
+
+
+def parse_image_size(text: str) -> tuple[int, int]:
+    """``"256x128"`` -> ``(256, 128)``; a clear error for anything else."""
+    match = re.fullmatch(r"\s*(\d+)\s*[xX]\s*(\d+)\s*", text or "")
+    if not match or int(match.group(1)) < 1 or int(match.group(2)) < 1:
+        raise UserError(f"--image-size: expected HEIGHTxWIDTH such as 256x128, got {text!r}")
+    return int(match.group(1)), int(match.group(2))
+
+
+def save_config(config: RunConfig, run_dir: str) -> None:
+    path = os.path.join(run_dir, CONFIG_FILE)
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        f.write(config.to_json() + "\n")
+    os.replace(tmp, path)
+
+
+def load_config(run_dir: str) -> RunConfig:
+    path = os.path.join(run_dir, CONFIG_FILE)
+    if not os.path.isfile(path):
+        raise RunDirError(f"--run-dir: {run_dir} has no {CONFIG_FILE}; train a stage there first "
+                          f"with `python cli.py fit --stage baseline --run-dir {run_dir}`")
+    try:
+        with open(path) as f:
+            values = json.load(f)
+    except (OSError, json.JSONDecodeError) as error:
+        raise RunDirError(f"{path}: cannot read the run configuration ({error})") from None
+    known = {f.name for f in dataclasses.fields(RunConfig)}
+    return RunConfig(**{k: v for k, v in values.items() if k in known})
+
+
+def check_compatible(saved: RunConfig, requested: RunConfig, run_dir: str) -> None:
+    """Refuse to continue a run directory made for another dataset or model shape."""
+    differences = [
+        f"{key}: run dir has {getattr(saved, key)!r}, requested {getattr(requested, key)!r}"
+        for key in WEIGHT_DEFINING_KEYS
+        if getattr(saved, key) != getattr(requested, key)
+    ]
+    if differences:
+        raise RunDirError(
+            f"--run-dir {run_dir} was made for another configuration ("
+            + "; ".join(differences) + "); use a new --run-dir or the original settings")

@@ -1,0 +1,75 @@
+"""``tf.data`` input pipelines: decode, resize, augment, batch, prefetch.
+
+Images leave the pipeline as float32 RGB in 0-255; the ImageNet
+normalisation ResNet-50 expects is the first layer of the model
+(``ImageNetPreprocessing``), so training, evaluation and every export feed
+the same pixels.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import tensorflow as tf
+import keras
+
+from aaa_keras.errors import DatasetError
+
+AUTOTUNE = tf.data.AUTOTUNE
+
+
+def decode_image(path_or_bytes, image_size, from_bytes: bool = False):
+    """File path (or encoded bytes) -> float32 ``(H, W, 3)`` in 0-255, bilinear resize."""
+    data = path_or_bytes if from_bytes else tf.io.read_file(path_or_bytes)
+    image = tf.io.decode_image(data, channels=3, expand_animations=False)
+    image = tf.image.resize(tf.cast(image, tf.float32), image_size, method="bilinear")
+    return tf.clip_by_value(image, 0.0, 255.0)
+
+
+def _pad_crop_flip(image, seed, image_size, padding):
+    """Random horizontal flip + zero-pad-and-random-crop, stateless for a given seed."""
+    height, width = image_size
+    seeds = tf.random.experimental.stateless_split(seed, num=2)
+    image = tf.image.stateless_random_flip_left_right(image, seed=seeds[0])
+    image = tf.image.pad_to_bounding_box(image, padding, padding, height + 2 * padding,
+                                         width + 2 * padding)
+    return tf.image.stateless_random_crop(image, (height, width, 3), seed=seeds[1])
+
+
+def train_dataset(paths, labels, image_size, batch_size: int, seed: int = 0,
+                  random_erasing_probability: float = 0.0, repeat: bool = True) -> tf.data.Dataset:
+    """Shuffled, augmented, batched training pairs ``(images, labels)``.
+
+    Augmentation: random flip and pad-crop (padding 1/16 of the height, 16 px
+    at 256x128 as in common re-ID baselines); with
+    ``random_erasing_probability`` > 0, ``keras.layers.RandomErasing`` at that
+    fixed probability (paper Table 5's comparison).
+    """
+    if len(paths) < batch_size:
+        raise DatasetError(
+            f"the training split has {len(paths)} images, fewer than --batch-size {batch_size}; "
+            "lower --batch-size or add images")
+    padding = max(1, image_size[0] // 16)
+    pairs = tf.data.Dataset.from_tensor_slices((np.asarray(paths), np.asarray(labels, np.int32)))
+    pairs = pairs.shuffle(len(paths), seed=seed, reshuffle_each_iteration=True)
+    if repeat:
+        pairs = pairs.repeat()
+    seeds = tf.data.Dataset.random(seed=seed).batch(2)
+    dataset = tf.data.Dataset.zip((pairs, seeds)).map(
+        lambda pair, s: (_pad_crop_flip(decode_image(pair[0], image_size), s, image_size, padding),
+                         pair[1]),
+        num_parallel_calls=AUTOTUNE)
+    dataset = dataset.batch(batch_size, drop_remainder=True)
+    if random_erasing_probability > 0:
+        erasing = keras.layers.RandomErasing(
+            factor=(random_erasing_probability, random_erasing_probability),
+            value_range=(0, 255), seed=seed)
+        dataset = dataset.map(lambda x, y: (erasing(x, training=True), y),
+                              num_parallel_calls=AUTOTUNE)
+    return dataset.prefetch(AUTOTUNE)
+
+
+def eval_dataset(paths, image_size, batch_size: int = 64) -> tf.data.Dataset:
+    """Images only, in the given order, no augmentation."""
+    dataset = tf.data.Dataset.from_tensor_slices(np.asarray(paths))
+    dataset = dataset.map(lambda p: decode_image(p, image_size), num_parallel_calls=AUTOTUNE)
+    return dataset.batch(batch_size).prefetch(AUTOTUNE)

@@ -1,0 +1,142 @@
+"""CMC, mAP and mINP under the standard Market-1501 protocol, vectorised.
+
+For each query the gallery is sorted by distance (stable sort: ties keep
+gallery order); entries with the query's person id *and* camera are removed,
+and so is junk (pid ``-1``); distractors (pid ``0``) stay as wrong matches. A
+query with no true match left is skipped. Queries are processed in chunks so
+only ``chunk_size x num_gallery`` sort indices exist at any time.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from aaa_keras.errors import UserError
+
+JUNK_PID = -1
+
+
+def evaluate_rank(
+    distmat,
+    q_pids,
+    g_pids,
+    q_camids,
+    g_camids,
+    max_rank: int = 50,
+    chunk_size: int = 256,
+) -> dict:
+    """Evaluate a query x gallery distance matrix.
+
+    Returns ``{"cmc": float array (max_rank,), "mAP": float, "mINP": float,
+    "num_valid": int}`` with fractions in [0, 1]. ``cmc[k]`` is the fraction of
+    valid queries whose first true match is within the top ``k + 1``; past the
+    end of the gallery it stays at its last value. The mINP of a query is
+    ``num_true_matches / rank_of_hardest_true_match``.
+    """
+    distmat, q_pids, g_pids, q_camids, g_camids = _validated_inputs(
+        distmat, q_pids, g_pids, q_camids, g_camids
+    )
+    _check_positive_int(max_rank, "max_rank")
+    _check_positive_int(chunk_size, "chunk_size")
+
+    first_ranks, average_precisions, inverse_penalties = [], [], []
+    for start in range(0, len(q_pids), chunk_size):
+        stop = start + chunk_size
+        chunk = _evaluate_chunk(
+            distmat[start:stop], q_pids[start:stop], q_camids[start:stop], g_pids, g_camids
+        )
+        first_ranks.append(chunk["first_rank"])
+        average_precisions.append(chunk["average_precision"])
+        inverse_penalties.append(chunk["inverse_penalty"])
+
+    first_rank = np.concatenate(first_ranks)
+    num_valid = len(first_rank)
+    if num_valid == 0:
+        raise UserError(
+            f"No query has a true match in another camera: all {len(q_pids)} queries "
+            "were skipped after removing same-camera matches and junk (pid -1). "
+            "Check that query person ids appear in the gallery under other cameras."
+        )
+    cmc = _cumulative_match_curve(first_rank, max_rank)
+    return {
+        "cmc": cmc,
+        "mAP": float(np.concatenate(average_precisions).mean()),
+        "mINP": float(np.concatenate(inverse_penalties).mean()),
+        "num_valid": int(num_valid),
+    }
+
+
+def _evaluate_chunk(distances, q_pids, q_camids, g_pids, g_camids) -> dict:
+    """Per-query first-match rank, AP and INP for the valid queries of a chunk."""
+    if np.isnan(distances).any():
+        raise UserError("distmat contains NaN values; distances must be numbers (inf is allowed).")
+    order = np.argsort(distances, axis=1, kind="stable")
+    ranked_pids = g_pids[order]
+    same_pid = ranked_pids == q_pids[:, None]
+    same_camera = g_camids[order] == q_camids[:, None]
+    del order
+    keep = ~((same_pid & same_camera) | (ranked_pids == JUNK_PID))
+    del ranked_pids, same_camera
+    matches = same_pid & keep
+    del same_pid
+
+    # 1-based rank among the kept gallery entries, meaningful where keep is True.
+    kept_rank = np.cumsum(keep, axis=1, dtype=np.int32)
+    del keep
+    num_matches = np.count_nonzero(matches, axis=1)
+    valid = num_matches > 0
+    matches, kept_rank, num_matches = matches[valid], kept_rank[valid], num_matches[valid]
+
+    rows, cols = np.nonzero(matches)  # row-major: each row's matches in rank order
+    match_ranks = kept_rank[rows, cols].astype(np.float64)
+    row_starts = np.searchsorted(rows, np.arange(len(num_matches)))
+    match_number = np.arange(1, len(rows) + 1) - row_starts[rows]  # j-th match of its row
+    precision_sums = np.bincount(rows, weights=match_number / match_ranks, minlength=len(num_matches))
+    last_match_rank = match_ranks[row_starts + num_matches - 1]
+    return {
+        "first_rank": match_ranks[row_starts].astype(np.int64),
+        "average_precision": precision_sums / num_matches,
+        "inverse_penalty": num_matches / last_match_rank,
+    }
+
+
+def _cumulative_match_curve(first_rank: np.ndarray, max_rank: int) -> np.ndarray:
+    """Fraction of queries whose first true match is at rank <= 1..max_rank."""
+    hits_at_rank = np.bincount(np.minimum(first_rank, max_rank + 1) - 1, minlength=max_rank + 1)
+    return np.cumsum(hits_at_rank[:max_rank]) / len(first_rank)
+
+
+def _validated_inputs(distmat, q_pids, g_pids, q_camids, g_camids):
+    distmat = np.asarray(distmat)
+    if distmat.ndim != 2:
+        raise UserError(
+            f"distmat must be a 2-D (num_query, num_gallery) array; received shape {distmat.shape}."
+        )
+    if not np.issubdtype(distmat.dtype, np.number) or np.issubdtype(distmat.dtype, np.complexfloating):
+        raise UserError(f"distmat must hold real numbers; received dtype {distmat.dtype}.")
+    num_query, num_gallery = distmat.shape
+    q_pids = _label_vector(q_pids, "q_pids", num_query, "rows")
+    q_camids = _label_vector(q_camids, "q_camids", num_query, "rows")
+    g_pids = _label_vector(g_pids, "g_pids", num_gallery, "columns")
+    g_camids = _label_vector(g_camids, "g_camids", num_gallery, "columns")
+    return distmat, q_pids, g_pids, q_camids, g_camids
+
+
+def _label_vector(values, name: str, expected_length: int, axis_name: str) -> np.ndarray:
+    array = np.asarray(values)
+    if array.ndim != 1:
+        raise UserError(f"{name} must be a 1-D array; received shape {array.shape}.")
+    if len(array) != expected_length:
+        raise UserError(
+            f"{name} has {len(array)} entries but distmat has {expected_length} {axis_name}; "
+            "they must match one to one."
+        )
+    if len(array) and not np.issubdtype(array.dtype, np.integer):
+        if not np.issubdtype(array.dtype, np.floating) or not np.all(array == np.round(array)):
+            raise UserError(f"{name} must hold integer ids; received dtype {array.dtype}.")
+    return array.astype(np.int64, copy=False)
+
+
+def _check_positive_int(value, name: str) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+        raise UserError(f"{name} must be a positive integer; received {value!r}.")

@@ -1,0 +1,29 @@
+"""The attention branch of paper 3.2: a few stacked convolutions on ``f`` -> ``M_att``."""
+
+from __future__ import annotations
+
+import keras
+from keras import layers
+
+
+def build_attention_branch(feature_shape, filters: int = 256, seed: int | None = None) -> keras.Model:
+    """``f (H, W, C)`` -> ``M_att (H, W, 1)``, linear output, same spatial size as ``f``.
+
+    Two 3x3 conv-BN-ReLU blocks then a 1x1 convolution to one channel (SPEC
+    section 2). The attention map is computed in float32 whatever the mixed
+    precision policy, because the losses of eq. 2-3 sum over all positions.
+    """
+    # === Layers ===
+    init = lambda offset: keras.initializers.HeNormal(seed=None if seed is None else seed + offset)
+    features = keras.Input(feature_shape, name="feature_map")
+    x = features
+    for i in (1, 2):
+        x = layers.Conv2D(filters, 3, padding="same", use_bias=False, kernel_initializer=init(i),
+                          name=f"attention_conv{i}")(x)
+        x = layers.BatchNormalization(name=f"attention_bn{i}")(x)
+        x = layers.Activation("relu", name=f"attention_relu{i}")(x)
+    attention_map = layers.Conv2D(
+        1, 1, kernel_initializer=keras.initializers.GlorotUniform(seed=None if seed is None else seed),
+        dtype="float32", name="attention_map")(x)
+    # === Functional Model ===
+    return keras.Model(features, attention_map, name="attention_branch")

@@ -1,0 +1,90 @@
+"""Occlusion of feature maps: the 4x4 grid search of paper 3.2 and the top-third mask of 3.3.
+
+Shapes: ``f`` is ``(B, H, W, C)``; masks and attention maps are ``(B, H, W, 1)``.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import tensorflow as tf
+
+
+def grid_cells(height: int, width: int, grid_size: int = 4) -> np.ndarray:
+    """Indicator maps of the ``grid_size**2`` non-overlapping cells, ``(K, H, W)`` float32.
+
+    Cell boundaries are ``floor(i * H / grid)``, so uneven sizes are spread
+    evenly and the cells partition the map exactly. On maps smaller than the
+    grid some cells are empty; occluding an empty cell changes nothing.
+    """
+    rows = [i * height // grid_size for i in range(grid_size + 1)]
+    cols = [j * width // grid_size for j in range(grid_size + 1)]
+    cells = np.zeros((grid_size * grid_size, height, width), np.float32)
+    for i in range(grid_size):
+        for j in range(grid_size):
+            cells[i * grid_size + j, rows[i]:rows[i + 1], cols[j]:cols[j + 1]] = 1.0
+    return cells
+
+
+def true_class_probability(logits, labels):
+    """``softmax(logits)[y]`` per row, in float32."""
+    probabilities = tf.nn.softmax(tf.cast(logits, tf.float32), axis=-1)
+    return tf.gather(probabilities, tf.cast(labels, tf.int32), axis=-1, batch_dims=1)
+
+
+def occluded_copies(features, cells):
+    """``(B, H, W, C)`` x ``(K, H, W)`` -> the K occluded copies, ``(B*K, H, W, C)`` sample-major."""
+    keep = tf.cast(1.0 - cells, features.dtype)[None, :, :, :, None]  # (1, K, H, W, 1)
+    copies = features[:, None] * keep  # (B, K, H, W, C)
+    shape = tf.shape(features)
+    return tf.reshape(copies, tf.concat([[-1], shape[1:]], axis=0))
+
+
+def hardest_occlusion(logits_fn, features, labels, grid_size: int = 4, cells_per_call: int | None = None):
+    """The hardest grid occlusion of paper Algorithm 1 (lines 1-4), with no gradient.
+
+    All ``grid_size**2`` occluded copies of ``features`` go through
+    ``logits_fn`` (the frozen tail) in one batched call; with
+    ``cells_per_call`` < K they go in K / cells_per_call calls of that many
+    cells each (a memory knob, never a loop per cell).
+
+    Returns ``(m_occ, cell_probabilities, hardest_cell)``: the target map
+    ``M_occ`` ``(B, H, W, 1)`` (1 inside cell ``k*``), the true-class
+    probability of every occluded copy ``(B, K)``, and ``k* = argmin_k p_k``
+    ``(B,)`` (the first cell on ties).
+    """
+    features = tf.stop_gradient(features)
+    height, width = features.shape[1], features.shape[2]
+    cells = tf.constant(grid_cells(height, width, grid_size))
+    num_cells = grid_size * grid_size
+    per_call = cells_per_call or num_cells
+    batch = tf.shape(features)[0]
+    probabilities = []
+    for start in range(0, num_cells, per_call):  # one iteration unless memory-limited
+        group = cells[start:start + per_call]
+        logits = logits_fn(occluded_copies(features, group))
+        group_labels = tf.repeat(labels, group.shape[0])
+        p = true_class_probability(logits, group_labels)
+        probabilities.append(tf.reshape(p, (batch, group.shape[0])))
+    cell_probabilities = tf.concat(probabilities, axis=1)  # (B, K)
+    hardest_cell = tf.argmin(cell_probabilities, axis=1, output_type=tf.int32)
+    m_occ = tf.gather(cells, hardest_cell)[..., None]  # (B, H, W, 1)
+    return tf.stop_gradient(m_occ), tf.stop_gradient(cell_probabilities), hardest_cell
+
+
+def top_fraction_mask(attention_map, fraction: float = 1.0 / 3.0):
+    """The 0-1 mask ``B`` of paper 3.3 / Algorithm 2 line 1, with no gradient.
+
+    0 at the ``ceil(fraction * H * W)`` positions of highest attention per
+    sample, 1 elsewhere. Ties go to the lower flat index (``tf.math.top_k`` is
+    stable), so the mask is deterministic.
+    """
+    height, width = attention_map.shape[1], attention_map.shape[2]
+    positions = height * width
+    k = math.ceil(fraction * positions)
+    flat = tf.reshape(tf.cast(attention_map, tf.float32), (-1, positions))
+    top = tf.math.top_k(flat, k=k, sorted=False).indices  # (B, k)
+    occluded = tf.reduce_sum(tf.one_hot(top, positions, dtype=tf.float32), axis=1)  # (B, HW)
+    mask = tf.reshape(1.0 - occluded, (-1, height, width, 1))
+    return tf.stop_gradient(mask)

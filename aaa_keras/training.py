@@ -1,0 +1,266 @@
+"""Run directories and the three training stages, chained, resumable.
+
+A run directory holds one experiment::
+
+    RUN/config.json                      the RunConfig, shared by the stages
+    RUN/<stage>/network.weights.h5       stem + tail + classifier after the stage
+    RUN/<stage>/attention.weights.h5     the attention branch (stages 2 and 3)
+    RUN/<stage>/log.csv, tensorboard/    per-epoch metrics
+    RUN/<stage>/backup/                  BackupAndRestore state while training
+    RUN/<stage>/done.json                written last: the stage is finished
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import time
+
+import keras
+import tensorflow as tf
+
+from aaa_keras import config as config_lib
+from aaa_keras.config import STAGES, RunConfig
+from aaa_keras.data.names import ReidDataset, dataset_fingerprint, load_dataset
+from aaa_keras.data.pipeline import train_dataset
+from aaa_keras.errors import RunDirError, UserError
+from aaa_keras.model.attention import build_attention_branch
+from aaa_keras.model.backbone import ReidParts, build_parts
+from aaa_keras.model.stages import AdversarialModel, AttentionAssignmentModel, BaselineModel
+
+NETWORK_WEIGHTS = "network.weights.h5"
+ATTENTION_WEIGHTS = "attention.weights.h5"
+DONE_FILE = "done.json"
+
+
+# === Run directory ===
+
+def stage_dir(run_dir: str, stage: str) -> str:
+    return os.path.join(run_dir, stage)
+
+
+def stage_is_done(run_dir: str, stage: str) -> bool:
+    return os.path.isfile(os.path.join(stage_dir(run_dir, stage), DONE_FILE))
+
+
+def trained_stages(run_dir: str) -> list[str]:
+    return [stage for stage in STAGES if stage_is_done(run_dir, stage)]
+
+
+def required_stages(stage: str, finetune: bool = True) -> list[str]:
+    """The stages ``stage`` stands on, in training order, itself last.
+
+    Stage 3 without fine-tuning (paper Table 4) starts from the baseline and a
+    fresh attention branch, so it does not need stage 2.
+    """
+    if stage not in STAGES:
+        raise UserError(f"--stage: got {stage!r}; expected one of {STAGES}")
+    if stage == "adversarial" and not finetune:
+        return ["baseline", "adversarial"]
+    return list(STAGES[: STAGES.index(stage) + 1])
+
+
+def _save_weights_atomically(model: keras.Model, path: str) -> None:
+    tmp = os.path.join(os.path.dirname(path), "_partial_" + os.path.basename(path))
+    model.save_weights(tmp)
+    os.replace(tmp, path)
+
+
+# === Data and strategy ===
+
+def resolve_data(data: str, log=print) -> str:
+    """The dataset root to use: ``data``, or the cached built-in synthetic dataset."""
+    if data:
+        if not os.path.isdir(data):
+            raise UserError(f"--data: {data} does not exist or is not a directory; expected a "
+                            "Market-1501-layout root (or omit --data for the built-in synthetic data)")
+        return os.path.abspath(data)
+    from aaa_keras.data.synth import ensure_synthetic
+
+    return ensure_synthetic(log=log)
+
+
+def distribution_strategy(name: str) -> tf.distribute.Strategy:
+    """``none`` -> the default strategy; ``mirrored`` / ``multiworker`` -> tf.distribute's."""
+    if name == "mirrored":
+        return tf.distribute.MirroredStrategy()
+    if name == "multiworker":
+        return tf.distribute.MultiWorkerMirroredStrategy()
+    return tf.distribute.get_strategy()
+
+
+def set_precision_policy(name: str) -> None:
+    keras.mixed_precision.set_global_policy(name or "float32")
+
+
+def start_run(config: RunConfig, run_dir: str, log=print) -> tuple[RunConfig, ReidDataset]:
+    """Resolve the data, fill in the dataset-derived fields, and check or write ``config.json``."""
+    config = dataclasses.replace(config, data=resolve_data(config.data, log))
+    dataset = load_dataset(config.data)
+    if dataset.num_classes < 2:
+        raise UserError(f"--data {config.data}: the training split has {dataset.num_classes} "
+                        "identities; a classifier needs at least 2")
+    config = dataclasses.replace(config, num_classes=dataset.num_classes,
+                                 dataset_fingerprint=dataset_fingerprint(dataset))
+    os.makedirs(run_dir, exist_ok=True)
+    if os.path.isfile(os.path.join(run_dir, config_lib.CONFIG_FILE)):
+        config_lib.check_compatible(config_lib.load_config(run_dir), config, run_dir)
+    config_lib.save_config(config, run_dir)
+    return config, dataset
+
+
+# === Building the models of a stage ===
+
+def build_stage_parts(config: RunConfig, seed_offset: int = 0) -> tuple[ReidParts, keras.Model]:
+    """Fresh stem/tail/classifier and attention branch for ``config`` (random weights)."""
+    keras.utils.set_random_seed(config.seed + seed_offset)
+    parts = build_parts(config.num_classes, config.image_size, config.backbone,
+                        config.occlude_after, config.dropout, config.backbone_weights)
+    attention = build_attention_branch(parts.stem.output.shape[1:], config.attention_filters,
+                                       seed=config.seed + 1000 + seed_offset)
+    return parts, attention
+
+
+def load_stage_weights(parts: ReidParts, attention: keras.Model, run_dir: str, stage: str,
+                       with_attention: bool = True) -> None:
+    directory = stage_dir(run_dir, stage)
+    try:
+        parts.network.load_weights(os.path.join(directory, NETWORK_WEIGHTS))
+        if with_attention and stage != "baseline":
+            attention.load_weights(os.path.join(directory, ATTENTION_WEIGHTS))
+    except (ValueError, OSError) as error:
+        raise RunDirError(f"{directory}: cannot load the {stage} weights into this model "
+                          f"({error}); the run dir may come from another configuration") from None
+
+
+def load_trained(run_dir: str, stage: str | None = None):
+    """``(config, parts, attention, stage)`` of a trained stage (default: the latest)."""
+    config = config_lib.load_config(run_dir)
+    done = trained_stages(run_dir)
+    if stage is None:
+        if not done:
+            raise RunDirError(f"--run-dir {run_dir}: no trained stage; run "
+                              f"`python cli.py fit --stage baseline --run-dir {run_dir}` first")
+        stage = done[-1]
+    if stage not in STAGES:
+        raise UserError(f"--stage: got {stage!r}; expected one of {STAGES}")
+    if stage not in done:
+        raise RunDirError(f"--run-dir {run_dir}: stage {stage!r} is not trained there (trained: "
+                          f"{', '.join(done) or 'none'}); run `python cli.py fit --stage {stage} "
+                          f"--run-dir {run_dir}`")
+    parts, attention = build_stage_parts(config)
+    load_stage_weights(parts, attention, run_dir, stage)
+    return config, parts, attention, stage
+
+
+def make_optimizer(config: RunConfig, stage: str, steps_per_epoch: int) -> keras.optimizers.Optimizer:
+    """SGD with momentum, learning rate x``lr_decay_rate`` every few epochs (paper 4.2)."""
+    learning_rate = keras.optimizers.schedules.ExponentialDecay(
+        getattr(config, f"{stage}_lr"),
+        decay_steps=getattr(config, f"{stage}_lr_decay_epochs") * steps_per_epoch,
+        decay_rate=config.lr_decay_rate, staircase=True)
+    return keras.optimizers.SGD(learning_rate=learning_rate, momentum=config.momentum,
+                                weight_decay=config.weight_decay or None)
+
+
+def build_stage_model(stage: str, config: RunConfig, run_dir: str, log=print) -> keras.Model:
+    """The stage model, initialised from the stage before it (paper 3.2, 3.3)."""
+    parts, attention = build_stage_parts(config)
+    if stage == "baseline":
+        return BaselineModel(parts, name="baseline")
+    if stage == "attention":
+        load_stage_weights(parts, attention, run_dir, "baseline")
+        return AttentionAssignmentModel(parts, attention, config.grid_size, config.cells_per_call,
+                                        name="attention_assignment")
+    if config.finetune:
+        load_stage_weights(parts, attention, run_dir, "attention")
+    else:
+        log("Stage adversarial: --no-finetune, starting from the baseline with a fresh "
+            "attention branch (paper Table 4)")
+        load_stage_weights(parts, attention, run_dir, "baseline")
+    return AdversarialModel(parts, attention, config.grid_size, config.cells_per_call,
+                            config.occluded_fraction, config.lambda1, config.lambda2,
+                            config.omega, config.take_turns, name="adversarial")
+
+
+# === Training ===
+
+def _steps_per_epoch(config: RunConfig, num_images: int) -> int:
+    return config.steps_per_epoch or max(1, num_images // config.batch_size)
+
+
+def train_stage(stage: str, config: RunConfig, dataset: ReidDataset, run_dir: str, log=print,
+                callbacks=()) -> dict:
+    """Train one stage to completion (resuming a backup if one exists); returns its summary.
+
+    ``callbacks`` are added after the run's own (BackupAndRestore, CSVLogger,
+    TensorBoard).
+    """
+    directory = stage_dir(run_dir, stage)
+    os.makedirs(directory, exist_ok=True)
+    records = dataset.train_identities()
+    labels, _ = dataset.relabel(records)
+    steps = _steps_per_epoch(config, len(records))
+    erasing = config.random_erasing_probability if (config.random_erasing and stage == "baseline") else 0.0
+    data = train_dataset([r.path for r in records], labels, config.image_size, config.batch_size,
+                         seed=config.seed, random_erasing_probability=erasing)
+
+    set_precision_policy(config.mixed_precision)
+    strategy = distribution_strategy(config.distribute)
+    with strategy.scope():
+        model = build_stage_model(stage, config, run_dir, log)
+        model.compile(optimizer=make_optimizer(config, stage, steps), jit_compile=config.jit_compile)
+        model(tf.zeros((1, *config.image_size, 3)))  # build before BackupAndRestore
+    log(f"Stage {stage}: {len(model.trainable_variables)} trainable variables, "
+        f"{steps} steps x {config.epochs} epochs, batch {config.batch_size}")
+    callbacks = [
+        keras.callbacks.BackupAndRestore(os.path.join(directory, "backup")),
+        keras.callbacks.CSVLogger(os.path.join(directory, "log.csv"), append=True),
+        keras.callbacks.TensorBoard(os.path.join(directory, "tensorboard"), write_graph=False),
+        *callbacks,
+    ]
+    started = time.time()
+    history = model.fit(data, epochs=config.epochs, steps_per_epoch=steps, callbacks=callbacks, shuffle=False,
+                        verbose=config_verbosity())
+    seconds = time.time() - started
+
+    _save_weights_atomically(model.parts.network, os.path.join(directory, NETWORK_WEIGHTS))
+    if stage != "baseline":
+        _save_weights_atomically(model.attention, os.path.join(directory, ATTENTION_WEIGHTS))
+    summary = {
+        "stage": stage, "epochs": config.epochs, "steps_per_epoch": steps,
+        "seconds": round(seconds, 1), "finetune": config.finetune,
+        "final_metrics": {k: float(v[-1]) for k, v in history.history.items() if v},
+    }
+    with open(os.path.join(directory, DONE_FILE), "w") as f:
+        json.dump(summary, f, indent=2)
+    set_precision_policy("")
+    return summary
+
+
+def config_verbosity() -> int | str:
+    """Keras progress bars on a terminal, one line per epoch in logs (``AAA_KERAS_VERBOSE``)."""
+    value = os.environ.get("AAA_KERAS_VERBOSE", "auto")
+    return int(value) if value.isdigit() else value
+
+
+def fit(stage: str, config: RunConfig, run_dir: str, log=print, callbacks=()) -> list[str]:
+    """Train ``stage`` and any stage it stands on that is not trained yet; returns what was trained."""
+    plan = required_stages(stage, config.finetune)
+    config, dataset = start_run(config, run_dir, log)
+    log("Run configuration:\n" + config.summary())
+    log(f"Data: {config.data}: {len(dataset.train_identities())} training images of "
+        f"{config.num_classes} ids, {len(dataset.query)} query, {len(dataset.gallery)} gallery")
+    log(f"Run directory: {os.path.abspath(run_dir)}")
+    trained = []
+    for step in plan:
+        if stage_is_done(run_dir, step):
+            log(f"Stage {step}: already trained in {stage_dir(run_dir, step)}, not retraining")
+            continue
+        if step != stage:
+            log(f"Stage {stage} needs stage {step} first: training {step} now")
+        summary = train_stage(step, config, dataset, run_dir, log, callbacks)
+        log(f"Stage {step}: done in {summary['seconds']:.0f} s -> {stage_dir(run_dir, step)}")
+        trained.append(step)
+    return trained

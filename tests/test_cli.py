@@ -1,0 +1,102 @@
+"""The command line: examples in every --help, one-line errors for user mistakes, the main flow."""
+
+import json
+import os
+import shutil
+
+import pytest
+from click.testing import CliRunner
+
+from cli import cli
+
+TINY = ["--backbone", "tiny_resnet", "--batch-size", "8", "--epochs", "1", "--steps-per-epoch", "2"]
+
+
+def run(*args):
+    result = CliRunner().invoke(cli, [str(a) for a in args], catch_exceptions=False)
+    return result.exit_code, result.output
+
+
+def assert_user_error(code, output, *fragments):
+    assert code == 2, output
+    assert "Traceback" not in output
+    error_lines = [line for line in output.splitlines() if line.startswith("Error:")]
+    assert len(error_lines) == 1, output
+    for fragment in fragments:
+        assert fragment in error_lines[0], output
+
+
+COMMANDS = [[], ["data"], ["data", "synth"], ["data", "check"], ["fit"], ["evaluate"]]
+
+
+@pytest.mark.parametrize("command", COMMANDS, ids=lambda c: " ".join(c) or "cli")
+def test_every_help_exits_zero_and_shows_an_example(command):
+    code, output = run(*command, "--help")
+    assert code == 0
+    assert "Example" in output and "python cli.py" in output
+
+
+def test_image_size_that_is_not_hxw(tmp_path, tiny_data):
+    code, output = run("fit", "--data", tiny_data, "--run-dir", tmp_path / "r", "--image-size", "64by32")
+    assert_user_error(code, output, "--image-size", "64by32")
+    assert not os.path.exists(tmp_path / "r")
+
+
+def test_data_that_does_not_exist(tmp_path):
+    code, output = run("fit", "--data", tmp_path / "missing", "--run-dir", tmp_path / "r")
+    assert_user_error(code, output, "--data", "missing")
+
+
+def test_evaluate_on_a_run_dir_with_no_trained_stage(tmp_path):
+    code, output = run("evaluate", "--run-dir", tmp_path / "nothing")
+    assert_user_error(code, output, "nothing", "fit --stage baseline")
+
+
+def test_data_check_names_the_bad_file(tmp_path, tiny_data):
+    root = tmp_path / "bad"
+    shutil.copytree(tiny_data, root)
+    (root / "query" / "not_a_reid_name.jpg").write_bytes(b"x")
+    code, output = run("data", "check", root)
+    assert_user_error(code, output, "not_a_reid_name.jpg")
+
+
+def test_data_check_on_a_corrupt_image(tmp_path, tiny_data):
+    root = tmp_path / "corrupt"
+    shutil.copytree(tiny_data, root)
+    victim = sorted((root / "bounding_box_train").iterdir())[0]
+    victim.write_bytes(b"\xff\xd8 this is not a jpeg")
+    code, output = run("data", "check", root)
+    assert_user_error(code, output, victim.name)
+
+
+def test_fit_with_an_empty_split_names_the_directory(tmp_path, tiny_data):
+    root = tmp_path / "empty"
+    shutil.copytree(tiny_data, root)
+    for image in (root / "query").iterdir():
+        image.unlink()
+    code, output = run("fit", "--data", root, "--run-dir", tmp_path / "r", *TINY)
+    assert_user_error(code, output, "query")
+
+
+def test_fit_then_evaluate_writes_the_spec_json(tmp_path, tiny_data):
+    run_dir = tmp_path / "run"
+    code, output = run("fit", "--stage", "baseline", "--data", tiny_data, "--run-dir", run_dir,
+                       *TINY, "--no-evaluate")
+    assert code == 0, output
+    assert "Run configuration:" in output and "Run directory:" in output
+    json_path = run_dir / "eval.json"
+    code, output = run("evaluate", "--run-dir", run_dir, "--json", json_path)
+    assert code == 0, output
+    assert "Rank-1" in output or "rank1" in output
+    results = json.loads(json_path.read_text())
+    entry = results["euclidean"]
+    assert set(entry) == {"rank1", "rank5", "rank10", "mAP", "mINP", "num_query"}
+    assert 0 <= entry["mAP"] <= 100 and entry["rank1"] <= entry["rank5"] <= entry["rank10"] <= 100
+    assert entry["num_query"] > 0
+
+    # the same run dir with another dataset is refused and nothing is lost
+    other = tmp_path / "other"
+    run("data", "synth", "--out", other, "--ids", "6", "--cams", "3", "--seed", "3")
+    code, output = run("fit", "--stage", "baseline", "--data", other, "--run-dir", run_dir, *TINY)
+    assert_user_error(code, output, "another configuration")
+    assert (run_dir / "baseline" / "network.weights.h5").is_file()

@@ -1,0 +1,74 @@
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from aaa_keras.model.losses import (adversarial_gate, adversarial_loss, attention_loss,
+                                    gated_adversarial_loss, regularization_loss)
+
+RNG = np.random.default_rng(0)
+M_ATT = RNG.normal(size=(6, 8, 4, 1)).astype(np.float32)
+M_OCC = (RNG.random((6, 8, 4, 1)) > 0.8).astype(np.float32)
+P_BF = RNG.random(6).astype(np.float32)
+P_AF = RNG.random(6).astype(np.float32)
+
+
+def _l_att(m, target):  # eq. 2, numpy reference
+    return np.abs(np.maximum(m, 0) - target).sum(axis=(1, 2, 3))
+
+
+def _l_r(m):  # eq. 3, numpy reference (log1p form)
+    return np.log1p(np.exp(-np.abs(m).sum(axis=(1, 2, 3))))
+
+
+def test_attention_loss_matches_numpy():
+    np.testing.assert_allclose(attention_loss(M_ATT, M_OCC), _l_att(M_ATT, M_OCC), rtol=1e-5)
+
+
+def test_regularization_loss_matches_numpy_and_is_stable():
+    small = M_ATT * 0.01  # small norms, where log(1 + exp(-x)) is far from 0
+    np.testing.assert_allclose(regularization_loss(small), _l_r(small), rtol=1e-5)
+    huge = np.full((1, 8, 4, 1), 1e4, np.float32)
+    assert np.isfinite(regularization_loss(huge)).all()
+
+
+def test_adversarial_loss_is_the_sum_of_eq2_and_eq3():
+    np.testing.assert_allclose(adversarial_loss(M_ATT * 0.1, M_OCC),
+                               _l_att(M_ATT * 0.1, M_OCC) + _l_r(M_ATT * 0.1), rtol=1e-5)
+
+
+def test_gated_adversarial_loss_matches_numpy():
+    lambda1, lambda2, omega = 0.3, 1.7, 0.04
+    gate = (P_BF - P_AF > omega).astype(np.float32)
+    expected = gate * (lambda1 * _l_r(M_ATT * 0.1) + lambda2 * _l_att(M_ATT * 0.1, M_OCC))
+    got = gated_adversarial_loss(M_ATT * 0.1, M_OCC, P_BF, P_AF, lambda1, lambda2, omega)
+    np.testing.assert_allclose(got, expected, rtol=1e-5)
+    assert 0 < gate.sum() < 6  # the test data exercises both sides of the gate
+
+
+def _attention_gradient(omega):
+    attention_map = tf.Variable(M_ATT)
+    p_bf, p_af = tf.Variable(P_BF), tf.Variable(P_AF)
+    with tf.GradientTape(persistent=True) as tape:
+        loss = tf.reduce_mean(gated_adversarial_loss(attention_map, M_OCC, p_bf, p_af, omega=omega))
+    return tape.gradient(loss, attention_map), tape.gradient(loss, [p_bf, p_af])
+
+
+def test_gate_above_every_gap_gives_zero_gradient():
+    gradient, _ = _attention_gradient(omega=2.0)
+    assert gradient is None or not np.any(gradient.numpy())
+
+
+def test_gate_below_the_gaps_gives_a_gradient():
+    gradient, _ = _attention_gradient(omega=-2.0)
+    assert np.abs(gradient.numpy()).sum() > 0
+
+
+def test_no_gradient_flows_through_the_gate():
+    _, (grad_bf, grad_af) = _attention_gradient(omega=0.0)
+    assert grad_bf is None and grad_af is None
+
+
+@pytest.mark.parametrize("omega,expected", [(0.1, [0, 1, 0]), (-0.5, [1, 1, 1])])
+def test_adversarial_gate(omega, expected):
+    gate = adversarial_gate(np.array([0.5, 0.9, 0.2]), np.array([0.45, 0.1, 0.3]), omega)
+    np.testing.assert_array_equal(gate, expected)

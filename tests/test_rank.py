@@ -1,0 +1,201 @@
+"""evaluate_rank: hand-computed cases, a slow per-query reference, input errors."""
+
+import numpy as np
+import pytest
+
+from aaa_keras.errors import UserError
+from aaa_keras.evaluation import evaluate_rank
+
+
+def reference_evaluate(distmat, q_pids, g_pids, q_camids, g_camids, max_rank):
+    """Straightforward per-query loop (torchreid's eval_market1501 with a stable sort)."""
+    all_cmc, all_ap, all_inp = [], [], []
+    for q in range(len(q_pids)):
+        order = np.argsort(distmat[q], kind="stable")
+        remove = ((g_pids[order] == q_pids[q]) & (g_camids[order] == q_camids[q])) | (
+            g_pids[order] == -1
+        )
+        raw_cmc = (g_pids[order] == q_pids[q])[~remove].astype(np.int64)
+        if not raw_cmc.any():
+            continue
+        cumulative = raw_cmc.cumsum()
+        last_match = np.max(np.where(raw_cmc == 1)[0])
+        all_inp.append(cumulative[last_match] / (last_match + 1.0))
+        hit = (cumulative > 0).astype(np.float64)
+        if len(hit) < max_rank:  # gallery shorter than max_rank: stay at the last value
+            hit = np.concatenate([hit, np.full(max_rank - len(hit), hit[-1])])
+        all_cmc.append(hit[:max_rank])
+        precision = cumulative / np.arange(1, len(raw_cmc) + 1)
+        all_ap.append((precision * raw_cmc).sum() / raw_cmc.sum())
+    return {
+        "cmc": np.mean(all_cmc, axis=0),
+        "mAP": float(np.mean(all_ap)),
+        "mINP": float(np.mean(all_inp)),
+        "num_valid": len(all_ap),
+    }
+
+
+def one_query(distances, g_pids, g_camids, q_pid=1, q_camid=0, **kwargs):
+    return evaluate_rank(
+        np.asarray([distances], dtype=np.float32),
+        np.array([q_pid]),
+        np.asarray(g_pids),
+        np.array([q_camid]),
+        np.asarray(g_camids),
+        **kwargs,
+    )
+
+
+# === Hand-computed cases ===
+
+
+def test_matches_at_ranks_three_and_four():
+    # Sorted: pid2 (0.1), pid3 (0.2), pid1 (0.3), pid1 (0.5).
+    result = one_query([0.3, 0.1, 0.5, 0.2], g_pids=[1, 2, 1, 3], g_camids=[1, 1, 1, 2], max_rank=5)
+    np.testing.assert_allclose(result["cmc"], [0, 0, 1, 1, 1])
+    assert result["mAP"] == pytest.approx((1 / 3 + 2 / 4) / 2)
+    assert result["mINP"] == pytest.approx(2 / 4)
+    assert result["num_valid"] == 1
+
+
+def test_ties_are_resolved_by_gallery_order():
+    wrong_first = one_query([0.5, 0.5, 0.5], g_pids=[2, 1, 1], g_camids=[1, 1, 1], max_rank=3)
+    assert wrong_first["mAP"] == pytest.approx((1 / 2 + 2 / 3) / 2)
+    assert wrong_first["mINP"] == pytest.approx(2 / 3)
+    np.testing.assert_allclose(wrong_first["cmc"], [0, 1, 1])
+
+    right_first = one_query([0.5, 0.5, 0.5], g_pids=[1, 2, 1], g_camids=[1, 1, 1], max_rank=3)
+    assert right_first["mAP"] == pytest.approx((1 + 2 / 3) / 2)
+    np.testing.assert_allclose(right_first["cmc"], [1, 1, 1])
+
+
+def test_junk_is_removed():
+    result = one_query([0.1, 0.2], g_pids=[-1, 1], g_camids=[1, 1], max_rank=2)
+    np.testing.assert_allclose(result["cmc"], [1, 1])
+    assert result["mAP"] == pytest.approx(1.0)
+    assert result["mINP"] == pytest.approx(1.0)
+
+
+def test_same_person_same_camera_is_removed():
+    result = one_query([0.1, 0.2], g_pids=[1, 1], g_camids=[0, 1], max_rank=2)
+    assert result["cmc"][0] == 1.0
+    assert result["mAP"] == pytest.approx(1.0)
+
+
+def test_other_person_in_same_camera_stays_as_wrong_match():
+    result = one_query([0.1, 0.2], g_pids=[2, 1], g_camids=[0, 1], max_rank=2)
+    np.testing.assert_allclose(result["cmc"], [0, 1])
+    assert result["mAP"] == pytest.approx(0.5)
+
+
+def test_distractors_stay_as_wrong_matches():
+    result = one_query([0.1, 0.2, 0.3], g_pids=[0, 1, 0], g_camids=[1, 2, 3], max_rank=3)
+    np.testing.assert_allclose(result["cmc"], [0, 1, 1])
+    assert result["mAP"] == pytest.approx(0.5)
+    assert result["mINP"] == pytest.approx(0.5)
+
+
+def test_query_without_cross_camera_match_is_skipped():
+    distmat = np.array([[0.1, 0.2, 0.3], [0.3, 0.2, 0.1]], dtype=np.float32)
+    g_pids, g_camids = np.array([1, 2, 2]), np.array([1, 0, 0])
+    result = evaluate_rank(distmat, np.array([1, 2]), g_pids, np.array([0, 0]), g_camids, max_rank=3)
+    assert result["num_valid"] == 1
+    assert result["mAP"] == pytest.approx(1.0)
+
+
+def test_no_valid_query_raises_user_error():
+    distmat = np.array([[0.1, 0.2]], dtype=np.float32)
+    with pytest.raises(UserError, match="(?i)no query has a true match in another camera"):
+        evaluate_rank(distmat, np.array([1]), np.array([1, -1]), np.array([0]), np.array([0, 1]))
+
+
+def test_cmc_is_padded_when_max_rank_exceeds_gallery():
+    result = one_query([0.3, 0.1, 0.2], g_pids=[1, 2, 1], g_camids=[1, 1, 1], max_rank=10)
+    assert len(result["cmc"]) == 10
+    np.testing.assert_allclose(result["cmc"], [0, 1, 1, 1, 1, 1, 1, 1, 1, 1])
+
+
+# === Against the per-query reference on random problems ===
+
+
+def random_problem(seed, num_query=37, num_gallery=211, num_ids=25, integer_distances=False):
+    rng = np.random.default_rng(seed)
+    q_pids = rng.integers(1, num_ids, num_query)
+    g_pids = rng.integers(-1, num_ids, num_gallery)  # includes junk (-1) and distractors (0)
+    q_camids = rng.integers(0, 4, num_query)
+    g_camids = rng.integers(0, 4, num_gallery)
+    if integer_distances:  # many ties
+        distmat = rng.integers(0, 5, (num_query, num_gallery)).astype(np.float32)
+    else:
+        distmat = rng.random((num_query, num_gallery)).astype(np.float32)
+        distmat -= 0.3 * (q_pids[:, None] == g_pids[None, :])
+    return distmat, q_pids, g_pids, q_camids, g_camids
+
+
+@pytest.mark.parametrize("chunk_size", [1, 3, 16, 1000])
+@pytest.mark.parametrize("seed", [0, 1, 2])
+@pytest.mark.parametrize("integer_distances", [False, True])
+def test_matches_per_query_reference(seed, chunk_size, integer_distances):
+    problem = random_problem(seed, integer_distances=integer_distances)
+    expected = reference_evaluate(*problem, max_rank=50)
+    result = evaluate_rank(*problem, max_rank=50, chunk_size=chunk_size)
+    assert result["num_valid"] == expected["num_valid"]
+    np.testing.assert_allclose(result["cmc"], expected["cmc"], atol=1e-12)
+    assert result["mAP"] == pytest.approx(expected["mAP"], abs=1e-12)
+    assert result["mINP"] == pytest.approx(expected["mINP"], abs=1e-12)
+
+
+def test_matches_reference_when_max_rank_exceeds_gallery():
+    problem = random_problem(5, num_query=20, num_gallery=30, num_ids=6)
+    expected = reference_evaluate(*problem, max_rank=50)
+    result = evaluate_rank(*problem, max_rank=50, chunk_size=7)
+    np.testing.assert_allclose(result["cmc"], expected["cmc"], atol=1e-12)
+
+
+def test_cmc_is_monotone_fractions():
+    result = evaluate_rank(*random_problem(3), max_rank=50)
+    cmc = result["cmc"]
+    assert cmc.shape == (50,)
+    assert np.all(np.diff(cmc) >= 0)
+    assert 0.0 <= cmc[0] and cmc[-1] <= 1.0
+    assert 0.0 <= result["mINP"] <= result["mAP"] <= 1.0
+    assert isinstance(result["mAP"], float) and isinstance(result["num_valid"], int)
+
+
+# === Input errors name the argument ===
+
+
+@pytest.mark.parametrize(
+    "argument, replacement",
+    [
+        ("q_pids", np.array([1, 2, 3])),
+        ("g_pids", np.array([1])),
+        ("q_camids", np.array([0])),
+        ("g_camids", np.zeros((4, 1), dtype=int)),
+    ],
+)
+def test_shape_mismatch_names_argument(argument, replacement):
+    arguments = {
+        "distmat": np.zeros((2, 4), dtype=np.float32),
+        "q_pids": np.array([1, 2]),
+        "g_pids": np.array([1, 2, 1, 2]),
+        "q_camids": np.array([0, 0]),
+        "g_camids": np.array([1, 1, 1, 1]),
+    }
+    arguments[argument] = replacement
+    with pytest.raises(UserError, match=argument):
+        evaluate_rank(**arguments)
+
+
+def test_bad_distmat_and_parameters_are_named():
+    labels = (np.array([1]), np.array([1, 2]), np.array([0]), np.array([1, 1]))
+    with pytest.raises(UserError, match="distmat"):
+        evaluate_rank(np.zeros(2), *labels)
+    with pytest.raises(UserError, match="NaN"):
+        evaluate_rank(np.array([[np.nan, 0.0]]), *labels)
+    with pytest.raises(UserError, match="max_rank"):
+        evaluate_rank(np.zeros((1, 2)), *labels, max_rank=0)
+    with pytest.raises(UserError, match="chunk_size"):
+        evaluate_rank(np.zeros((1, 2)), *labels, chunk_size=0)
+    with pytest.raises(UserError, match="q_pids"):
+        evaluate_rank(np.zeros((1, 2)), np.array([1.5]), *labels[1:])

@@ -1,0 +1,152 @@
+"""Stage chaining, resume after an interruption, and run-directory safety."""
+
+import csv
+import json
+import os
+
+import keras
+import numpy as np
+import pytest
+
+from aaa_keras.config import load_config, make_config
+from aaa_keras.errors import RunDirError, UserError
+from aaa_keras.training import (ATTENTION_WEIGHTS, build_stage_parts, fit, load_stage_weights,
+                                load_trained, required_stages, stage_dir, trained_stages)
+
+
+def quiet(*_):
+    pass
+
+
+@pytest.fixture(scope="module")
+def adversarial_run(tiny_data, tmp_path_factory):
+    """One tiny run through all three stages, trained once for the module."""
+    config = make_config("demo", data=tiny_data, backbone="tiny_resnet", batch_size=8, epochs=1,
+                         steps_per_epoch=2, attention_filters=16)
+    run_dir = str(tmp_path_factory.mktemp("runs") / "adversarial")
+    messages = []
+    trained = fit("adversarial", config, run_dir, log=messages.append)
+    return config, run_dir, trained, messages
+
+
+def test_fit_adversarial_on_an_empty_run_dir_trains_all_three_stages(adversarial_run):
+    _, run_dir, trained, messages = adversarial_run
+    assert trained == ["baseline", "attention", "adversarial"]
+    assert trained_stages(run_dir) == ["baseline", "attention", "adversarial"]
+    assert any("needs stage baseline first" in m for m in messages)
+    assert any("needs stage attention first" in m for m in messages)
+    for stage in trained:
+        assert os.path.isfile(os.path.join(stage_dir(run_dir, stage), "log.csv"))
+    assert os.path.isfile(os.path.join(stage_dir(run_dir, "adversarial"), ATTENTION_WEIGHTS))
+    assert load_config(run_dir).num_classes == 4  # 8 synthetic ids, half for training
+
+
+def test_second_fit_trains_nothing(adversarial_run):
+    config, run_dir, _, _ = adversarial_run
+    messages = []
+    assert fit("adversarial", config, run_dir, log=messages.append) == []
+    assert sum("not retraining" in m for m in messages) == 3
+
+
+def test_stage_three_changes_the_network_and_keeps_stage_two_attention_as_its_start(adversarial_run):
+    _, run_dir, _, _ = adversarial_run
+    _, parts2, attention2, _ = load_trained(run_dir, "attention")
+    _, parts3, attention3, _ = load_trained(run_dir, "adversarial")
+    _, parts1, _, _ = load_trained(run_dir, "baseline")
+    stem1 = [w.numpy() for w in parts1.stem.weights]
+    stem2 = [w.numpy() for w in parts2.stem.weights]
+    stem3 = [w.numpy() for w in parts3.stem.weights]
+    assert all(np.array_equal(a, b) for a, b in zip(stem1, stem2))  # stage 2 froze the stem
+    assert not all(np.array_equal(a, b) for a, b in zip(stem2, stem3))  # stage 3 trained it
+
+
+def test_no_finetune_starts_the_attention_branch_fresh(adversarial_run, tmp_path):
+    config, _, _, _ = adversarial_run
+    run_dir = str(tmp_path / "nofinetune")
+    config = make_config("demo", data=config.data, backbone="tiny_resnet", batch_size=8, epochs=1,
+                         steps_per_epoch=1, attention_filters=16, finetune=False, omega=2.0)
+    messages = []
+    assert fit("adversarial", config, run_dir, log=messages.append) == ["baseline", "adversarial"]
+    assert any("fresh attention branch" in m for m in messages)
+    # omega = 2 keeps the gate closed: the attention branch must still equal a fresh one
+    _, fresh_attention = build_stage_parts(load_config(run_dir))
+    _, _, trained_attention, _ = load_trained(run_dir, "adversarial")
+    for fresh, trained in zip(fresh_attention.trainable_weights, trained_attention.trainable_weights):
+        np.testing.assert_array_equal(fresh.numpy(), trained.numpy())
+
+
+class _Interrupt(Exception):
+    pass
+
+
+class _InterruptAfterEpoch(keras.callbacks.Callback):
+    def __init__(self, epoch):
+        super().__init__()
+        self.epoch = epoch
+
+    def on_epoch_end(self, epoch, logs=None):
+        if epoch == self.epoch:
+            raise _Interrupt()
+
+
+class _RecordEpochs(keras.callbacks.Callback):
+    def __init__(self):
+        super().__init__()
+        self.epochs = []
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.epochs.append(epoch)
+
+
+def test_an_interrupted_stage_resumes_at_the_next_epoch(tiny_data, tmp_path):
+    config = make_config("demo", data=tiny_data, backbone="tiny_resnet", batch_size=8, epochs=3,
+                         steps_per_epoch=1, attention_filters=16)
+    run_dir = str(tmp_path / "resume")
+    with pytest.raises(_Interrupt):
+        fit("baseline", config, run_dir, log=quiet, callbacks=[_InterruptAfterEpoch(1)])
+    assert trained_stages(run_dir) == []
+    assert os.path.isdir(os.path.join(stage_dir(run_dir, "baseline"), "backup"))
+    recorder = _RecordEpochs()
+    assert fit("baseline", config, run_dir, log=quiet, callbacks=[recorder]) == ["baseline"]
+    assert recorder.epochs == [2]
+    with open(os.path.join(stage_dir(run_dir, "baseline"), "log.csv")) as f:
+        assert [int(row["epoch"]) for row in csv.DictReader(f)] == [0, 1, 2]
+    with open(os.path.join(stage_dir(run_dir, "baseline"), "done.json")) as f:
+        assert json.load(f)["epochs"] == 3
+
+
+def test_run_dir_of_another_dataset_is_refused(adversarial_run, tmp_path):
+    from aaa_keras.data.synth import synthesize_market
+
+    _, run_dir, _, _ = adversarial_run
+    other = str(tmp_path / "other")
+    synthesize_market(other, num_ids=6, num_cams=3, seed=1)
+    config = make_config("demo", data=other, backbone="tiny_resnet", batch_size=8, epochs=1,
+                         steps_per_epoch=1, attention_filters=16)
+    with pytest.raises(RunDirError, match="another configuration.*num_classes"):
+        fit("baseline", config, run_dir, log=quiet)
+    assert trained_stages(run_dir) == ["baseline", "attention", "adversarial"]  # nothing lost
+
+
+def test_checkpoint_with_another_class_count_is_a_clear_error(adversarial_run):
+    import dataclasses
+
+    _, run_dir, _, _ = adversarial_run
+    config = dataclasses.replace(load_config(run_dir), num_classes=7)
+    parts, attention = build_stage_parts(config)
+    with pytest.raises(RunDirError, match="cannot load the baseline weights"):
+        load_stage_weights(parts, attention, run_dir, "baseline")
+
+
+def test_load_trained_names_the_missing_stage(tmp_path, adversarial_run):
+    config, run_dir, _, _ = adversarial_run
+    with pytest.raises(RunDirError, match="no config.json"):
+        load_trained(str(tmp_path / "empty"))
+
+
+def test_required_stages():
+    assert required_stages("baseline") == ["baseline"]
+    assert required_stages("adversarial") == ["baseline", "attention", "adversarial"]
+    assert required_stages("adversarial", finetune=False) == ["baseline", "adversarial"]
+    with pytest.raises(UserError, match="--stage"):
+        required_stages("nope")
