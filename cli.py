@@ -194,5 +194,28 @@ def evaluate(run_dir, stage, data_dir, metric, rerank, json_path):
     evaluate_run(run_dir, stage, data_dir, metrics, rerank, json_path, log=click.echo)
 
 
+# === visualize ===
+
+@cli.command()
+@click.option("--run-dir", required=True, help="A run directory made by `fit`.")
+@click.option("--stage", type=STAGE_CHOICE, default=None, help="Default: the latest trained stage.")
+@click.option("--data", "data_dir", default=None, help="Default: the run's own dataset.")
+@click.option("--what", type=click.Choice(["ranks", "attention", "occlusion", "curves", "all"]),
+              default="all", show_default=True)
+@click.option("--num", type=click.IntRange(1), default=8, show_default=True, help="Images per picture.")
+@click.option("--out-dir", default=None, help="Default: RUN_DIR/pictures.")
+@user_errors
+def visualize(run_dir, stage, data_dir, what, num, out_dir):
+    """Ranked lists, attention maps (Fig. 1), grid occlusions (Fig. 2), masks (Fig. 4), curves.
+
+    \b
+    Example:
+      python cli.py visualize --run-dir runs/demo --what all
+    """
+    from aaa_keras.visualize import visualize_run
+
+    visualize_run(run_dir, stage, data_dir, what, num, out_dir, log=click.echo)
+
+
 if __name__ == "__main__":
     cli()

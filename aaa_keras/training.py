@@ -81,13 +81,44 @@ def resolve_data(data: str, log=print) -> str:
     return ensure_synthetic(log=log)
 
 
+LOGICAL_CPUS_ENV = "AAA_KERAS_LOGICAL_CPUS"
+
+
+def split_cpu_into_logical_devices(count: int) -> None:
+    """Expose ``count`` logical CPU devices, so MirroredStrategy has replicas on a CPU machine.
+
+    Must run before TensorFlow executes any op; for correctness checks, not speed.
+    """
+    cpu = tf.config.list_physical_devices("CPU")[0]
+    if len(tf.config.get_logical_device_configuration(cpu) or []) >= count:
+        return  # already split (reading the configuration does not initialise TensorFlow)
+    try:
+        tf.config.set_logical_device_configuration(
+            cpu, [tf.config.LogicalDeviceConfiguration()] * count)
+    except RuntimeError as error:
+        raise UserError(f"{LOGICAL_CPUS_ENV}={count}: TensorFlow was already initialised "
+                        f"({error}); set the variable before the process starts") from None
+
+
 def distribution_strategy(name: str) -> tf.distribute.Strategy:
-    """``none`` -> the default strategy; ``mirrored`` / ``multiworker`` -> tf.distribute's."""
+    """``none`` -> the default strategy; ``mirrored`` / ``multiworker`` -> tf.distribute's.
+
+    ``mirrored`` uses every GPU, or, with ``AAA_KERAS_LOGICAL_CPUS=N`` set, N
+    logical CPU devices; ``multiworker`` reads the cluster from ``TF_CONFIG``.
+    """
+    if name == "none":
+        return tf.distribute.get_strategy()
+    logical_cpus = int(os.environ.get(LOGICAL_CPUS_ENV, "0") or 0)
+    if logical_cpus > 1:
+        split_cpu_into_logical_devices(logical_cpus)
     if name == "mirrored":
+        if logical_cpus > 1 and not tf.config.list_physical_devices("GPU"):
+            return tf.distribute.MirroredStrategy(
+                [f"/cpu:{i}" for i in range(logical_cpus)])
         return tf.distribute.MirroredStrategy()
     if name == "multiworker":
         return tf.distribute.MultiWorkerMirroredStrategy()
-    return tf.distribute.get_strategy()
+    raise UserError(f"--distribute: got {name!r}; expected none, mirrored or multiworker")
 
 
 def set_precision_policy(name: str) -> None:
@@ -160,7 +191,8 @@ def make_optimizer(config: RunConfig, stage: str, steps_per_epoch: int) -> keras
         getattr(config, f"{stage}_lr"),
         decay_steps=getattr(config, f"{stage}_lr_decay_epochs") * steps_per_epoch,
         decay_rate=config.lr_decay_rate, staircase=True)
-    return keras.optimizers.SGD(learning_rate=learning_rate, momentum=config.momentum,
+    momentum = config.attention_momentum if stage == "attention" else config.momentum
+    return keras.optimizers.SGD(learning_rate=learning_rate, momentum=momentum,
                                 weight_decay=config.weight_decay or None)
 
 
@@ -191,7 +223,7 @@ def _steps_per_epoch(config: RunConfig, num_images: int) -> int:
 
 
 def train_stage(stage: str, config: RunConfig, dataset: ReidDataset, run_dir: str, log=print,
-                callbacks=()) -> dict:
+                callbacks=(), strategy: tf.distribute.Strategy | None = None) -> dict:
     """Train one stage to completion (resuming a backup if one exists); returns its summary.
 
     ``callbacks`` are added after the run's own (BackupAndRestore, CSVLogger,
@@ -207,7 +239,7 @@ def train_stage(stage: str, config: RunConfig, dataset: ReidDataset, run_dir: st
                          seed=config.seed, random_erasing_probability=erasing)
 
     set_precision_policy(config.mixed_precision)
-    strategy = distribution_strategy(config.distribute)
+    strategy = strategy or distribution_strategy(config.distribute)
     with strategy.scope():
         model = build_stage_model(stage, config, run_dir, log)
         model.compile(optimizer=make_optimizer(config, stage, steps), jit_compile=config.jit_compile)
@@ -248,6 +280,10 @@ def config_verbosity() -> int | str:
 def fit(stage: str, config: RunConfig, run_dir: str, log=print, callbacks=()) -> list[str]:
     """Train ``stage`` and any stage it stands on that is not trained yet; returns what was trained."""
     plan = required_stages(stage, config.finetune)
+    strategy = distribution_strategy(config.distribute)  # before any other TensorFlow op
+    if strategy.num_replicas_in_sync > 1:
+        log(f"Distributing with {type(strategy).__name__} over {strategy.num_replicas_in_sync} "
+            f"replicas; --batch-size {config.batch_size} is the global batch")
     config, dataset = start_run(config, run_dir, log)
     log("Run configuration:\n" + config.summary())
     log(f"Data: {config.data}: {len(dataset.train_identities())} training images of "
@@ -260,7 +296,7 @@ def fit(stage: str, config: RunConfig, run_dir: str, log=print, callbacks=()) ->
             continue
         if step != stage:
             log(f"Stage {stage} needs stage {step} first: training {step} now")
-        summary = train_stage(step, config, dataset, run_dir, log, callbacks)
+        summary = train_stage(step, config, dataset, run_dir, log, callbacks, strategy)
         log(f"Stage {step}: done in {summary['seconds']:.0f} s -> {stage_dir(run_dir, step)}")
         trained.append(step)
     return trained

@@ -5,6 +5,7 @@ import pytest
 
 from aaa_keras.errors import UserError
 from aaa_keras.evaluation import evaluate_rank
+from aaa_keras.evaluation.rank import stable_argsort_rows
 
 
 def reference_evaluate(distmat, q_pids, g_pids, q_camids, g_camids, max_rank):
@@ -143,6 +144,30 @@ def test_matches_per_query_reference(seed, chunk_size, integer_distances):
     np.testing.assert_allclose(result["cmc"], expected["cmc"], atol=1e-12)
     assert result["mAP"] == pytest.approx(expected["mAP"], abs=1e-12)
     assert result["mINP"] == pytest.approx(expected["mINP"], abs=1e-12)
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float16, np.int16])
+def test_matches_reference_for_other_dtypes(dtype):
+    distmat, *labels = random_problem(4, integer_distances=dtype == np.int16)
+    distmat = distmat.astype(dtype)
+    expected = reference_evaluate(distmat, *labels, max_rank=20)
+    result = evaluate_rank(distmat, *labels, max_rank=20, chunk_size=5)
+    np.testing.assert_allclose(result["cmc"], expected["cmc"], atol=1e-12)
+    assert result["mAP"] == pytest.approx(expected["mAP"], abs=1e-12)
+
+
+def test_fast_row_argsort_equals_stable_argsort_on_special_values():
+    rng = np.random.default_rng(0)
+    values = rng.normal(size=(20, 300)).astype(np.float32)
+    values[:, ::7] = 0.0
+    values[:, ::11] = -0.0
+    values[:, ::13] = np.inf
+    values[:, ::17] = -np.inf
+    values[:, ::19] = np.float32(1e-45)  # subnormal
+    values[:, ::23] = -np.float32(1e-45)
+    np.testing.assert_array_equal(
+        stable_argsort_rows(values), np.argsort(values, axis=1, kind="stable")
+    )
 
 
 def test_matches_reference_when_max_rank_exceeds_gallery():

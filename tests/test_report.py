@@ -118,3 +118,10 @@ def test_unknown_metric_and_bad_rerank_params_are_errors(data):
         run(data, metrics=("cosine",))
     with pytest.raises(UserError, match="rerank_params"):
         run(data, rerank=True, rerank_params=(20, 6))
+
+
+def test_label_length_mismatch_names_the_arrays(data):
+    qf, q_pids, q_camids = data["query"]
+    gf, g_pids, g_camids = data["gallery"]
+    with pytest.raises(UserError, match="g_camids has 89 entries but gf has 90 rows"):
+        evaluate_features(qf, gf, q_pids, g_pids, q_camids, g_camids[:-1])

@@ -59,24 +59,26 @@ def evaluate_features(
     queries = l2_normalize(qf)
     gallery = l2_normalize(gf)
     labels = (q_pids, g_pids, q_camids, g_camids)
+    _check_label_lengths(labels, len(queries), len(gallery))
     training = None
     if any(name in LEARNED_METRICS for name in names):
         training = _training_data(train_features, train_pids, train_camids)
 
     results = {}
     for name in names:
-        if name == "euclidean":
+        model = None if name == "euclidean" else _fitted_metric(name, training, metric_dir)
+        if model is None:
             distances = euclidean_distance(queries, gallery)
-            embed = None
         else:
-            model = _fitted_metric(name, training, metric_dir)
             distances = model.distance(queries, gallery)
-            embed = model.embed
         results[name] = summarize(evaluate_rank(distances, *labels))
         del distances
         if rerank:
-            q_embedded, g_embedded = (queries, gallery) if embed is None else (embed(queries), embed(gallery))
-            reranked = re_ranking(q_embedded, g_embedded, k1, k2, lambda_value)
+            if model is None:
+                space = (queries, gallery)
+            else:
+                space = (model.embed(queries), model.embed(gallery))
+            reranked = re_ranking(*space, k1, k2, lambda_value)
             results[name + RERANK_SUFFIX] = summarize(evaluate_rank(reranked, *labels))
     return results
 
@@ -140,6 +142,19 @@ def _fitted_metric(name, training, metric_dir):
         os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
         model.save(path)
     return model
+
+
+def _check_label_lengths(labels, num_query: int, num_gallery: int) -> None:
+    names = ("q_pids", "g_pids", "q_camids", "g_camids")
+    for name, values, expected, features in zip(
+        names, labels, (num_query, num_gallery) * 2, ("qf", "gf") * 2
+    ):
+        length = len(np.atleast_1d(np.asarray(values)))
+        if length != expected:
+            raise UserError(
+                f"{name} has {length} entries but {features} has {expected} rows; "
+                "they must match one to one."
+            )
 
 
 def _metric_names(metrics) -> list:

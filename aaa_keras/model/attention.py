@@ -6,6 +6,9 @@ import keras
 from keras import layers
 
 
+INITIAL_ATTENTION = 0.5
+
+
 def build_attention_branch(feature_shape, filters: int = 256, seed: int | None = None) -> keras.Model:
     """``f (H, W, C)`` -> ``M_att (H, W, 1)``, linear output, same spatial size as ``f``.
 
@@ -22,8 +25,13 @@ def build_attention_branch(feature_shape, filters: int = 256, seed: int | None =
                           name=f"attention_conv{i}")(x)
         x = layers.BatchNormalization(name=f"attention_bn{i}")(x)
         x = layers.Activation("relu", name=f"attention_relu{i}")(x)
+    # Start slightly positive everywhere: eq. 2 only sends gradient through
+    # positions where M_att > 0, so a map that starts (or overshoots) below
+    # zero everywhere never recovers (docs/decisions.md, "attention collapse").
     attention_map = layers.Conv2D(
-        1, 1, kernel_initializer=keras.initializers.GlorotUniform(seed=None if seed is None else seed),
+        1, 1, kernel_initializer=keras.initializers.RandomNormal(
+            stddev=0.01, seed=None if seed is None else seed),
+        bias_initializer=keras.initializers.Constant(INITIAL_ATTENTION),
         dtype="float32", name="attention_map")(x)
     # === Functional Model ===
     return keras.Model(features, attention_map, name="attention_branch")
