@@ -11,10 +11,10 @@ positions; 0 means it collapsed: eq. 2 then sends no gradient at all).
 
 import argparse
 import os
-import platform
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
+from common import machine_description  # noqa: E402  (puts the repo on sys.path)
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
 
@@ -55,7 +55,7 @@ def main():
     parser.add_argument("--epochs", type=int, default=4)
     parser.add_argument("--steps", type=int, default=17)
     args = parser.parse_args()
-    print(f"machine: {platform.platform()}, {os.cpu_count()} CPUs; "
+    print(f"machine: {machine_description()}; "
           f"command: python benchmarks/attention_collapse.py --run-dir {args.run_dir}\n")
     print("| last-layer init | lr | momentum | attention loss per epoch | positive fraction of M_att |")
     print("|---|---|---|---|---|")

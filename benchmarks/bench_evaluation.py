@@ -17,14 +17,13 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import sys
 import time
 import tracemalloc
 
 import numpy as np
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from common import machine_description  # noqa: E402  (puts the repo on sys.path)
 
 from aaa_keras.evaluation import evaluate_rank  # noqa: E402
 
@@ -100,14 +99,6 @@ def traced_peak_mib(function, args):
         return tracemalloc.get_traced_memory()[1] / 2**20
     finally:
         tracemalloc.stop()
-
-
-def machine_description() -> str:
-    memory_gib = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
-    return (
-        f"{platform.platform()}, {platform.machine()}, {os.cpu_count()} CPUs, "
-        f"{memory_gib:.0f} GiB RAM, Python {platform.python_version()}, numpy {np.__version__}"
-    )
 
 
 def main(argv=None):

@@ -22,7 +22,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import resource
 import subprocess
 import sys
@@ -31,8 +30,7 @@ import time
 
 import numpy as np
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
+from common import REPO_ROOT as ROOT, machine_description  # noqa: E402  (puts the repo on sys.path)
 
 from aaa_keras.evaluation.distance import euclidean_distance  # noqa: E402
 from aaa_keras.evaluation.rerank import re_ranking, re_ranking_reference  # noqa: E402
@@ -110,14 +108,6 @@ def available_memory_bytes() -> int:
             if line.startswith("MemAvailable:"):
                 return int(line.split()[1]) * 1024
     return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-
-
-def machine_description() -> str:
-    memory_gib = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
-    return (
-        f"{platform.platform()}, {platform.machine()}, {os.cpu_count()} CPUs, "
-        f"{memory_gib:.0f} GiB RAM, Python {platform.python_version()}, numpy {np.__version__}"
-    )
 
 
 def main(argv=None):
