@@ -217,5 +217,84 @@ def visualize(run_dir, stage, data_dir, what, num, out_dir):
     visualize_run(run_dir, stage, data_dir, what, num, out_dir, log=click.echo)
 
 
+# === export, index, search ===
+
+@cli.command()
+@click.option("--run-dir", required=True, help="A run directory made by `fit`.")
+@click.option("--stage", type=STAGE_CHOICE, default=None, help="Default: the latest trained stage.")
+@click.option("--out", required=True, help="Models root: the SavedModel goes to OUT/MODEL_NAME/VERSION/.")
+@click.option("--format", "formats", type=click.Choice(["saved_model", "tflite", "all"]), default="all",
+              show_default=True)
+@click.option("--quantize", type=click.Choice(["float32", "float16", "int8", "all"]), default="all",
+              show_default=True, help="TFLite variants.")
+@click.option("--model-name", default="aaa_net", show_default=True)
+@click.option("--version", type=click.IntRange(1), default=None, help="Default: the next free version.")
+@click.option("--representative-count", type=click.IntRange(1), default=100, show_default=True,
+              help="Training images that calibrate int8.")
+@click.option("--data", "data_dir", default=None, help="Default: the run's own dataset (parity, calibration).")
+@click.option("--parity-max-images", type=click.IntRange(1), default=None,
+              help="Bound the parity held set (whole test ids) on large datasets; default all.")
+@click.option("--threads", type=click.IntRange(1), default=2, show_default=True,
+              help="LiteRT threads for the parity runs.")
+@user_errors
+def export(run_dir, stage, out, formats, quantize, model_name, version, representative_count, data_dir,
+           parity_max_images, threads):
+    """SavedModel for TF Serving and TFLite (float32/float16/int8) for cameras, with checked parity.
+
+    \b
+    Example:
+      python cli.py export --run-dir runs/demo --out models --format all --quantize all
+    Writes models/aaa_net/<version>/ (signatures serving_default, serving_uint8,
+    serve_bytes) and models/tflite/aaa_net/<version>/*.tflite with parity.json;
+    a missed parity threshold fails the export and installs nothing.
+    """
+    from aaa_keras.deploy import export_run
+
+    export_run(run_dir, out, stage, formats, quantize, model_name, version, representative_count,
+               log=click.echo, data=data_dir, parity_max_images=parity_max_images,
+               num_threads=threads)
+
+
+@cli.command()
+@click.option("--model", "model_path", required=True, help="An exported SavedModel directory or .tflite file.")
+@click.option("--gallery", required=True, help="A folder of person crops (e.g. bounding_box_test/).")
+@click.option("--out", required=True, help="Index file to write (.npz).")
+@click.option("--batch-size", type=click.IntRange(1), default=32, show_default=True)
+@user_errors
+def index(model_path, gallery, out, batch_size):
+    """Embed a folder of crops with an exported model into a searchable index.
+
+    \b
+    Example:
+      python cli.py index --model models/aaa_net/1 --gallery ~/synth/bounding_box_test --out gallery.npz
+    """
+    from aaa_keras.deploy import build_index
+
+    build_index(model_path, gallery, out, batch_size, log=click.echo)
+
+
+@cli.command()
+@click.option("--index", "index_path", required=True, help="An index made by `index`.")
+@click.option("--model", "model_path", required=True, help="The exported model the index was made with.")
+@click.argument("images", nargs=-1, required=True)
+@click.option("--top", type=click.IntRange(1), default=10, show_default=True)
+@click.option("--picture", default=None, help="Also write the ranked lists as a PNG.")
+@user_errors
+def search(index_path, model_path, images, top, picture):
+    """Rank the indexed gallery for each query IMAGE with an exported model.
+
+    \b
+    Example:
+      python cli.py search --index gallery.npz --model models/aaa_net/1 query.jpg --top 10 --picture ranks.png
+    """
+    from aaa_keras.deploy import format_search
+    from aaa_keras.deploy import search as search_gallery
+
+    rankings = search_gallery(index_path, model_path, list(images), top, picture=picture)
+    click.echo(format_search(list(images), rankings))
+    if picture:
+        click.echo(f"Wrote {picture}")
+
+
 if __name__ == "__main__":
     cli()

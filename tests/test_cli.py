@@ -26,7 +26,8 @@ def assert_user_error(code, output, *fragments):
         assert fragment in error_lines[0], output
 
 
-COMMANDS = [[], ["data"], ["data", "synth"], ["data", "check"], ["fit"], ["evaluate"], ["visualize"]]
+COMMANDS = [[], ["data"], ["data", "synth"], ["data", "check"], ["fit"], ["evaluate"], ["visualize"],
+            ["export"], ["index"], ["search"]]
 
 
 @pytest.mark.parametrize("command", COMMANDS, ids=lambda c: " ".join(c) or "cli")

@@ -1,0 +1,100 @@
+"""Parity of exported models with the Keras embedder: cosines, retrieval mAP, thresholds.
+
+What ``parity.json`` holds, per exported variant, against the Keras
+embedder's output on the same images (the *held set*: the test split, query
+and gallery, never used for calibration):
+
+- ``cosine_min`` / ``cosine_mean``: per-image cosine similarity;
+- ``centred_cosine_min`` / ``centred_cosine_mean``: the same after
+  subtracting the held set's mean Keras embedding from both. Re-ID
+  embeddings share a large common component (two different persons often
+  have cosine > 0.8), which a raw cosine counts as agreement; the centred
+  cosine measures agreement on the part that tells persons apart;
+- ``mAP`` / ``rank1`` (percent): retrieval on the test split (query vs
+  gallery, standard Market-1501 protocol via ``evaluate_rank``).
+
+Thresholds (SPEC section 4), applied per image: cosine >= 0.999 for float32,
+float16 and the SavedModel, >= 0.98 for int8; int8 mAP at most 1 point below
+float32's. Missing one raises ``UserError("parity missed: ...")``.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from aaa_keras.errors import UserError
+
+COSINE_THRESHOLDS = {"saved_model": 0.999, "float32": 0.999, "float16": 0.999, "int8": 0.98}
+MAX_INT8_MAP_DROP = 1.0  # percentage points of mAP, int8 vs float32
+
+
+def _normalized(x: np.ndarray) -> np.ndarray:
+    x = np.asarray(x, np.float64)
+    return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+
+
+def cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Row-wise cosine similarity of two ``(N, D)`` arrays."""
+    return np.sum(_normalized(a) * _normalized(b), axis=1)
+
+
+def centred_cosines(a: np.ndarray, b: np.ndarray, mean: np.ndarray) -> np.ndarray:
+    """Row-wise cosine after subtracting ``mean`` (the reference set's mean) from both."""
+    return cosines(np.asarray(a, np.float64) - mean, np.asarray(b, np.float64) - mean)
+
+
+def retrieval(query: np.ndarray, gallery: np.ndarray, q_pids, g_pids, q_camids, g_camids) -> dict:
+    """``{"mAP", "rank1"}`` in percent: Euclidean distance on L2-normalised features."""
+    from aaa_keras.evaluation.distance import euclidean_distance
+    from aaa_keras.evaluation.rank import evaluate_rank
+
+    distances = euclidean_distance(_normalized(query).astype(np.float32), _normalized(gallery).astype(np.float32))
+    result = evaluate_rank(distances, q_pids, g_pids, q_camids, g_camids)
+    return {"mAP": round(100.0 * result["mAP"], 3), "rank1": round(100.0 * float(result["cmc"][0]), 3),
+            "num_query": int(result["num_valid"])}
+
+
+def compare(reference: np.ndarray, candidate: np.ndarray, mean: np.ndarray | None = None) -> dict:
+    """Cosine statistics of ``candidate`` against ``reference`` (rounded, JSON-ready)."""
+    if candidate.shape != reference.shape:
+        raise UserError(f"parity: the exported model gives embeddings of shape {candidate.shape}, "
+                        f"Keras gives {reference.shape}")
+    if not np.isfinite(candidate).all():
+        return {"cosine_min": float("nan"), "cosine_mean": float("nan"), "finite": False}
+    mean = reference.mean(axis=0) if mean is None else mean
+    plain = cosines(reference, candidate)
+    centred = centred_cosines(reference, candidate, mean)
+    return {
+        "cosine_min": round(float(plain.min()), 6), "cosine_mean": round(float(plain.mean()), 6),
+        "centred_cosine_min": round(float(centred.min()), 6),
+        "centred_cosine_mean": round(float(centred.mean()), 6),
+        "worst_image": int(np.argmin(plain)), "finite": True,
+    }
+
+
+def failures(report: dict) -> list[str]:
+    """What misses the thresholds in a parity report (empty when it passes)."""
+    problems = []
+    variants = {"saved_model": report.get("saved_model")} if report.get("saved_model") else {}
+    variants.update(report.get("tflite", {}))
+    for name, entry in variants.items():
+        threshold = COSINE_THRESHOLDS[name]
+        if not entry.get("finite", True):
+            problems.append(f"{name} outputs NaN or inf")
+        elif entry["cosine_min"] < threshold:
+            problems.append(f"{name} per-image cosine to Keras min {entry['cosine_min']:.4f} < {threshold} "
+                            f"(mean {entry['cosine_mean']:.4f})")
+        bytes_min = entry.get("serve_bytes_cosine_min")
+        if bytes_min is not None and bytes_min < threshold:
+            problems.append(f"{name} serve_bytes cosine to Keras min {bytes_min:.4f} < {threshold}")
+    tflite = report.get("tflite", {})
+    if "int8" in tflite and "float32" in tflite and "mAP" in tflite["int8"] and "mAP" in tflite["float32"]:
+        drop = tflite["float32"]["mAP"] - tflite["int8"]["mAP"]
+        if drop > MAX_INT8_MAP_DROP:
+            problems.append(f"int8 mAP {tflite['int8']['mAP']:.2f} is {drop:.2f} points below float32's "
+                            f"{tflite['float32']['mAP']:.2f} (at most {MAX_INT8_MAP_DROP} allowed)")
+    return problems
+
+
+def thresholds() -> dict:
+    return {"cosine_min": dict(COSINE_THRESHOLDS), "int8_max_map_drop_points": MAX_INT8_MAP_DROP}
