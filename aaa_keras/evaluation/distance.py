@@ -27,6 +27,18 @@ def as_feature_matrix(features, name: str) -> np.ndarray:
     return array
 
 
+def as_feature_pair(qf, gf) -> tuple[np.ndarray, np.ndarray]:
+    """Query and gallery features as float32 matrices of the same width, or a UserError."""
+    queries = as_feature_matrix(qf, "qf")
+    gallery = as_feature_matrix(gf, "gf")
+    if queries.shape[1] != gallery.shape[1]:
+        raise UserError(
+            f"qf and gf must have the same feature dimension; received "
+            f"qf with {queries.shape[1]} and gf with {gallery.shape[1]} columns."
+        )
+    return queries, gallery
+
+
 def l2_normalize(x, epsilon: float = 1e-12) -> np.ndarray:
     """Scale every row of ``x`` to unit L2 norm (float32); all-zero rows stay zero."""
     features = as_feature_matrix(x, "x")
@@ -62,13 +74,7 @@ def euclidean_distance(qf, gf, block_rows: int = DEFAULT_BLOCK_ROWS) -> np.ndarr
     negative). Query rows are processed ``block_rows`` at a time so the only
     full-size allocation is the result.
     """
-    queries = as_feature_matrix(qf, "qf")
-    gallery = as_feature_matrix(gf, "gf")
-    if queries.shape[1] != gallery.shape[1]:
-        raise UserError(
-            f"qf and gf must have the same feature dimension; received "
-            f"qf with {queries.shape[1]} and gf with {gallery.shape[1]} columns."
-        )
+    queries, gallery = as_feature_pair(qf, gf)
     if block_rows < 1:
         raise UserError(f"block_rows must be a positive integer; received {block_rows}.")
     query_norms = squared_norms(queries)

@@ -33,7 +33,7 @@ import scipy.sparse as sp
 
 from aaa_keras.errors import UserError
 from aaa_keras.evaluation.distance import (
-    as_feature_matrix,
+    as_feature_pair,
     squared_distance_rows,
     squared_norms,
 )
@@ -135,13 +135,7 @@ def re_ranking(qf, gf, k1=20, k2=6, lambda_value=0.3, block_size=None):
     distances to all q+g images are held at once (default: about 32 MiB of
     float32). Returns a float32 (num_query, num_gallery) matrix.
     """
-    queries = as_feature_matrix(qf, "qf")
-    gallery = as_feature_matrix(gf, "gf")
-    if queries.shape[1] != gallery.shape[1]:
-        raise UserError(
-            f"qf and gf must have the same feature dimension; received "
-            f"{queries.shape[1]} and {gallery.shape[1]} columns."
-        )
+    queries, gallery = as_feature_pair(qf, gf)
     num_query = len(queries)
     features = np.concatenate([queries, gallery], axis=0)
     del queries, gallery

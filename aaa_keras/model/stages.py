@@ -35,7 +35,11 @@ def cross_entropy(labels, logits):
 
 
 class _StageModel(keras.Model):
-    """Shared plumbing: metric trackers declared by name, one optimizer step."""
+    """Shared plumbing: metric trackers declared by name, the default train/test step.
+
+    A subclass defines ``_step(images, labels, training)`` returning the
+    per-sample loss and a ``{tracker name: per-sample values}`` dict.
+    """
 
     tracker_names: tuple[str, ...] = ()
 
@@ -59,6 +63,21 @@ class _StageModel(keras.Model):
         gradients = tape.gradient(loss, variables)
         self.optimizer.apply(gradients, variables)
 
+    def train_step(self, data):
+        images, labels, _ = keras.utils.unpack_x_y_sample_weight(data)
+        with tf.GradientTape() as tape:
+            per_sample, values = self._step(images, labels, training=True)
+            loss = self.optimizer.scale_loss(global_batch_mean(per_sample))
+        self._apply_gradients(tape, loss)
+        self._update(values)
+        return self._results()
+
+    def test_step(self, data):
+        images, labels, _ = keras.utils.unpack_x_y_sample_weight(data)
+        _, values = self._step(images, labels, training=False)
+        self._update(values)
+        return self._results()
+
 
 class BaselineModel(_StageModel):
     """Stage 1 (paper 3.1): ``tail(stem(x))`` trained with softmax cross-entropy."""
@@ -80,21 +99,6 @@ class BaselineModel(_StageModel):
         correct = tf.cast(tf.argmax(logits, axis=-1, output_type=tf.int32) == tf.cast(labels, tf.int32),
                           tf.float32)
         return per_sample, {"loss": per_sample, "accuracy": correct}
-
-    def train_step(self, data):
-        images, labels, _ = keras.utils.unpack_x_y_sample_weight(data)
-        with tf.GradientTape() as tape:
-            per_sample, values = self._step(images, labels, training=True)
-            loss = self.optimizer.scale_loss(global_batch_mean(per_sample))
-        self._apply_gradients(tape, loss)
-        self._update(values)
-        return self._results()
-
-    def test_step(self, data):
-        images, labels, _ = keras.utils.unpack_x_y_sample_weight(data)
-        _, values = self._step(images, labels, training=False)
-        self._update(values)
-        return self._results()
 
 
 class AttentionAssignmentModel(_StageModel):
@@ -132,21 +136,6 @@ class AttentionAssignmentModel(_StageModel):
         return per_sample, {
             "loss": per_sample, "attention_loss": l_att, "regularization_loss": l_r,
             "hardest_cell_probability": tf.reduce_min(cell_probabilities, axis=1)}
-
-    def train_step(self, data):
-        images, labels, _ = keras.utils.unpack_x_y_sample_weight(data)
-        with tf.GradientTape() as tape:
-            per_sample, values = self._step(images, labels, training=True)
-            loss = self.optimizer.scale_loss(global_batch_mean(per_sample))
-        self._apply_gradients(tape, loss)
-        self._update(values)
-        return self._results()
-
-    def test_step(self, data):
-        images, labels, _ = keras.utils.unpack_x_y_sample_weight(data)
-        _, values = self._step(images, labels, training=False)
-        self._update(values)
-        return self._results()
 
 
 class AdversarialModel(_StageModel):
