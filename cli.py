@@ -30,6 +30,9 @@ def user_errors(command):
         except UserError as error:
             click.echo(f"Error: {error}", err=True)
             sys.exit(2)
+        except OSError as error:  # a path the user gave: a directory for a file, no permission, ...
+            click.echo(f"Error: {error}", err=True)
+            sys.exit(2)
         except KeyboardInterrupt:
             click.echo("Interrupted. Run the same command again to resume.", err=True)
             sys.exit(130)
@@ -107,7 +110,7 @@ def data_check(root, strict):
 @click.option("--data", "data_dir", default=None, help="Dataset root (Market-1501 layout). Default: built-in synthetic data.")
 @click.option("--run-dir", default="runs/demo", show_default=True, help="Where config, weights and logs go.")
 @click.option("--preset", type=click.Choice(["demo", "paper"]), default="demo", show_default=True,
-              help="demo: 64x32, minutes on a CPU; paper: 224x224, batch 32, 10 epochs (GPU).")
+              help="demo: tiny_resnet at 128x64, minutes on a CPU; paper: ResNet-50 224x224, batch 32, 10 epochs (GPU).")
 @click.option("--epochs", type=click.IntRange(1), default=None, help="Epochs per stage.")
 @click.option("--batch-size", type=click.IntRange(1), default=None)
 @click.option("--image-size", default=None, metavar="HxW", help="Input size, e.g. 256x128.")
@@ -180,8 +183,16 @@ def fit(stage, data_dir, run_dir, preset, image_size, no_finetune, no_take_turns
               show_default=True, help="Distance; xqda/kissme are learned on the training split.")
 @click.option("--rerank", is_flag=True, help="Add k-reciprocal re-ranking rows (k1=20, k2=6, lambda=0.3).")
 @click.option("--json", "json_path", default=None, help="Write the results as JSON (values in percent).")
+@click.option("--distribute", type=click.Choice(["none", "mirrored", "multiworker"]), default="none",
+              show_default=True, help="tf.distribute strategy for the embedding extraction.")
+@click.option("--mixed-precision", type=click.Choice(["mixed_float16", "mixed_bfloat16"]), default=None)
+@click.option("--jit-compile/--no-jit-compile", default=False, show_default=True,
+              help="XLA-compile the embedding extraction.")
+@click.option("--skip-bad-images", is_flag=True,
+              help="Drop images that do not decode (each is named) instead of stopping.")
 @user_errors
-def evaluate(run_dir, stage, data_dir, metric, rerank, json_path):
+def evaluate(run_dir, stage, data_dir, metric, rerank, json_path, distribute, mixed_precision,
+             jit_compile, skip_bad_images):
     """CMC Rank-1/5/10, mAP and mINP under the standard Market-1501 protocol.
 
     \b
@@ -191,7 +202,9 @@ def evaluate(run_dir, stage, data_dir, metric, rerank, json_path):
     from aaa_keras.evaluation.run import METRICS, evaluate_run
 
     metrics = METRICS if metric == "all" else (metric,)
-    evaluate_run(run_dir, stage, data_dir, metrics, rerank, json_path, log=click.echo)
+    evaluate_run(run_dir, stage, data_dir, metrics, rerank, json_path, log=click.echo,
+                 distribute=distribute, mixed_precision=mixed_precision or "",
+                 jit_compile=jit_compile, skip_bad_images=skip_bad_images)
 
 
 # === visualize ===

@@ -124,6 +124,9 @@ def validate(config: RunConfig) -> None:
     for name in ("image_height", "image_width", "batch_size", "epochs"):
         if getattr(config, name) < 1:
             raise UserError(f"{name} must be a positive integer, got {getattr(config, name)}")
+    if config.backbone == "resnet50" and min(config.image_size) < 32:
+        raise UserError(f"--image-size {config.image_height}x{config.image_width}: ResNet-50 needs "
+                        "at least 32x32 (e.g. 256x128)")
     if not 0.0 <= config.dropout < 1.0:
         raise UserError(f"--dropout must be in [0, 1), got {config.dropout}")
     if not 0.0 < config.occluded_fraction < 1.0:

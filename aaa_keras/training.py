@@ -29,6 +29,16 @@ from aaa_keras.model.attention import build_attention_branch
 from aaa_keras.model.backbone import ReidParts, build_parts
 from aaa_keras.model.stages import AdversarialModel, AttentionAssignmentModel, BaselineModel
 
+# The settings that define what each stage trained; a finished stage records
+# them in done.json, and a later `fit` asking for other values is refused
+# instead of silently reusing the stage.
+STAGE_SETTINGS = {
+    "baseline": ("dropout", "random_erasing", "random_erasing_probability", "backbone_weights"),
+    "attention": ("grid_size",),
+    "adversarial": ("finetune", "take_turns", "lambda1", "lambda2", "omega", "occluded_fraction",
+                    "grid_size"),
+}
+
 NETWORK_WEIGHTS = "network.weights.h5"
 ATTENTION_WEIGHTS = "attention.weights.h5"
 DONE_FILE = "done.json"
@@ -125,8 +135,33 @@ def set_precision_policy(name: str) -> None:
     keras.mixed_precision.set_global_policy(name or "float32")
 
 
-def start_run(config: RunConfig, run_dir: str, log=print) -> tuple[RunConfig, ReidDataset]:
-    """Resolve the data, fill in the dataset-derived fields, and check or write ``config.json``."""
+def stage_settings(config: RunConfig, stage: str) -> dict:
+    return {key: getattr(config, key) for key in STAGE_SETTINGS[stage]}
+
+
+def check_finished_stages(config: RunConfig, run_dir: str, stages) -> None:
+    """Refuse a request whose settings differ from those a finished stage was trained with."""
+    for stage in stages:
+        path = os.path.join(stage_dir(run_dir, stage), DONE_FILE)
+        if not os.path.isfile(path):
+            continue
+        with open(path) as f:
+            trained = json.load(f).get("settings", {})
+        requested = stage_settings(config, stage)
+        differences = [f"{key}: trained with {trained[key]!r}, requested {value!r}"
+                       for key, value in requested.items() if key in trained and trained[key] != value]
+        if differences:
+            raise RunDirError(
+                f"--run-dir {run_dir}: stage {stage} is already trained with other settings ("
+                + "; ".join(differences) + "); use a new --run-dir for this variant")
+
+
+def start_run(config: RunConfig, run_dir: str, log=print, stages=STAGES) -> tuple[RunConfig, ReidDataset]:
+    """Resolve the data, fill in the dataset-derived fields, and check or write ``config.json``.
+
+    ``stages`` are the stages this run will use: a finished one must have been
+    trained with the requested settings.
+    """
     config = dataclasses.replace(config, data=resolve_data(config.data, log))
     dataset = load_dataset(config.data)
     if dataset.num_classes < 2:
@@ -137,6 +172,7 @@ def start_run(config: RunConfig, run_dir: str, log=print) -> tuple[RunConfig, Re
     os.makedirs(run_dir, exist_ok=True)
     if os.path.isfile(os.path.join(run_dir, config_lib.CONFIG_FILE)):
         config_lib.check_compatible(config_lib.load_config(run_dir), config, run_dir)
+    check_finished_stages(config, run_dir, stages)
     config_lib.save_config(config, run_dir)
     return config, dataset
 
@@ -263,6 +299,7 @@ def train_stage(stage: str, config: RunConfig, dataset: ReidDataset, run_dir: st
     summary = {
         "stage": stage, "epochs": config.epochs, "steps_per_epoch": steps,
         "seconds": round(seconds, 1), "finetune": config.finetune,
+        "settings": stage_settings(config, stage),
         "final_metrics": {k: float(v[-1]) for k, v in history.history.items() if v},
     }
     with open(os.path.join(directory, DONE_FILE), "w") as f:
@@ -284,7 +321,7 @@ def fit(stage: str, config: RunConfig, run_dir: str, log=print, callbacks=()) ->
     if strategy.num_replicas_in_sync > 1:
         log(f"Distributing with {type(strategy).__name__} over {strategy.num_replicas_in_sync} "
             f"replicas; --batch-size {config.batch_size} is the global batch")
-    config, dataset = start_run(config, run_dir, log)
+    config, dataset = start_run(config, run_dir, log, plan)
     log("Run configuration:\n" + config.summary())
     log(f"Data: {config.data}: {len(dataset.train_identities())} training images of "
         f"{config.num_classes} ids, {len(dataset.query)} query, {len(dataset.gallery)} gallery")

@@ -101,3 +101,38 @@ def test_fit_then_evaluate_writes_the_spec_json(tmp_path, tiny_data):
     code, output = run("fit", "--stage", "baseline", "--data", other, "--run-dir", run_dir, *TINY)
     assert_user_error(code, output, "another configuration")
     assert (run_dir / "baseline" / "network.weights.h5").is_file()
+
+
+@pytest.fixture(scope="module")
+def trained_run(tmp_path_factory, tiny_data):
+    run_dir = tmp_path_factory.mktemp("cli") / "run"
+    code, output = run("fit", "--stage", "baseline", "--data", tiny_data, "--run-dir", run_dir, *TINY,
+                       "--no-evaluate")
+    assert code == 0, output
+    return run_dir
+
+
+def test_evaluate_json_that_is_a_directory(trained_run, tmp_path):
+    code, output = run("evaluate", "--run-dir", trained_run, "--json", tmp_path)
+    assert_user_error(code, output, "--json", "is a directory")
+
+
+def test_evaluate_names_a_corrupt_image_or_skips_it(trained_run, tmp_path, tiny_data):
+    root = tmp_path / "corrupt"
+    shutil.copytree(tiny_data, root)
+    victim = sorted((root / "bounding_box_test").iterdir())[3]
+    victim.write_bytes(b"\xff\xd8 not a jpeg")
+    code, output = run("evaluate", "--run-dir", trained_run, "--data", root)
+    assert_user_error(code, output, "does not decode", "--skip-bad-images")
+    code, output = run("evaluate", "--run-dir", trained_run, "--data", root, "--skip-bad-images",
+                       "--json", tmp_path / "eval.json")
+    assert code == 0, output
+    assert f"Skipping a bad gallery image: {victim}" in output
+    assert json.loads((tmp_path / "eval.json").read_text())["euclidean"]["num_query"] > 0
+
+
+def test_evaluate_accepts_the_spec_execution_options(trained_run):
+    code, output = run("evaluate", "--run-dir", trained_run, "--distribute", "none",
+                       "--mixed-precision", "mixed_bfloat16", "--no-jit-compile")
+    assert code == 0, output
+    assert "euclidean" in output

@@ -150,3 +150,18 @@ def test_required_stages():
     assert required_stages("adversarial", finetune=False) == ["baseline", "adversarial"]
     with pytest.raises(UserError, match="--stage"):
         required_stages("nope")
+
+
+def test_a_finished_stage_with_other_settings_is_refused_not_reused(adversarial_run):
+    import dataclasses
+
+    config, run_dir, _, _ = adversarial_run
+    variant = dataclasses.replace(config, finetune=False)
+    with pytest.raises(RunDirError, match="stage adversarial is already trained with other settings.*finetune"):
+        fit("adversarial", variant, run_dir, log=quiet)
+    assert load_config(run_dir).finetune is True  # config.json is not rewritten by the refused run
+
+
+def test_resnet50_below_32_pixels_is_a_clear_error():
+    with pytest.raises(UserError, match="--image-size 16x16: ResNet-50 needs at least 32x32"):
+        make_config("paper", image_height=16, image_width=16)

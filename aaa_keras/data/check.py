@@ -57,7 +57,7 @@ class CheckReport:
         return not self.warnings
 
 
-def _decode_size(path: str) -> tuple[int, int]:
+def decode_size(path: str) -> tuple[int, int]:
     """(height, width) of an image file, or a DatasetError naming it."""
     try:
         data = np.fromfile(path, dtype=np.uint8)
@@ -84,7 +84,7 @@ def _split_stats(split: str, directory: str, records: list[ImageRecord],
         num_distractors=sum(r.pid == DISTRACTOR_PID for r in records),
     )
     if decode:
-        sizes = [_decode_size(r.path) for r in records]
+        sizes = [decode_size(r.path) for r in records]
         stats.min_size = min(sizes, key=lambda s: s[0] * s[1])
         stats.max_size = max(sizes, key=lambda s: s[0] * s[1])
     return stats

@@ -32,16 +32,59 @@ def _ids(records):
     return (np.array([r.pid for r in records], np.int64), np.array([r.camid for r in records], np.int64))
 
 
+def drop_bad_images(records: list[ImageRecord], split: str, log=print) -> list[ImageRecord]:
+    """The records whose image decodes; each dropped file is named in the log."""
+    from aaa_keras.data.check import decode_size
+    from aaa_keras.errors import DatasetError
+
+    kept = []
+    for record in records:
+        try:
+            decode_size(record.path)
+            kept.append(record)
+        except DatasetError as error:
+            log(f"Skipping a bad {split} image: {error}")
+    return kept
+
+
 def evaluate_run(run_dir: str, stage: str | None = None, data: str | None = None,
                  metrics=("euclidean",), rerank: bool = False, json_path: str | None = None,
-                 log=print) -> dict:
-    """Evaluate ``stage`` of ``run_dir`` on ``data`` (default: the run's own dataset)."""
-    from aaa_keras.training import load_trained, resolve_data
+                 log=print, distribute: str = "none", mixed_precision: str = "",
+                 jit_compile: bool = False, skip_bad_images: bool = False) -> dict:
+    """Evaluate ``stage`` of ``run_dir`` on ``data`` (default: the run's own dataset).
 
-    config, parts, _, stage = load_trained(run_dir, stage)
+    ``distribute`` / ``mixed_precision`` / ``jit_compile`` apply to the
+    embedding extraction. An image that does not decode is an error naming it,
+    unless ``skip_bad_images`` drops it (and says so).
+    """
+    import tensorflow as tf
+
+    from aaa_keras.errors import UserError
+    from aaa_keras.training import distribution_strategy, load_trained, resolve_data, set_precision_policy
+
+    if json_path and os.path.isdir(json_path):
+        raise UserError(f"--json {json_path} is a directory; give a file name such as {json_path}/eval.json")
+    strategy = distribution_strategy(distribute)  # before any other TensorFlow op
+    set_precision_policy(mixed_precision)
+    with strategy.scope():
+        config, parts, _, stage = load_trained(run_dir, stage)
+        embedder = build_embedder(parts)
+        embedder.compile(jit_compile=jit_compile)
+    set_precision_policy("")
     root = resolve_data(data or config.data, log)
     dataset = load_dataset(root)
-    embedder = build_embedder(parts)
+    if skip_bad_images:
+        for split in ("query", "gallery", "train"):
+            setattr(dataset, split, drop_bad_images(getattr(dataset, split), split, log))
+    try:
+        return _evaluate_embedder(embedder, dataset, config, run_dir, stage, root, metrics, rerank,
+                                  json_path, log)
+    except tf.errors.InvalidArgumentError as error:
+        raise UserError(f"an image of {root} does not decode ({error.message.splitlines()[0]}); "
+                        f"find it with `python cli.py data check {root}` or pass --skip-bad-images") from None
+
+
+def _evaluate_embedder(embedder, dataset, config, run_dir, stage, root, metrics, rerank, json_path, log):
     log(f"Evaluating stage {stage} of {run_dir} on {root}: "
         f"{len(dataset.query)} query, {len(dataset.gallery)} gallery images")
     qf = extract_embeddings(embedder, dataset.query, config.image_size)
