@@ -13,6 +13,7 @@ import os
 import re
 
 from aaa_keras.errors import RunDirError, UserError
+from aaa_keras.files import write_json_atomically
 
 STAGES = ("baseline", "attention", "adversarial")
 OCCLUSION_POINTS = ("conv2", "conv3", "conv4", "conv5")
@@ -72,9 +73,6 @@ class RunConfig:
     @property
     def image_size(self) -> tuple[int, int]:
         return (self.image_height, self.image_width)
-
-    def to_json(self) -> str:
-        return json.dumps(dataclasses.asdict(self), indent=2, sort_keys=True)
 
     def summary(self) -> str:
         """A printable, aligned listing of every setting."""
@@ -151,11 +149,7 @@ def parse_image_size(text: str) -> tuple[int, int]:
 
 
 def save_config(config: RunConfig, run_dir: str) -> None:
-    path = os.path.join(run_dir, CONFIG_FILE)
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        f.write(config.to_json() + "\n")
-    os.replace(tmp, path)
+    write_json_atomically(os.path.join(run_dir, CONFIG_FILE), dataclasses.asdict(config), sort_keys=True)
 
 
 def load_config(run_dir: str) -> RunConfig:

@@ -25,6 +25,7 @@ from aaa_keras.config import STAGES, RunConfig
 from aaa_keras.data.names import ReidDataset, dataset_fingerprint, load_dataset
 from aaa_keras.data.pipeline import train_dataset
 from aaa_keras.errors import RunDirError, UserError
+from aaa_keras.files import partial_path, write_json_atomically
 from aaa_keras.model.attention import build_attention_branch
 from aaa_keras.model.backbone import ReidParts, build_parts
 from aaa_keras.model.stages import AdversarialModel, AttentionAssignmentModel, BaselineModel
@@ -72,7 +73,7 @@ def required_stages(stage: str, finetune: bool = True) -> list[str]:
 
 
 def _save_weights_atomically(model: keras.Model, path: str) -> None:
-    tmp = os.path.join(os.path.dirname(path), "_partial_" + os.path.basename(path))
+    tmp = partial_path(path)
     model.save_weights(tmp)
     os.replace(tmp, path)
 
@@ -302,8 +303,7 @@ def train_stage(stage: str, config: RunConfig, dataset: ReidDataset, run_dir: st
         "settings": stage_settings(config, stage),
         "final_metrics": {k: float(v[-1]) for k, v in history.history.items() if v},
     }
-    with open(os.path.join(directory, DONE_FILE), "w") as f:
-        json.dump(summary, f, indent=2)
+    write_json_atomically(os.path.join(directory, DONE_FILE), summary)
     set_precision_policy("")
     return summary
 

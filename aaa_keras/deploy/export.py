@@ -25,7 +25,6 @@ parity is moved to ``out/_rejected/`` for inspection and raises ``UserError``.
 from __future__ import annotations
 
 import datetime
-import json
 import os
 import re
 import shutil
@@ -36,12 +35,12 @@ import numpy as np
 from aaa_keras.deploy import parity as parity_lib
 from aaa_keras.deploy import tflite as tflite_lib
 from aaa_keras.errors import UserError
+from aaa_keras.files import PARTIAL_PREFIX, write_json_atomically
 
 FORMATS = ("saved_model", "tflite")
 QUANTIZATIONS = tflite_lib.QUANTIZATIONS
 TFLITE_DIR = "tflite"
 REJECTED_DIR = "_rejected"
-PARTIAL_PREFIX = "_partial_"
 PARITY_FILE = "parity.json"
 SAVED_MODEL_CHECK_IMAGES = 64  # held images the SavedModel's float / uint8 signatures are checked on
 SAVED_MODEL_CHECK_FILES = 16  # held files whose encoded bytes go through serve_bytes
@@ -114,14 +113,6 @@ def _commit(partial: str, final: str) -> None:
     except OSError as error:
         raise UserError(f"{final}: cannot move the finished export into place ({error}); another export "
                         "may have written this version meanwhile. Nothing was overwritten") from None
-
-
-def _write_json(path: str, payload: dict) -> None:
-    tmp = os.path.join(os.path.dirname(path), f"{PARTIAL_PREFIX}{os.path.basename(path)}")
-    with open(tmp, "w") as f:
-        json.dump(payload, f, indent=2)
-        f.write("\n")
-    os.replace(tmp, path)
 
 
 # === Data used by the checks ===
@@ -285,7 +276,7 @@ def export_run(run_dir: str, out: str, stage: str | None = None, formats=FORMATS
         for kind, partial, _ in partials:
             target = os.path.join(partial, "assets.extra") if kind == "saved_model" else partial
             os.makedirs(target, exist_ok=True)
-            _write_json(os.path.join(target, PARITY_FILE), report)
+            write_json_atomically(os.path.join(target, PARITY_FILE), report)
         if problems:
             rejected = _reject(out, model_name, version, partials)
             partials = []

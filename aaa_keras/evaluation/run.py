@@ -7,13 +7,13 @@ evaluation pipeline and hands them to :func:`evaluate_features`.
 
 from __future__ import annotations
 
-import json
 import os
 
 import numpy as np
 
 from aaa_keras.data.names import ImageRecord, load_dataset
 from aaa_keras.data.pipeline import eval_dataset
+from aaa_keras.files import write_json_atomically
 from aaa_keras.evaluation.report import evaluate_features, format_table
 from aaa_keras.model.backbone import build_embedder
 
@@ -104,10 +104,7 @@ def _evaluate_embedder(embedder, dataset, config, run_dir, stage, root, metrics,
     log(format_table(results))
     if json_path:
         os.makedirs(os.path.dirname(os.path.abspath(json_path)), exist_ok=True)
-        tmp = json_path + ".tmp"
-        with open(tmp, "w") as f:
-            json.dump(results, f, indent=2)
-        os.replace(tmp, json_path)
+        write_json_atomically(json_path, results)
         log(f"Wrote {json_path}")
     return results
 
