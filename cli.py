@@ -21,16 +21,13 @@ STAGE_CHOICE = click.Choice(["baseline", "attention", "adversarial"])
 
 
 def user_errors(command):
-    """Print a UserError as one ``Error:`` line and exit 2, never a traceback."""
+    """Print a UserError (or an OSError on a given path) as one ``Error:`` line and exit 2."""
 
     @functools.wraps(command)
     def wrapper(*args, **kwargs):
         try:
             return command(*args, **kwargs)
-        except UserError as error:
-            click.echo(f"Error: {error}", err=True)
-            sys.exit(2)
-        except OSError as error:  # a path the user gave: a directory for a file, no permission, ...
+        except (UserError, OSError) as error:  # OSError: a path the user gave (a directory, no permission)
             click.echo(f"Error: {error}", err=True)
             sys.exit(2)
         except KeyboardInterrupt:
