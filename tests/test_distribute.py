@@ -14,8 +14,12 @@ from conftest import REPO_ROOT
 
 SCRIPT = os.path.join(REPO_ROOT, "tests", "scripts", "mirrored_step.py")
 
-# float32 sums in another order (two replicas, then an all-reduce): a few ulps of the update.
-WEIGHT_TOLERANCE = 1e-5
+# float32 sums in another order (two replicas, then an all-reduce), and other oneDNN kernels on
+# Intel and AMD CPUs: the weights may differ by rounding, relative to each variable's step and
+# magnitude (mirrored_step.relative_weight_difference). An absolute 1e-5 failed on AMD EPYC
+# (1.5e-5 on an attention weight); a loss not divided by the global batch gives 1.0 here.
+RELATIVE_WEIGHT_TOLERANCE = 1e-3
+METRIC_TOLERANCE = dict(rel=1e-4, abs=1e-6)
 
 
 @pytest.mark.parametrize("stage", ["baseline", "attention", "adversarial"])
@@ -27,9 +31,9 @@ def test_mirrored_first_step_equals_single_device(stage):
     report = json.loads(result.stdout.strip().splitlines()[-1])
     assert report["replicas"] == [1, 2]
     assert min(report["max_update"]) > 1e-3  # the step really moved the weights
-    assert report["max_weight_difference"] < WEIGHT_TOLERANCE
+    assert report["relative_weight_difference"] < RELATIVE_WEIGHT_TOLERANCE, report
     for name, single in report["metrics_single"].items():
-        assert report["metrics_mirrored"][name] == pytest.approx(single, rel=1e-5, abs=1e-6), name
+        assert report["metrics_mirrored"][name] == pytest.approx(single, **METRIC_TOLERANCE), name
 
 
 @pytest.fixture

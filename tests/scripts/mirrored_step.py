@@ -50,15 +50,37 @@ def one_step(strategy):
     history = model.fit(data, epochs=1, verbose=0)
     change = max(float(np.abs(a - v.numpy()).max()) for a, v in zip(before, model.trainable_variables))
     weights = [v.numpy() for v in parts.network.variables + attention.variables]
-    return {k: float(v[0]) for k, v in history.history.items()}, weights, change
+    initial = {id(v): a for a, v in zip(before, model.trainable_variables)}
+    updates = [v.numpy() - initial[id(v)] if id(v) in initial else np.zeros(v.shape, np.float32)
+               for v in parts.network.variables + attention.variables]
+    return {k: float(v[0]) for k, v in history.history.items()}, weights, change, updates
 
 
-metrics_one, weights_one, change_one = one_step(single)
-metrics_two, weights_two, change_two = one_step(mirrored)
+def relative_weight_difference(weights_a, weights_b, updates):
+    """Largest ``|a - b|`` of any variable, relative to that variable's step and magnitude.
+
+    The two runs sum the same float32 numbers in another order (two replicas,
+    then an all-reduce), and oneDNN picks other kernels on Intel and AMD CPUs,
+    so the weights may differ by a few ulps of the update. Each variable's
+    difference is divided by its largest update plus a float32 ulp of its
+    largest magnitude; a loss not divided by the global batch (a x2 step) gives
+    1.0 here (measured), rounding ~1e-6.
+    """
+    ratios = []
+    for a, b, update in zip(weights_a, weights_b, updates):
+        scale = float(np.abs(update).max()) + float(np.finfo(np.float32).eps) * float(np.abs(a).max())
+        difference = float(np.abs(a - b).max())
+        ratios.append(0.0 if difference == 0.0 else difference / max(scale, 1e-30))
+    return max(ratios)
+
+
+metrics_one, weights_one, change_one, updates_one = one_step(single)
+metrics_two, weights_two, change_two, _ = one_step(mirrored)
 print(json.dumps({
     "replicas": [single.num_replicas_in_sync, mirrored.num_replicas_in_sync],
     "max_update": [change_one, change_two],
     "metrics_single": metrics_one,
     "metrics_mirrored": metrics_two,
     "max_weight_difference": max(float(np.abs(a - b).max()) for a, b in zip(weights_one, weights_two)),
+    "relative_weight_difference": relative_weight_difference(weights_one, weights_two, updates_one),
 }))
