@@ -200,3 +200,65 @@ def test_mixed_naming_is_a_warning(tmp_path):
     report = check_dataset(str(root))
     assert report.naming == "mixed"
     assert any("mix Market-1501 and DukeMTMC-reID" in w for w in report.warnings)
+
+
+# === verify_images: the check before training and evaluation ===
+
+def truncate(path, keep=0.5):
+    with open(path, "rb") as f:
+        data = f.read()
+    with open(path, "wb") as f:
+        f.write(data[: int(len(data) * keep)])
+
+
+def test_a_truncated_jpeg_that_opencv_accepts_is_named(root):
+    """The check decodes with TensorFlow's decoder: libjpeg via OpenCV only warns on a cut file."""
+    truncated = split_files(root, "train")[1]
+    truncate(truncated)
+    assert cv2.imread(truncated) is not None  # why the check must not use OpenCV
+    message = raised_message(root)
+    assert truncated in message and "jpeg" in message.lower()
+
+
+def test_verify_images_names_every_bad_file_and_the_flag(root, tmp_path):
+    from aaa_keras.data.check import verify_images
+    from aaa_keras.data.names import load_dataset
+
+    bad = [split_files(root, "train")[0], split_files(root, "query")[0]]
+    truncate(bad[0])
+    open(bad[1], "wb").close()
+    with pytest.raises(DatasetError) as caught:
+        verify_images(load_dataset(str(root)), ("train", "query", "gallery"), str(tmp_path))
+    message = str(caught.value)
+    assert "\n" not in message and "--skip-bad-images" in message and "2 images do not decode" in message
+    assert all(path in message for path in bad)
+
+    lines = []
+    kept = verify_images(load_dataset(str(root)), ("train", "query", "gallery"), str(tmp_path),
+                         skip_bad=True, log=lines.append)
+    assert not {r.path for r in kept.train + kept.query} & set(bad)
+    assert len(kept.train) == len(split_files(root, "train")) - 1
+    assert "left out 2 images" in lines[-1] and "train 1, query 1, gallery 0" in lines[-1]
+
+
+def test_verify_images_caches_by_size_and_mtime(root, tmp_path, monkeypatch):
+    from aaa_keras.data import check
+    from aaa_keras.data.names import load_dataset
+
+    decoded = []
+    real = check.decode_files
+    monkeypatch.setattr(check, "decode_files", lambda paths: (decoded.extend(paths), real(paths))[1])
+    dataset = load_dataset(str(root))
+    check.verify_images(dataset, ("train", "query"), str(tmp_path))
+    assert len(decoded) == len(dataset.train) + len(dataset.query)
+    assert os.path.isfile(tmp_path / check.IMAGE_CHECK_FILE)
+
+    decoded.clear()
+    check.verify_images(dataset, ("train", "query"), str(tmp_path))
+    assert decoded == []  # the second run pays nothing
+
+    changed = dataset.train[2].path
+    truncate(changed, 0.3)
+    with pytest.raises(DatasetError, match="1 image does not decode"):
+        check.verify_images(dataset, ("train", "query"), str(tmp_path))
+    assert decoded == [changed]  # only the changed file is decoded again

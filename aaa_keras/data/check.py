@@ -11,10 +11,13 @@ by the training and test splits, file names mixing Market and Duke patterns.
 from __future__ import annotations
 
 import collections
+import contextlib
 import dataclasses
+import json
 import os
+import re
+import time
 
-import cv2
 import numpy as np
 
 from aaa_keras.data.names import (
@@ -58,18 +61,73 @@ class CheckReport:
 
 
 def decode_size(path: str) -> tuple[int, int]:
-    """(height, width) of an image file, or a DatasetError naming it."""
+    """(height, width) of an image file as the training pipeline decodes it, or a DatasetError naming it."""
+    sizes, errors = decode_files([path])
+    if path in errors:
+        raise DatasetError(f"{path}: does not decode ({errors[path]}); replace or delete it")
+    return sizes[path]
+
+
+def _decode_error(path: str) -> str:
+    """Why TensorFlow's decoder rejects ``path``, in a few words."""
+    import tensorflow as tf
+
+    from aaa_keras.data.pipeline import decode_pixels
+
     try:
-        data = np.fromfile(path, dtype=np.uint8)
+        size = os.path.getsize(path)
     except OSError as error:
-        raise DatasetError(f"{path}: cannot read the image file ({error.strerror})") from None
-    if data.size == 0:
-        raise DatasetError(f"{path}: image file is empty (0 bytes); replace or delete it")
-    image = cv2.imdecode(data, cv2.IMREAD_COLOR)
-    if image is None:
-        raise DatasetError(f"{path}: image does not decode ({data.size} bytes, expected a valid "
-                           "JPEG or PNG); replace or delete it")
-    return int(image.shape[0]), int(image.shape[1])
+        return f"cannot be read: {error.strerror}"
+    if size == 0:
+        return "empty file, 0 bytes"
+    try:
+        decode_pixels(tf.io.read_file(path))
+    except tf.errors.OpError as error:
+        reason = (error.message or type(error).__name__).strip().splitlines()[0]
+        reason = re.sub(r"\{\{.*?\}\}|\[Op:.*", "", reason).strip()
+        return f"{size} bytes: {reason}"
+    return "decode failed"  # failed in the batch pass only (e.g. changed meanwhile)
+
+
+def decode_files(paths) -> tuple[dict[str, tuple[int, int]], dict[str, str]]:
+    """Decode every file with the pipeline's decoder: ``({path: (h, w)}, {bad path: reason})``.
+
+    One parallel ``tf.data`` pass over all files (errors dropped with
+    ``ignore_errors``); the files missing from its output are decoded again
+    one by one to say why they fail.
+    """
+    import tensorflow as tf
+
+    from aaa_keras.data.pipeline import decode_pixels
+
+    paths = list(dict.fromkeys(paths))
+    sizes: dict[str, tuple[int, int]] = {}
+    with _quiet_native_stderr():  # libjpeg's own complaints; the bad files are reported below
+        if paths:
+            files = tf.data.Dataset.from_tensor_slices(np.asarray(paths, dtype=object).astype(str))
+            shapes = files.map(lambda p: (p, tf.shape(decode_pixels(tf.io.read_file(p)))[:2]),
+                               num_parallel_calls=tf.data.AUTOTUNE, deterministic=False)
+            for path, shape in shapes.ignore_errors().as_numpy_iterator():
+                sizes[path.decode()] = (int(shape[0]), int(shape[1]))
+        errors = {path: _decode_error(path) for path in paths if path not in sizes}
+    return sizes, errors
+
+
+@contextlib.contextmanager
+def _quiet_native_stderr():
+    """Silence file descriptor 2 (TensorFlow's C++ log lines) for a block that prints nothing itself."""
+    try:
+        saved = os.dup(2)
+    except OSError:
+        yield
+        return
+    try:
+        with open(os.devnull, "w") as devnull:
+            os.dup2(devnull.fileno(), 2)
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
 
 
 def _split_stats(split: str, directory: str, records: list[ImageRecord],
@@ -84,10 +142,112 @@ def _split_stats(split: str, directory: str, records: list[ImageRecord],
         num_distractors=sum(r.pid == DISTRACTOR_PID for r in records),
     )
     if decode:
-        sizes = [decode_size(r.path) for r in records]
+        decoded, errors = decode_files([r.path for r in records])
+        if errors:
+            raise DatasetError(bad_images_message(errors, "check"))
+        sizes = list(decoded.values())
         stats.min_size = min(sizes, key=lambda s: s[0] * s[1])
         stats.max_size = max(sizes, key=lambda s: s[0] * s[1])
     return stats
+
+
+# === The image check before training and evaluation ===
+
+IMAGE_CHECK_FILE = "image_check.json"
+MAX_NAMED_BAD = 10  # bad files named in one error before "and N more"
+
+
+def bad_images_message(errors: dict[str, str], purpose: str = "fit") -> str:
+    """One line naming the bad files (up to :data:`MAX_NAMED_BAD`) and what to do."""
+    named = [f"{path} ({reason})" for path, reason in sorted(errors.items())[:MAX_NAMED_BAD]]
+    more = f", and {len(errors) - MAX_NAMED_BAD} more" if len(errors) > MAX_NAMED_BAD else ""
+    count = f"{len(errors)} images do not" if len(errors) > 1 else "1 image does not"
+    fix = "replace or delete them" if len(errors) > 1 else "replace or delete it"
+    if purpose != "check":
+        fix += ", or pass --skip-bad-images to leave them out of this run"
+    pipeline = "training" if purpose == "fit" else "input"
+    return (f"{count} decode with TensorFlow's decoder (the one the {pipeline} pipeline uses): "
+            f"{', '.join(named)}{more}; {fix}")
+
+
+def _load_cache(path: str, decoder: str) -> dict:
+    try:
+        with open(path) as f:
+            cache = json.load(f)
+    except (OSError, ValueError):
+        return {}
+    if not isinstance(cache, dict) or cache.get("decoder") != decoder:
+        return {}
+    files = cache.get("files")
+    return files if isinstance(files, dict) else {}
+
+
+def _save_cache(path: str, decoder: str, files: dict) -> None:
+    """Best effort: a read-only run dir only means the next run decodes again."""
+    tmp = f"{path}.{os.getpid()}.tmp"
+    try:
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        with open(tmp, "w") as f:
+            json.dump({"decoder": decoder, "files": files}, f)
+        os.replace(tmp, path)
+    except OSError:
+        with contextlib.suppress(OSError):
+            os.remove(tmp)
+
+
+def _stamp(path: str) -> list | None:
+    try:
+        stat = os.stat(path)
+    except OSError:
+        return None
+    return [stat.st_size, stat.st_mtime_ns]
+
+
+def verify_images(dataset: ReidDataset, splits, cache_dir: str | None, skip_bad: bool = False,
+                  log=print, purpose: str = "fit") -> ReidDataset:
+    """Decode every image of ``splits`` once, as the pipeline will; drop or refuse the bad ones.
+
+    Results are cached in ``cache_dir/image_check.json`` by absolute path,
+    file size and modification time, so a second run decodes only new or
+    changed files. A bad file raises a DatasetError naming every bad file
+    (up to :data:`MAX_NAMED_BAD`) and ``--skip-bad-images``; with
+    ``skip_bad`` they are dropped from the returned dataset, each named in
+    the log, with a count.
+    """
+    import tensorflow as tf
+
+    decoder = f"tf.io.decode_image channels=3 tensorflow {tf.__version__}"
+    cache_path = os.path.join(cache_dir, IMAGE_CHECK_FILE) if cache_dir else None
+    cache = _load_cache(cache_path, decoder) if cache_path else {}
+    records = [(split, r) for split in splits for r in getattr(dataset, split)]
+    stamps = {r.path: _stamp(r.path) for _, r in records}
+    known = {os.path.abspath(p): cache.get(os.path.abspath(p)) for p in stamps}
+    todo = [p for p, stamp in stamps.items()
+            if not (known[os.path.abspath(p)] and known[os.path.abspath(p)][:2] == stamp)]
+    if todo:
+        started = time.time()
+        _, errors = decode_files(todo)
+        for path in todo:
+            cache[os.path.abspath(path)] = [*(stamps[path] or [-1, -1]), errors.get(path)]
+        if len(todo) > 100 or time.time() - started > 5:
+            log(f"Checked {len(todo)} images with the pipeline's decoder in {time.time() - started:.0f} s"
+                + (f" (cached in {cache_path})" if cache_path else ""))
+        if cache_path:
+            _save_cache(cache_path, decoder, cache)
+    bad = {p: cache[os.path.abspath(p)][2] for p in stamps if cache[os.path.abspath(p)][2]}
+    if not bad:
+        return dataset
+    if not skip_bad:
+        raise DatasetError(bad_images_message(bad, purpose))
+    named = set(sorted(bad)[:MAX_NAMED_BAD])
+    for split, record in records:
+        if record.path in named:
+            log(f"Skipping a bad {split} image: {record.path} ({bad[record.path]})")
+    per_split = {split: sum(r.path in bad for s, r in records if s == split) for split in splits}
+    log(f"--skip-bad-images: left out {len(bad)} image{'s' if len(bad) > 1 else ''} that did not decode ("
+        + ", ".join(f"{split} {n}" for split, n in per_split.items()) + ")")
+    kept = {split: [r for r in getattr(dataset, split) if r.path not in bad] for split in splits}
+    return dataclasses.replace(dataset, **kept)
 
 
 def _id_list(pids) -> str:

@@ -17,10 +17,20 @@ from aaa_keras.errors import DatasetError
 AUTOTUNE = tf.data.AUTOTUNE
 
 
+def decode_pixels(data):
+    """Encoded JPEG/PNG/BMP/GIF bytes -> uint8 ``(H, W, 3)``: the one decoder of every pipeline.
+
+    ``aaa_keras.data.check.verify_images`` decodes every file with this same
+    function before training and evaluation, so an image that passes the
+    check cannot fail in the middle of an epoch.
+    """
+    return tf.io.decode_image(data, channels=3, expand_animations=False)
+
+
 def decode_image(path_or_bytes, image_size, from_bytes: bool = False):
     """File path (or encoded bytes) -> float32 ``(H, W, 3)`` in 0-255, bilinear resize."""
     data = path_or_bytes if from_bytes else tf.io.read_file(path_or_bytes)
-    image = tf.io.decode_image(data, channels=3, expand_animations=False)
+    image = decode_pixels(data)
     image = tf.image.resize(tf.cast(image, tf.float32), image_size, method="bilinear")
     return tf.clip_by_value(image, 0.0, 255.0)
 

@@ -11,6 +11,7 @@ import os
 
 import numpy as np
 
+from aaa_keras.data.check import verify_images
 from aaa_keras.data.names import ImageRecord, load_dataset
 from aaa_keras.data.pipeline import eval_dataset
 from aaa_keras.files import write_json_atomically
@@ -30,21 +31,6 @@ def extract_embeddings(embedder, records: list[ImageRecord], image_size, batch_s
 
 def _ids(records):
     return (np.array([r.pid for r in records], np.int64), np.array([r.camid for r in records], np.int64))
-
-
-def drop_bad_images(records: list[ImageRecord], split: str, log=print) -> list[ImageRecord]:
-    """The records whose image decodes; each dropped file is named in the log."""
-    from aaa_keras.data.check import decode_size
-    from aaa_keras.errors import DatasetError
-
-    kept = []
-    for record in records:
-        try:
-            decode_size(record.path)
-            kept.append(record)
-        except DatasetError as error:
-            log(f"Skipping a bad {split} image: {error}")
-    return kept
 
 
 def evaluate_run(run_dir: str, stage: str | None = None, data: str | None = None,
@@ -73,9 +59,8 @@ def evaluate_run(run_dir: str, stage: str | None = None, data: str | None = None
     set_precision_policy("")
     root = resolve_data(data or config.data, log)
     dataset = load_dataset(root)
-    if skip_bad_images:
-        for split in ("query", "gallery", "train"):
-            setattr(dataset, split, drop_bad_images(getattr(dataset, split), split, log))
+    splits = ("query", "gallery") + (("train",) if any(m != "euclidean" for m in metrics) else ())
+    dataset = verify_images(dataset, splits, run_dir, skip_bad_images, log, purpose="evaluate")
     try:
         return _evaluate_embedder(embedder, dataset, config, run_dir, stage, root, metrics, rerank,
                                   json_path, log)
