@@ -18,3 +18,19 @@ class DatasetError(UserError):
 
 class RunDirError(UserError):
     """A run directory is missing a stage or belongs to another configuration."""
+
+
+class RunFailure(Exception):
+    """A run stopped for a reason outside the user's input: a full or read-only disk, a
+    non-finite loss. The CLI prints its message as one ``Error:`` line and exits with
+    status 1; what was written before it (earlier stages, the last good checkpoint) is intact
+    and the message names it.
+
+    ``exit_now``: the process must end without Python's finalisation (the
+    CLI calls ``os._exit``): after a failed HDF5 write h5py keeps a file it
+    can neither flush nor close, and finalising it is a segmentation fault.
+    """
+
+    def __init__(self, message: str, exit_now: bool = False):
+        super().__init__(message)
+        self.exit_now = exit_now

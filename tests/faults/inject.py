@@ -1,0 +1,92 @@
+"""Run the real CLI with one fault injected: ``python tests/faults/inject.py FAULT -- CLI ARGS``.
+
+Faults (test-only; nothing in the package reads them):
+
+- ``nan:STAGE:EPOCH:STEP`` -- the training images of that step (1-based) of
+  ``STAGE`` become NaN, as a corrupt batch or an exploding activation would.
+- ``no-space-check`` -- the free-space estimate is skipped, so a small disk
+  really fills up during the stage (the write guards must catch it).
+- ``enospc:FILE`` -- writing a file named FILE raises ``OSError(ENOSPC)``.
+- ``free-bytes:N`` -- the disk of the run dir reports N free bytes.
+"""
+
+import errno
+import os
+import sys
+
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, REPO_ROOT)
+
+
+def nan_at(stage, epoch, step):
+    import tensorflow as tf
+
+    from aaa_keras import training
+
+    real = training.train_dataset
+    state = {"stage": None}
+    real_train_stage = training.train_stage
+
+    def train_stage(name, *args, **kwargs):
+        state["stage"] = name
+        return real_train_stage(name, *args, **kwargs)
+
+    def train_dataset(*args, **kwargs):
+        data = real(*args, **kwargs)
+        if state["stage"] != stage:
+            return data
+        steps_per_epoch = int(os.environ["INJECT_STEPS_PER_EPOCH"])
+        target = (epoch - 1) * steps_per_epoch + (step - 1)  # batch index since the start of fit
+
+        def poison(index, batch):
+            images, labels = batch
+            images = tf.cond(tf.equal(index, target), lambda: images * float("nan"), lambda: images)
+            return images, labels
+
+        return data.enumerate().map(poison)
+
+    training.train_dataset = train_dataset
+    training.train_stage = train_stage
+
+
+def enospc_on(name):
+    import keras
+
+    real = keras.Model.save_weights
+
+    def save_weights(self, filepath, *args, **kwargs):
+        if os.path.basename(str(filepath)).endswith(name):
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(filepath))
+        return real(self, filepath, *args, **kwargs)
+
+    keras.Model.save_weights = save_weights
+
+
+def main():
+    fault, separator, *args = sys.argv[1:]
+    assert separator == "--", "usage: inject.py FAULT -- CLI ARGS"
+    kind, _, spec = fault.partition(":")
+    if kind == "nan":
+        stage, epoch, step = spec.split(":")
+        nan_at(stage, int(epoch), int(step))
+    elif kind == "no-space-check":
+        from aaa_keras import guard
+
+        guard.check_free_space = lambda *a, **k: None
+    elif kind == "enospc":
+        enospc_on(spec)
+    elif kind == "free-bytes":
+        import collections
+        import shutil
+
+        usage = collections.namedtuple("usage", "total used free")
+        shutil.disk_usage = lambda path: usage(10 * int(spec), 9 * int(spec), int(spec))
+    else:
+        raise SystemExit(f"unknown fault {fault!r}")
+    from cli import cli
+
+    cli(args, prog_name="cli.py")
+
+
+if __name__ == "__main__":
+    main()
