@@ -73,3 +73,15 @@ def test_a_read_only_run_dir_is_one_line(tiny_data, tmp_path):
         line = error_line(cli("fit", "--stage", "baseline", "--data", tiny_data, "--run-dir", disk / "run",
                               *TINY, "--no-evaluate"), 1)
         assert f"run dir {disk / 'run'} is not writable (Read-only file system)" in line
+
+
+def test_write_error_inside_fit_at_the_backup_names_the_last_finished_stage(tiny_data, tmp_path):
+    run_dir = tmp_path / "run"
+    succeeded(cli("fit", "--stage", "baseline", "--data", tiny_data, "--run-dir", run_dir, *TINY,
+                  "--no-evaluate"))
+    baseline = digest(run_dir / "baseline")
+    line = error_line(cli("fit", "--stage", "attention", "--data", tiny_data, "--run-dir", run_dir, *TINY,
+                          "--no-evaluate", fault="enospc:latest.weights.h5"), 1)  # BackupAndRestore's file
+    assert f"no space left on {run_dir / 'attention'} while writing latest.weights.h5" in line
+    assert f"the last good checkpoint is {run_dir / 'baseline' / 'network.weights.h5'} (stage baseline" in line
+    assert digest(run_dir / "baseline") == baseline
