@@ -1,4 +1,4 @@
-"""Deployment: SavedModel + TFLite export, parity, atomicity, malformed bytes, index / search, clients.
+"""Deployment: SavedModel, TFLite, ONNX, OpenVINO export, parity, atomicity, malformed bytes, index / search, clients.
 
 One tiny run is trained and exported once per module; the exported models
 are then checked in subprocesses that never import aaa_keras, as a deployer
@@ -128,6 +128,87 @@ def test_export_writes_serving_layout_tflite_files_and_passing_parity(exported):
     assert report["saved_model"]["serve_bytes_cosine_min"] >= 0.9999
     assert abs(report["tflite"]["float32"]["mAP"] - report["keras"]["mAP"]) < 0.5
     assert not glob.glob(os.path.join(out, "**", "_partial_*"), recursive=True)
+
+
+def test_onnx_and_openvino_pass_parity_in_their_own_runtimes_without_tensorflow(exported, keras_reference,
+                                                                              tmp_path):
+    out = exported["out"]
+    assert exported["onnx"] == os.path.join(out, "onnx", "aaa_net", "1", "aaa_net_v1.onnx")
+    assert exported["openvino"] == os.path.join(out, "openvino", "aaa_net", "1", "aaa_net_v1.xml")
+    assert sorted(os.listdir(os.path.join(out, "openvino", "aaa_net", "1"))) == [
+        "aaa_net_v1.bin", "aaa_net_v1.xml", "parity.json"]
+    report = json.loads(open(os.path.join(out, "onnx", "aaa_net", "1", "parity.json")).read())
+    assert report == exported["report"] and report["passed"]
+    for kind in ("onnx", "openvino"):
+        assert report[kind]["cosine_min"] >= 0.999 and abs(report[kind]["mAP"] - report["keras"]["mAP"]) < 0.5
+        assert report[kind]["input"]["shape"] == [-1, 64, 32, 3] and report[kind]["output"]["shape"] == [-1, 128]
+    assert report["onnx"]["bytes"] > 400_000 and report["openvino"]["bytes"] > 400_000  # float32 weights
+    assert report["openvino"]["inference_precision"] in ("f32", "bf16", "f16")
+
+    np.save(tmp_path / "images.npy", keras_reference["images"])
+    subprocess.run([sys.executable, RUNTIME_SCRIPT, "portable", exported["onnx"], exported["openvino"],
+                    str(tmp_path / "images.npy"), str(tmp_path / "out")],
+                   check=True, env=_clean_env(), cwd=str(tmp_path), timeout=300)
+    for name in ("onnx", "onnx_uint8", "openvino", "openvino_uint8"):
+        embeddings = np.load(tmp_path / "out" / f"{name}.npy")
+        np.testing.assert_allclose(np.linalg.norm(embeddings, axis=1), 1.0, atol=1e-3)
+        reference = keras_reference["rounded" if name.endswith("uint8") else "embeddings"]
+        assert _cosines(embeddings, reference).min() >= 0.999, name
+
+
+def _corrupt_onnx(path):
+    import onnx
+    from onnx import numpy_helper
+
+    model = onnx.load(path)
+    weights = max(model.graph.initializer, key=lambda t: np.prod(t.dims))
+    values = numpy_helper.to_array(weights)
+    noise = np.random.default_rng(0).normal(0, 3 * float(values.std()) + 1e-3, values.shape).astype(values.dtype)
+    weights.CopyFrom(numpy_helper.from_array(values + noise, weights.name))
+    onnx.save(model, path)
+
+
+def _corrupt_openvino(xml_path):
+    import xml.etree.ElementTree as ElementTree
+
+    constants = [layer.find("data").attrib for layer in ElementTree.parse(xml_path).iter("layer")
+                 if layer.get("type") == "Const" and layer.find("data").get("element_type") == "f32"]
+    largest = max(constants, key=lambda data: int(data["size"]))
+    bin_path = xml_path[:-len(".xml")] + ".bin"
+    content = bytearray(open(bin_path, "rb").read())
+    start, size = int(largest["offset"]), int(largest["size"])
+    values = np.frombuffer(bytes(content[start:start + size]), np.float32)
+    noise = np.random.default_rng(0).normal(0, 3 * float(values.std()) + 1e-3, values.shape)
+    content[start:start + size] = (values + noise).astype(np.float32).tobytes()
+    open(bin_path, "wb").write(bytes(content))
+
+
+@pytest.mark.parametrize("kind", ["onnx", "openvino"])
+def test_onnx_or_openvino_file_that_differs_from_keras_is_rejected_and_nothing_installed(
+        kind, run_dir, tmp_path, monkeypatch):
+    """The gate measures the written file in its runtime: corrupt the weights after the conversion."""
+    from aaa_keras.deploy import export_run
+    from aaa_keras.deploy import onnx_openvino
+
+    save_name = "save_onnx" if kind == "onnx" else "save_openvino"
+    original = getattr(onnx_openvino, save_name)
+
+    def save_then_corrupt(embedder, path, *args, **kwargs):
+        info = original(embedder, path, *args, **kwargs)
+        (_corrupt_onnx if kind == "onnx" else _corrupt_openvino)(path)
+        return info
+
+    monkeypatch.setattr(onnx_openvino, save_name, save_then_corrupt)
+    with pytest.raises(UserError, match=rf"^parity missed: {kind} per-image cosine to Keras min -?\d\.\d+ < 0\.999"):
+        export_run(run_dir, str(tmp_path), formats=("saved_model", kind), log=_quiet)
+    installed = [os.path.join(d, f) for d, _, files in os.walk(tmp_path) for f in files
+                 if "_rejected" not in os.path.relpath(d, tmp_path).split(os.sep)]
+    assert installed == []  # neither the failing file nor the SavedModel that passed
+    assert not glob.glob(str(tmp_path / "**" / "1"), recursive=True)
+    rejected = glob.glob(str(tmp_path / "_rejected" / "aaa_net_v1_*" / kind / "parity.json"))
+    assert len(rejected) == 1
+    report = json.loads(open(rejected[0]).read())
+    assert report["passed"] is False and report["saved_model"]["cosine_min"] >= 0.999
 
 
 def test_int8_embedding_range_headroom_keeps_the_model_consistent(exported, keras_reference):
@@ -285,7 +366,7 @@ def _protocol_rank1(query_paths, rankings):
 def index_path(exported, tiny_data, tmp_path_factory):
     from aaa_keras.deploy import build_index
 
-    path = str(tmp_path_factory.mktemp("index") / "gallery.npz")
+    path = str(tmp_path_factory.mktemp("index") / "gallery")
     info = build_index(exported["saved_model"], os.path.join(tiny_data, "bounding_box_test"), path, log=_quiet)
     assert info["num_images"] == info["num_named"] == 43 and info["embedding_dim"] == 128
     return path
@@ -303,10 +384,66 @@ def test_index_and_search_give_the_rank1_of_evaluate(exported, index_path, run_d
     distances = [e["distance"] for e in rankings[0]]
     assert distances == sorted(distances) and 0.0 <= distances[0] <= 2.0
     # The int8 camera model indexes the same gallery with the same Rank-1 on this split.
-    int8_index = str(tmp_path / "int8.npz")
+    int8_index = str(tmp_path / "int8")
     build_index(exported["tflite"]["int8"], os.path.join(tiny_data, "bounding_box_test"), int8_index, log=_quiet)
     int8_rankings = search(int8_index, exported["tflite"]["int8"], queries, top=1000)
     assert _protocol_rank1(queries, int8_rankings) == pytest.approx(expected, abs=0.01)
+
+
+@pytest.mark.parametrize("kind", ["onnx", "openvino"])
+def test_exact_index_search_equals_brute_force_with_onnx_and_openvino_models(kind, exported, tiny_data, tmp_path):
+    from aaa_keras.deploy import build_index, search
+    from aaa_keras.deploy.runtime import embed_files, load_exported
+
+    gallery_dir = os.path.join(tiny_data, "bounding_box_test")
+    info = build_index(exported[kind], gallery_dir, str(tmp_path / "index"), log=_quiet)
+    assert info["model_kind"] == kind and info["num_images"] == 43 and info["index_type"] == "exact"
+    queries = sorted(glob.glob(os.path.join(tiny_data, "query", "*.jpg")))
+    rankings = search(str(tmp_path / "index"), exported[kind], queries, top=10)
+
+    model = load_exported(exported[kind])  # brute force: every gallery image against every query, in NumPy
+    files = sorted(os.listdir(gallery_dir))
+    gallery = embed_files(model, [os.path.join(gallery_dir, f) for f in files])
+    distances = np.sqrt(np.maximum(2 - 2 * embed_files(model, queries) @ gallery.T, 0))
+    for ranking, row in zip(rankings, distances):
+        order = np.argsort(row, kind="stable")[:10]
+        assert [e["file"] for e in ranking] == [files[g] for g in order]
+        np.testing.assert_allclose([e["distance"] for e in ranking], row[order], atol=1e-4)
+
+
+def test_append_embeds_only_new_crops_then_search_finds_them_and_keeps_old_results(exported, keras_reference,
+                                                                                  tmp_path, monkeypatch):
+    from aaa_keras.deploy import build_index, runtime, search
+
+    model = exported["onnx"]
+    day1, day2 = tmp_path / "crops" / "day1", tmp_path / "crops" / "day2"
+    day1.mkdir(parents=True)
+    day2.mkdir()
+    paths = keras_reference["paths"]
+    for path in paths[10:30]:
+        shutil.copy(path, day1)
+    queries = paths[:3]
+    build_index(model, str(tmp_path / "crops"), str(tmp_path / "index"), log=_quiet)
+    before = search(str(tmp_path / "index"), model, queries, top=20)
+
+    for i, path in enumerate(queries):  # new crops: exact copies of the queries, so each is found first
+        shutil.copy(path, day2 / f"new_{i}.jpg")
+    embedded = []
+    original = runtime.embed_files
+    monkeypatch.setattr(runtime, "embed_files", lambda m, files, *a, **k: embedded.extend(files) or original(
+        m, files, *a, **k))
+    info = build_index(model, str(tmp_path / "crops"), str(tmp_path / "index"), append=True, log=_quiet)
+    assert info["num_added"] == 3 and info["num_skipped"] == 20 and info["num_images"] == 23
+    assert sorted(os.path.basename(p) for p in embedded) == ["new_0.jpg", "new_1.jpg", "new_2.jpg"]
+    monkeypatch.undo()
+
+    after = search(str(tmp_path / "index"), model, queries, top=23)
+    for i, (old, new) in enumerate(zip(before, after)):
+        assert new[0]["file"] == os.path.join("day2", f"new_{i}.jpg") and new[0]["distance"] < 1e-3
+        kept = [(e["file"], round(e["distance"], 5)) for e in new if e["file"].startswith("day1")]
+        assert kept == [(e["file"], round(e["distance"], 5)) for e in old]
+    again = build_index(model, str(tmp_path / "crops"), str(tmp_path / "index"), append=True, log=_quiet)
+    assert again["num_added"] == 0 and again["num_images"] == 23
 
 
 def test_search_prints_and_draws_the_ranked_list(exported, index_path, tiny_data, tmp_path):
@@ -318,7 +455,7 @@ def test_search_prints_and_draws_the_ranked_list(exported, index_path, tiny_data
     picture = str(tmp_path / "ranks.png")
     rankings = search(index_path, exported["tflite"]["float32"], queries + [crop], top=3, picture=picture)
     assert [len(r) for r in rankings] == [3, 3, 3]
-    assert rankings[0][0].keys() == {"rank", "file", "path", "distance", "pid", "camid"}
+    assert rankings[0][0].keys() == {"rank", "file", "path", "distance", "pid", "camid", "time"}
     assert rankings[2][0]["file"] == rankings[0][0]["file"]  # same pixels, same nearest neighbour
     assert os.path.getsize(picture) > 10_000
     text = format_search(queries + [crop], rankings)
@@ -333,16 +470,19 @@ def test_index_of_a_folder_of_unnamed_crops(exported, keras_reference, tmp_path)
     for i, path in enumerate(keras_reference["paths"][:3]):
         shutil.copy(path, folder / f"detection_{i}.jpg")
     shutil.copy(keras_reference["paths"][3], folder / keras_reference["paths"][3].rsplit(os.sep, 1)[-1])
-    info = build_index(exported["tflite"]["int8"], str(tmp_path / "crops"), str(tmp_path / "i.npz"), log=_quiet)
+    from aaa_keras.deploy.gallery import GalleryIndex
+
+    info = build_index(exported["tflite"]["int8"], str(tmp_path / "crops"), str(tmp_path / "i"), log=_quiet)
     assert info["num_images"] == 4 and info["num_named"] == 1
-    with np.load(tmp_path / "i.npz") as data:
-        entries = {str(f): (bool(n), int(p), int(c)) for f, n, p, c in
-                   zip(data["files"], data["named"], data["pids"], data["camids"])}
-        assert entries[os.path.join("camera7", "detection_0.jpg")] == (False, -1, 0)
-        named = os.path.join("camera7", os.path.basename(keras_reference["paths"][3]))
-        assert entries[named][0] and entries[named][1] >= 0
-        assert list(entries) == sorted(entries)
-        np.testing.assert_allclose(np.linalg.norm(data["embeddings"], axis=1), 1.0, atol=1e-5)
+    index = GalleryIndex(str(tmp_path / "i"))
+    rows = index.rows(range(4))
+    entries = {row["file"]: (row["pid"], row["camid"]) for row in rows}
+    assert entries[os.path.join("camera7", "detection_0.jpg")] == (None, None)
+    named = os.path.join("camera7", os.path.basename(keras_reference["paths"][3]))
+    assert entries[named][0] >= 0 and entries[named][1] >= 1
+    assert list(entries) == sorted(entries)
+    assert all(row["path"] == os.path.join(str(tmp_path / "crops"), row["file"]) and row["time"] for row in rows)
+    np.testing.assert_allclose(np.linalg.norm(index.vectors(range(4)), axis=1), 1.0, atol=1e-5)
 
 
 # === Errors a user can make ===
@@ -359,32 +499,37 @@ def test_user_errors_name_the_file_or_argument(exported, index_path, run_dir, ti
         (lambda: export_run(run_dir, str(tmp_path / "m"), stage="adversarial"),
          r"stage 'adversarial' is not trained there"),
         (lambda: export_run(run_dir, str(tmp_path / "m"), quantizations=("int4",)), r"--quantize: got 'int4'"),
-        (lambda: export_run(run_dir, str(tmp_path / "m"), formats="onnx"), r"--format: got 'onnx'"),
+        (lambda: export_run(run_dir, str(tmp_path / "m"), formats="torchscript"), r"--format: got 'torchscript'"),
         (lambda: export_run(run_dir, str(tmp_path / "m"), model_name="../x"), r"--model-name: got '../x'"),
-        (lambda: build_index(str(tmp_path / "missing.tflite"), tiny_data, str(tmp_path / "i.npz")),
+        (lambda: build_index(str(tmp_path / "missing.tflite"), tiny_data, str(tmp_path / "i")),
          r"--model .*missing\.tflite: no such file"),
-        (lambda: build_index(os.path.dirname(exported["saved_model"]), query, str(tmp_path / "i.npz")),
+        (lambda: build_index(os.path.dirname(exported["saved_model"]), query, str(tmp_path / "i")),
          r"is not a SavedModel .*did you mean .*aaa_net/\d+\?"),
-        (lambda: build_index(exported["saved_model"], tiny_data, str(tmp_path / "i.npz")),
+        (lambda: build_index(exported["saved_model"], tiny_data, str(tmp_path / "i")),
          r"--gallery .*: this is a dataset root"),
-        (lambda: build_index(exported["saved_model"], str(empty), str(tmp_path / "i.npz")),
+        (lambda: build_index(exported["saved_model"], str(empty), str(tmp_path / "i")),
          r"--gallery .*empty: no images"),
-        (lambda: search(str(tmp_path / "none.npz"), exported["saved_model"], [query]), r"--index .*: no such file"),
+        (lambda: search(str(tmp_path / "none"), exported["saved_model"], [query]), r"--index .*none: no such index"),
+        (lambda: build_index(exported["saved_model"], query, str(tmp_path / "g.npz")),
+         r"--out .*g\.npz: an index is now a directory"),
+        (lambda: build_index(exported["saved_model"], tiny_data, index_path), r"--out .*gallery: already exists"),
+        (lambda: build_index(exported["saved_model"], tiny_data, str(tmp_path / "new"), append=True),
+         r"--out .*new: --append needs an existing index"),
         (lambda: search(index_path, exported["saved_model"], [str(tmp_path / "q.jpg")]), r"q\.jpg: no such image"),
         (lambda: search(index_path, exported["saved_model"], [query], top=0), r"--top: expected a positive"),
     ]
     (tmp_path / "bad.jpg").write_bytes(b"not a jpeg")
     cases.append((lambda: search(index_path, exported["saved_model"], [str(tmp_path / "bad.jpg")]),
                   r"bad\.jpg: cannot read this image"))
-    with np.load(index_path) as data:
-        arrays = {key: data[key] for key in data.files}
-    arrays["embeddings"] = np.ones((43, 64), np.float32) / 8.0
-    np.savez(tmp_path / "other_dim.npz", **arrays)
-    cases.append((lambda: search(str(tmp_path / "other_dim.npz"), exported["saved_model"], [query]),
+    from aaa_keras.deploy.gallery import GalleryIndex
+
+    indexed = GalleryIndex(index_path)
+    rows = indexed.rows(range(indexed.size))
+    GalleryIndex.create(str(tmp_path / "other_dim"), np.ones((len(rows), 64), np.float32) / 8.0, rows)
+    cases.append((lambda: search(str(tmp_path / "other_dim"), exported["saved_model"], [query]),
                   r"made with a model of 64-d embeddings but --model .* gives 128-d"))
-    arrays["embeddings"] = np.roll(np.load(index_path)["embeddings"], 7, axis=1)
-    np.savez(tmp_path / "other_model.npz", **arrays)
-    cases.append((lambda: search(str(tmp_path / "other_model.npz"), exported["saved_model"], [query]),
+    GalleryIndex.create(str(tmp_path / "other_model"), np.roll(indexed.vectors(range(len(rows))), 7, axis=1), rows)
+    cases.append((lambda: search(str(tmp_path / "other_model"), exported["saved_model"], [query]),
                   r"was made with another model"))
     for call, pattern in cases:
         with pytest.raises(UserError, match=pattern) as error:

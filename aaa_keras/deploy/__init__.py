@@ -10,12 +10,22 @@ Entry points (``python cli.py export | index | search``):
   then rank it for query images (``aaa_keras.deploy.search``).
 
 Modules: ``saved_model`` (the serving signatures), ``tflite`` (conversion,
-checks, LiteRT runner), ``parity`` (cosines, mAP, thresholds), ``runtime``
-(a SavedModel or .tflite as an embedder), ``export``, ``search``.
-Importing this package imports TensorFlow (the CLI imports it inside commands).
+checks, LiteRT runner), ``onnx_openvino`` (ONNX and OpenVINO conversion and
+runners), ``parity`` (cosines, mAP, thresholds), ``runtime`` (any exported
+model as an embedder), ``gallery`` (the FAISS + SQLite index), ``export``,
+``search``. ``export_run`` is imported on first use (it imports TensorFlow);
+``import aaa_keras.deploy.gallery`` or ``.search`` does not import TensorFlow
+(the models are loaded inside the functions).
 """
 
-from aaa_keras.deploy.export import export_run
 from aaa_keras.deploy.search import build_index, format_search, search
 
 __all__ = ["build_index", "export_run", "format_search", "search"]
+
+
+def __getattr__(name):
+    if name == "export_run":
+        from aaa_keras.deploy.export import export_run
+
+        return export_run
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

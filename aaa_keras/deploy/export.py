@@ -1,4 +1,4 @@
-"""``export_run``: a trained stage -> SavedModel (TF Serving) + TFLite files, verified, atomically.
+"""``export_run``: a trained stage -> SavedModel (TF Serving), TFLite, ONNX, OpenVINO; verified, atomically.
 
 Layout under ``out`` (``M`` = model name, ``V`` = version, an integer)::
 
@@ -8,15 +8,19 @@ Layout under ``out`` (``M`` = model name, ``V`` = version, an integer)::
     out/tflite/M/V/M_vV_float16.tflite
     out/tflite/M/V/M_vV_int8.tflite   uint8 pixel input, int8 embedding output
     out/tflite/M/V/parity.json        the same report, beside the .tflite files
+    out/onnx/M/V/M_vV.onnx            ONNX (ONNX Runtime, TensorRT), with its parity.json
+    out/openvino/M/V/M_vV.xml, .bin   OpenVINO IR, with its parity.json
 
-The version defaults to one more than the highest version under ``out/M`` and
-``out/tflite/M``; an existing version is never overwritten.
+The version defaults to one more than the highest version under ``out/M``,
+``out/tflite/M``, ``out/onnx/M`` and ``out/openvino/M``; an existing version is
+never overwritten.
 
 Atomicity: everything is written into ``_partial_V_<pid>`` directories beside
 the targets (TF Serving ignores names that are not integers), verified (the
 SavedModel is loaded back and compared with Keras, every .tflite is run with
-LiteRT and compared, parity thresholds checked), and only then renamed into
-place with ``os.rename`` (TFLite first, the SavedModel last). An exception or
+LiteRT, the .onnx with ONNX Runtime, the IR with OpenVINO, parity thresholds
+checked), and only then renamed into place with ``os.rename`` (TFLite, ONNX,
+OpenVINO, the SavedModel last). An exception or
 Ctrl-C removes the partial directories; a killed process leaves only a
 ``_partial_*`` directory, which the next export removes. An export that misses
 parity is moved to ``out/_rejected/`` for inspection and raises ``UserError``.
@@ -32,14 +36,18 @@ import time
 
 import numpy as np
 
+from aaa_keras.deploy import onnx_openvino
 from aaa_keras.deploy import parity as parity_lib
 from aaa_keras.deploy import tflite as tflite_lib
 from aaa_keras.errors import UserError
 from aaa_keras.files import PARTIAL_PREFIX, write_json_atomically
 
-FORMATS = ("saved_model", "tflite")
+FORMATS = ("saved_model", "tflite", "onnx", "openvino")
 QUANTIZATIONS = tflite_lib.QUANTIZATIONS
 TFLITE_DIR = "tflite"
+ONNX_DIR = "onnx"
+OPENVINO_DIR = "openvino"
+COMMIT_ORDER = ("tflite", "onnx", "openvino", "saved_model")  # the SavedModel (TF Serving's) last
 REJECTED_DIR = "_rejected"
 PARITY_FILE = "parity.json"
 SAVED_MODEL_CHECK_IMAGES = 64  # held images the SavedModel's float / uint8 signatures are checked on
@@ -63,9 +71,10 @@ def _choices(values, allowed, option: str) -> tuple:
 
 
 def _check_model_name(model_name: str) -> str:
-    if not _MODEL_NAME.fullmatch(model_name or "") or model_name in (TFLITE_DIR, REJECTED_DIR):
+    reserved = (TFLITE_DIR, ONNX_DIR, OPENVINO_DIR, REJECTED_DIR)
+    if not _MODEL_NAME.fullmatch(model_name or "") or model_name in reserved:
         raise UserError(f"--model-name: got {model_name!r}; expected letters, digits, '_', '-' or '.' "
-                        f"(not starting with one of the last three, not {TFLITE_DIR!r})")
+                        f"(not starting with one of the last three, not {', '.join(map(repr, reserved))})")
     return model_name
 
 
@@ -152,7 +161,7 @@ def export_run(run_dir: str, out: str, stage: str | None = None, formats=FORMATS
                parity_max_images: int | None = None, num_threads: int = 2) -> dict:
     """Export the embedder of ``stage`` of ``run_dir`` (default: its latest stage) under ``out``.
 
-    ``formats``: ``saved_model`` and/or ``tflite`` (or ``"all"``);
+    ``formats``: ``saved_model``, ``tflite``, ``onnx``, ``openvino`` (or ``"all"``);
     ``quantizations``: of the TFLite files, ``float32``, ``float16``, ``int8``
     (or ``"all"``). ``representative_count`` training images calibrate int8.
     ``data`` overrides the run's dataset root (for the parity checks and the
@@ -160,7 +169,8 @@ def export_run(run_dir: str, out: str, stage: str | None = None, formats=FORMATS
     test identities) on large datasets; default the whole test split.
 
     Returns ``{"version", "stage", "saved_model", "tflite": {quant: path},
-    "parity_json", "report"}``. Raises ``UserError`` for bad arguments and
+    "onnx", "openvino", "parity_json", "report"}`` (paths; None for formats
+    not exported). Raises ``UserError`` for bad arguments and
     when parity is missed (the export is then moved to ``out/_rejected/``).
     """
     from aaa_keras.data.names import load_dataset
@@ -194,14 +204,17 @@ def export_run(run_dir: str, out: str, stage: str | None = None, formats=FORMATS
 
     saved_model_parent = os.path.join(out, model_name)
     tflite_parent = os.path.join(out, TFLITE_DIR, model_name)
-    existing = sorted(set(versions_in(saved_model_parent)) | set(versions_in(tflite_parent)))
+    portable_parents = {kind: os.path.join(out, directory, model_name)
+                        for kind, directory in (("onnx", ONNX_DIR), ("openvino", OPENVINO_DIR))}
+    parents = (saved_model_parent, tflite_parent, *portable_parents.values())
+    existing = sorted(set().union(*(versions_in(parent) for parent in parents)))
     if version is None:
         version = (existing[-1] + 1) if existing else 1
     elif version in existing:
         raise UserError(f"--version {version}: {model_name} version {version} already exists under {out} "
                         f"(versions: {', '.join(map(str, existing))}); omit --version to write "
                         f"{existing[-1] + 1}. Nothing was overwritten")
-    for parent in (saved_model_parent, tflite_parent):
+    for parent in parents:
         remove_stale_partials(parent, log)
 
     log(f"Exporting stage {stage} of {run_dir} as {model_name} version {version} "
@@ -269,6 +282,26 @@ def export_run(run_dir: str, out: str, stage: str | None = None, formats=FORMATS
                 report["int8_map_drop_points"] = round(
                     report["tflite"]["float32"]["mAP"] - report["tflite"]["int8"]["mAP"], 3)
 
+        # === ONNX and OpenVINO ===
+        portable_files = {}
+        for kind in ("onnx", "openvino"):
+            if kind not in formats:
+                continue
+            partial = _partial_dir(portable_parents[kind], version)
+            os.makedirs(partial)
+            partials.append((kind, partial, os.path.join(portable_parents[kind], str(version))))
+            name = (onnx_openvino.onnx_file_name if kind == "onnx" else onnx_openvino.openvino_file_name)(
+                model_name, version)
+            entry, embeddings = _export_portable(kind, embedder, os.path.join(partial, name), held, reference,
+                                                 mean, num_threads)
+            entry.update(parity_lib.retrieval(embeddings[:len(query)], embeddings[len(query):],
+                                              q_ids[0], g_ids[0], q_ids[1], g_ids[1]))
+            report[kind] = entry
+            portable_files[kind] = os.path.join(portable_parents[kind], str(version), name)
+            precision = f", {entry['inference_precision']} inference" if "inference_precision" in entry else ""
+            log(f"  {kind}: {entry['bytes'] / 1e6:.1f} MB{precision}, cosine to Keras min {entry['cosine_min']:.6f} "
+                f"mean {entry['cosine_mean']:.6f}, mAP {entry['mAP']:.2f} (Keras {report['keras']['mAP']:.2f})")
+
         # === Parity verdict, then the atomic commit ===
         problems = parity_lib.failures(report)
         report["passed"], report["failures"] = not problems, problems
@@ -283,6 +316,7 @@ def export_run(run_dir: str, out: str, stage: str | None = None, formats=FORMATS
             raise UserError(f"parity missed: {'; '.join(problems)}. The export was not installed; it is in "
                             f"{rejected} with its {PARITY_FILE}")
         committed = []
+        partials.sort(key=lambda item: COMMIT_ORDER.index(item[0]))
         try:
             for _, partial, final in partials:
                 _commit(partial, final)
@@ -300,7 +334,10 @@ def export_run(run_dir: str, out: str, stage: str | None = None, formats=FORMATS
         "version": version, "stage": stage,
         "saved_model": os.path.join(saved_model_parent, str(version)) if "saved_model" in formats else None,
         "tflite": tflite_files,
+        "onnx": portable_files.get("onnx"), "openvino": portable_files.get("openvino"),
         "parity_json": (os.path.join(tflite_parent, str(version), PARITY_FILE) if tflite_files else
+                        os.path.join(os.path.dirname(next(iter(portable_files.values()))), PARITY_FILE)
+                        if portable_files else
                         os.path.join(saved_model_parent, str(version), "assets.extra", PARITY_FILE)),
         "report": report,
     }
@@ -309,6 +346,8 @@ def export_run(run_dir: str, out: str, stage: str | None = None, formats=FORMATS
         log(f"  SavedModel {result['saved_model']} (signatures serving_default, serving_uint8, serve_bytes)")
     for quantization, path in tflite_files.items():
         log(f"  TFLite {quantization}: {path}")
+    for kind, path in portable_files.items():
+        log(f"  {'ONNX' if kind == 'onnx' else 'OpenVINO IR'}: {path}")
     log(f"  {result['parity_json']}")
     return result
 
@@ -400,6 +439,35 @@ def _export_tflite(graph, quantization, representative, held, reference, mean, n
     if quantization == "int8":
         entry["embedding_range_headroom"] = tflite_lib.EMBEDDING_HEADROOM
     return entry, content, embeddings
+
+
+def _export_portable(kind, embedder, path, held, reference, mean, num_threads) -> tuple[dict, np.ndarray]:
+    """Write the ONNX or OpenVINO model to ``path``, load it with its own runtime, run it on the held set.
+
+    Returns ``(parity entry, embeddings of the held set)``.
+    """
+    from aaa_keras.deploy.runtime import embed_files
+
+    started = time.time()
+    if kind == "onnx":
+        info = onnx_openvino.save_onnx(embedder, path)
+        runner = onnx_openvino.OnnxEmbedder(path, num_threads=num_threads)
+        files = [path]
+    else:
+        info = onnx_openvino.save_openvino(embedder, path)
+        runner = onnx_openvino.OpenVINOEmbedder(path, num_threads=num_threads)
+        files = [path, path[:-len(".xml")] + ".bin"]
+        info["inference_precision"] = runner.inference_precision
+    convert_seconds = time.time() - started
+    embeddings = embed_files(runner, [r.path for r in held])
+    entry = parity_lib.compare(reference, embeddings, mean)
+    entry.update({
+        "file": os.path.basename(path), "bytes": sum(os.path.getsize(f) for f in files),
+        "input": {"name": onnx_openvino.INPUT_NAME, "dtype": "float32", "shape": [-1, *runner.image_size, 3]},
+        "output": {"name": onnx_openvino.OUTPUT_NAME, "dtype": "float32", "shape": [-1, runner.embedding_dim]},
+        "convert_seconds": round(convert_seconds, 1), "num_threads": num_threads, **info,
+    })
+    return entry, embeddings
 
 
 def _reject(out: str, model_name: str, version: int, partials) -> str:

@@ -14,7 +14,7 @@ and gallery, never used for calibration):
   gallery, standard Market-1501 protocol via ``evaluate_rank``).
 
 Thresholds (SPEC section 4), applied per image: cosine >= 0.999 for float32,
-float16 and the SavedModel, >= 0.98 for int8; int8 mAP at most 1 point below
+float16, the SavedModel, ONNX and OpenVINO, >= 0.98 for int8; int8 mAP at most 1 point below
 float32's. Missing one raises ``UserError("parity missed: ...")``.
 """
 
@@ -24,7 +24,8 @@ import numpy as np
 
 from aaa_keras.errors import UserError
 
-COSINE_THRESHOLDS = {"saved_model": 0.999, "float32": 0.999, "float16": 0.999, "int8": 0.98}
+COSINE_THRESHOLDS = {"saved_model": 0.999, "onnx": 0.999, "openvino": 0.999, "float32": 0.999, "float16": 0.999,
+                     "int8": 0.98}
 MAX_INT8_MAP_DROP = 1.0  # percentage points of mAP, int8 vs float32
 
 
@@ -75,7 +76,7 @@ def compare(reference: np.ndarray, candidate: np.ndarray, mean: np.ndarray | Non
 def failures(report: dict) -> list[str]:
     """What misses the thresholds in a parity report (empty when it passes)."""
     problems = []
-    variants = {"saved_model": report.get("saved_model")} if report.get("saved_model") else {}
+    variants = {name: report[name] for name in ("saved_model", "onnx", "openvino") if report.get(name)}
     variants.update(report.get("tflite", {}))
     for name, entry in variants.items():
         threshold = COSINE_THRESHOLDS[name]

@@ -1,4 +1,4 @@
-"""Any exported model as an embedder: a SavedModel directory or a ``.tflite`` file.
+"""Any exported model as an embedder: a SavedModel directory, a ``.tflite``, ``.onnx`` or OpenVINO ``.xml`` file.
 
 ``load_exported(path)`` detects which, and returns an object with
 ``kind``, ``path``, ``image_size``, ``embedding_dim`` and ``embed(images)``
@@ -52,25 +52,44 @@ class SavedModelEmbedder:
         return embed_images(self._signature, np.asarray(images, np.float32), batch_size)
 
 
+MODEL_KINDS = "a SavedModel directory, a .tflite, .onnx or OpenVINO .xml file"
+
+
 def load_exported(path: str, num_threads: int = 2):
-    """A SavedModel directory or a ``.tflite`` file, as an embedder; UserError otherwise."""
+    """A SavedModel directory, a ``.tflite``, ``.onnx`` or OpenVINO ``.xml`` file, as an embedder.
+
+    A version directory of ONNX or OpenVINO (``models/onnx/aaa_net/1``) holding
+    one such file is accepted too. UserError otherwise.
+    """
     from aaa_keras.deploy.saved_model import is_saved_model_dir
 
     path = os.fspath(path)
     if not os.path.exists(path):
-        raise UserError(f"--model {path}: no such file or directory; expected a SavedModel version "
-                        "directory (e.g. models/aaa_net/1) or a .tflite file made by `python cli.py export`")
+        raise UserError(f"--model {path}: no such file or directory; expected {MODEL_KINDS} made by "
+                        "`python cli.py export` (e.g. models/aaa_net/1)")
     if os.path.isdir(path):
         if is_saved_model_dir(path):
             return SavedModelEmbedder(path)
+        models = [name for name in sorted(os.listdir(path)) if name.lower().endswith((".onnx", ".xml"))]
+        if len(models) == 1:
+            return load_exported(os.path.join(path, models[0]), num_threads)
         versions = sorted((name for name in os.listdir(path) if name.isdigit()), key=int)
         hint = f"; did you mean {os.path.join(path, versions[-1])}?" if versions else ""
         raise UserError(f"--model {path}: this directory is not a SavedModel (no saved_model.pb){hint}")
-    if path.lower().endswith(".tflite"):
+    lower = path.lower()
+    if lower.endswith(".tflite"):
         from aaa_keras.deploy.tflite import TFLiteEmbedder
 
         return TFLiteEmbedder(model_path=path, num_threads=num_threads)
-    raise UserError(f"--model {path}: expected a SavedModel directory or a .tflite file")
+    if lower.endswith(".onnx"):
+        from aaa_keras.deploy.onnx_openvino import OnnxEmbedder
+
+        return OnnxEmbedder(path, num_threads=num_threads)
+    if lower.endswith(".xml"):
+        from aaa_keras.deploy.onnx_openvino import OpenVINOEmbedder
+
+        return OpenVINOEmbedder(path, num_threads=num_threads)
+    raise UserError(f"--model {path}: expected {MODEL_KINDS}")
 
 
 def read_image(path: str, image_size) -> np.ndarray:

@@ -2,23 +2,18 @@
 
 ``build_index`` embeds every image under a folder (a Market-1501 split
 directory such as ``bounding_box_test/``, or any folder of crops, searched
-recursively) with a SavedModel or ``.tflite`` file, and writes an ``.npz``:
+recursively) with an exported model (SavedModel, ``.tflite``, ``.onnx`` or
+OpenVINO ``.xml``) into a gallery index directory: FAISS vectors plus an
+SQLite table of path / pid / camera / time per image
+(:mod:`aaa_keras.deploy.gallery`). ``append=True`` adds the images of a folder
+that are not indexed yet, without re-embedding the others.
 
-========================  ====================================================
-``format``                ``"aaa_keras-index-v1"``
-``embeddings``            float32 ``(N, D)``, L2-normalised
-``files``                 paths relative to ``gallery_dir``, sorted
-``gallery_dir``           absolute path of the indexed folder
-``pids``, ``camids``      int64 from the file names (Market / Duke naming)
-``named``                 bool: the name parsed; where False, pid -1, camid 0
-``model_path``            the model that made the index, and ``model_kind``
-``image_size``            ``(H, W)`` the model takes
-========================  ====================================================
-
-``search`` embeds query images with a model of the same embedding size and
+``search`` embeds query images with the model the index was made with and
 returns, per query, the ``top`` gallery entries by Euclidean distance between
-L2-normalised embeddings (0 = identical, 2 = opposite), the distance
-``evaluate`` ranks by.
+L2-normalised embeddings (0 = identical, 2 = opposite; ``sqrt(2 - 2 cos)``),
+the distance ``evaluate`` ranks by. With the default ``exact`` index that is
+the brute-force ranking; with ``ivf-pq`` it is approximate (``nprobe`` cells
+searched, distances from product-quantised vectors).
 """
 
 from __future__ import annotations
@@ -29,9 +24,9 @@ import os
 import numpy as np
 
 from aaa_keras.data.names import SPLITS, is_image_file, parse_name
+from aaa_keras.deploy import gallery as gallery_lib
 from aaa_keras.errors import DatasetError, UserError
 
-INDEX_FORMAT = "aaa_keras-index-v1"
 CONSISTENCY_PROBES = 2  # gallery images re-embedded at search time to detect a different model
 CONSISTENCY_MIN_COSINE = 0.9
 
@@ -65,105 +60,121 @@ def _identity(path: str) -> tuple[int, int, bool]:
     return pid, camid, True
 
 
-def _atomic_savez(path: str, **arrays) -> None:
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    tmp = os.path.join(directory, f"_partial_{os.getpid()}_{os.path.basename(path)}")
-    try:
-        with open(tmp, "wb") as f:
-            np.savez(f, **arrays)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+def _rows(gallery_dir: str, files: list[str]) -> list[dict]:
+    rows = []
+    for file in files:
+        path = os.path.abspath(os.path.join(gallery_dir, file))
+        pid, camid, named = _identity(file)
+        mtime = datetime.datetime.fromtimestamp(os.path.getmtime(path), datetime.timezone.utc)
+        rows.append({"path": path, "file": file, "gallery_dir": os.path.abspath(gallery_dir),
+                     "pid": pid if named else None, "camid": camid if named else None,
+                     "time": mtime.isoformat(timespec="seconds")})
+    return rows
 
 
-def build_index(model_path: str, gallery_dir: str, out_path: str, batch_size: int = 32, log=print) -> dict:
-    """Embed every image under ``gallery_dir`` with an exported model into ``out_path`` (.npz).
+def build_index(model_path: str, gallery_dir: str, out_path: str, batch_size: int = 32, log=print,
+                append: bool = False, index_type: str = "exact", nlist: int | None = None,
+                pq_m: int | None = None, nprobe: int = gallery_lib.DEFAULT_NPROBE) -> dict:
+    """Embed the images under ``gallery_dir`` with an exported model into the index directory ``out_path``.
 
-    Returns ``{"path", "num_images", "embedding_dim", "num_named", "model_path", "model_kind"}``.
+    A new index (``out_path`` must not exist) holds every image; with
+    ``append`` the index must exist and only images not yet in it (by
+    absolute path) are embedded and added. ``index_type`` ``exact`` or
+    ``ivf-pq`` (with ``nlist``, ``pq_m``; ``nprobe`` is the stored default
+    for ``search``) applies to a new index.
+
+    Returns ``{"path", "num_images", "num_added", "num_skipped", "embedding_dim",
+    "num_named", "model_path", "model_kind", "index_type"}``.
     """
     from aaa_keras.deploy.runtime import embed_files, load_exported
 
     if batch_size < 1:
         raise UserError(f"--batch-size: expected a positive integer, got {batch_size}")
-    if os.path.isdir(out_path):
-        raise UserError(f"--out {out_path}: is a directory; expected an index file name such as gallery.npz")
+    if str(out_path).endswith(".npz"):
+        raise UserError(f"--out {out_path}: an index is now a directory (FAISS vectors + SQLite metadata); "
+                        "give a directory name such as gallery_index")
+    if append and not gallery_lib.is_index_dir(out_path):
+        raise UserError(f"--out {out_path}: --append needs an existing index directory made by "
+                        "`python cli.py index`; leave out --append to create one")
+    if not append and os.path.exists(out_path):
+        raise UserError(f"--out {out_path}: already exists; add new crops to it with --append, or give a new "
+                        "path. Nothing was overwritten")
+    if index_type not in gallery_lib.INDEX_TYPES:
+        raise UserError(f"--index-type: got {index_type!r}; expected one of {', '.join(gallery_lib.INDEX_TYPES)}")
+    index = gallery_lib.GalleryIndex(out_path, "--out") if append else None
     model = load_exported(model_path)
     files = list_images(gallery_dir)
-    log(f"Indexing {len(files)} images of {gallery_dir} with {model.kind} {model_path} "
+    rows = _rows(gallery_dir, files)
+    skipped = 0
+    if index is not None:
+        _check_same_model(index, model, out_path, model_path, "--out")
+        present = index.indexed_paths()
+        rows = [row for row in rows if row["path"] not in present]
+        skipped = len(files) - len(rows)
+    log(f"{'Appending to' if append else 'Indexing'} {out_path}: {len(rows)} images of {gallery_dir}"
+        f"{f' ({skipped} already indexed, not re-embedded)' if skipped else ''} with {model.kind} {model_path} "
         f"({model.image_size[0]}x{model.image_size[1]} -> {model.embedding_dim}-d)")
-    embeddings = embed_files(model, [os.path.join(gallery_dir, f) for f in files], batch_size, log)
-    identities = [_identity(f) for f in files]
-    arrays = dict(
-        format=np.array(INDEX_FORMAT),
-        embeddings=embeddings.astype(np.float32),
-        files=np.array(files, dtype=str),
-        gallery_dir=np.array(os.path.abspath(gallery_dir)),
-        pids=np.array([i[0] for i in identities], np.int64),
-        camids=np.array([i[1] for i in identities], np.int64),
-        named=np.array([i[2] for i in identities], bool),
-        model_path=np.array(os.path.abspath(model_path)),
-        model_kind=np.array(model.kind),
-        image_size=np.array(model.image_size, np.int64),
-        created=np.array(datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")),
-    )
-    _atomic_savez(out_path, **arrays)
-    num_named = int(arrays["named"].sum())
-    log(f"Wrote {out_path}: {len(files)} images, {num_named} with a person id and camera in the name")
-    return {"path": out_path, "num_images": len(files), "embedding_dim": model.embedding_dim,
-            "num_named": num_named, "model_path": model_path, "model_kind": model.kind}
+    embeddings = embed_files(model, [row["path"] for row in rows], batch_size, log)
+    if index is None:
+        info = {"model_path": os.path.abspath(model_path), "model_kind": model.kind,
+                "image_size": f"{model.image_size[0]}x{model.image_size[1]}"}
+        index = gallery_lib.GalleryIndex.create(out_path, embeddings, rows, index_type, nlist, pq_m, nprobe,
+                                                info=info)
+        added = len(rows)
+    else:
+        added = index.append(embeddings, rows)
+    num_named = sum(row["pid"] is not None for row in rows)
+    extra = (f", IVF{index.info['nlist']},PQ{index.info['pq_m']} nprobe {index.info['nprobe']}"
+             if index.index_type == "ivf-pq" else "")
+    log(f"Wrote {out_path} ({index.index_type}{extra}): {added} images added, {index.size} in the index; "
+        f"{num_named} of the added carry a person id and camera in their name")
+    return {"path": out_path, "num_images": index.size, "num_added": added, "num_skipped": skipped,
+            "embedding_dim": model.embedding_dim, "num_named": num_named, "model_path": model_path,
+            "model_kind": model.kind, "index_type": index.index_type}
 
 
-def load_index(index_path: str) -> dict:
-    """The arrays of an index file; UserError when it is missing or not an index."""
-    if not os.path.isfile(index_path):
-        raise UserError(f"--index {index_path}: no such file; make one with "
-                        "`python cli.py index --model PATH --gallery DIR --out INDEX`")
-    try:
-        with np.load(index_path, allow_pickle=False) as data:
-            index = {key: data[key] for key in data.files}
-    except (OSError, ValueError) as error:
-        raise UserError(f"--index {index_path}: not a readable index file ({error})") from None
-    if str(index.get("format", "")) != INDEX_FORMAT:
-        raise UserError(f"--index {index_path}: not an index made by `python cli.py index` "
-                        f"(format {str(index.get('format', 'missing'))!r}, expected {INDEX_FORMAT!r})")
-    return index
+def load_index(index_path: str) -> gallery_lib.GalleryIndex:
+    """An index directory, opened; UserError when it is missing or not an index."""
+    if not os.path.exists(index_path):
+        raise UserError(f"--index {index_path}: no such index; make one with "
+                        "`python cli.py index --model PATH --gallery DIR --out INDEX_DIR`")
+    return gallery_lib.GalleryIndex(index_path)
 
 
 # === Search ===
 
-def _check_same_model(index: dict, model, index_path: str, model_path: str) -> None:
+def _check_same_model(index, model, index_path: str, model_path: str, label: str = "--index") -> None:
     """Refuse a model of another embedding size, or one whose embeddings of indexed images differ."""
     from aaa_keras.deploy.parity import cosines
     from aaa_keras.deploy.runtime import read_images
 
-    dim = index["embeddings"].shape[1]
-    if model.embedding_dim != dim:
-        raise UserError(f"--index {index_path} was made with a model of {dim}-d embeddings but --model "
+    if model.embedding_dim != index.dim:
+        raise UserError(f"{label} {index_path} was made with a model of {index.dim}-d embeddings but --model "
                         f"{model_path} gives {model.embedding_dim}-d; rebuild the index with this model "
                         "(`python cli.py index`)")
-    gallery_dir = str(index["gallery_dir"])
-    probes = [i for i, f in enumerate(index["files"]) if os.path.isfile(os.path.join(gallery_dir, str(f)))]
-    probes = probes[:CONSISTENCY_PROBES]
-    if not probes:
+    if index.index_type != "exact":  # PQ codes are too coarse to compare single embeddings
         return
-    images = read_images([os.path.join(gallery_dir, str(index["files"][i])) for i in probes], model.image_size)
-    agreement = float(cosines(model.embed(images), index["embeddings"][probes]).min())
+    rows = [row for row in index.rows(range(min(index.size, 8))) if os.path.isfile(row["path"])]
+    rows = rows[:CONSISTENCY_PROBES]
+    if not rows:
+        return
+    images = read_images([row["path"] for row in rows], model.image_size)
+    agreement = float(cosines(model.embed(images), index.vectors([row["id"] for row in rows])).min())
     if agreement < CONSISTENCY_MIN_COSINE:
-        raise UserError(f"--index {index_path} was made with another model ({index['model_path']}): "
+        raise UserError(f"{label} {index_path} was made with another model ({index.info.get('model_path')}): "
                         f"--model {model_path} embeds its own gallery images differently (cosine "
                         f"{agreement:.2f}); rebuild the index with this model")
 
 
 def search(index_path: str, model_path: str, image_paths, top: int = 10, batch_size: int = 32,
-           picture: str | None = None) -> list[list[dict]]:
+           picture: str | None = None, nprobe: int | None = None) -> list[list[dict]]:
     """Rank the indexed gallery for each query image; optionally draw the ranked lists.
 
     Returns one list per query of ``{"rank", "file", "path", "distance",
-    "pid", "camid"}`` dicts, nearest first (``pid`` / ``camid`` None when the
-    gallery file name carries no id). With ``picture``, writes the ranked-list
-    PNG there (``aaa_keras.visualize.save_ranked_lists``).
+    "pid", "camid", "time"}`` dicts, nearest first (``pid`` / ``camid`` None
+    when the gallery file name carries no id). ``nprobe`` overrides the
+    index's stored default (ivf-pq only). With ``picture``, writes the
+    ranked-list PNG there (``aaa_keras.visualize.save_ranked_lists``).
     """
     from aaa_keras.deploy.runtime import embed_files, load_exported
 
@@ -176,23 +187,22 @@ def search(index_path: str, model_path: str, image_paths, top: int = 10, batch_s
     model = load_exported(model_path)
     _check_same_model(index, model, index_path, model_path)
     queries = embed_files(model, image_paths, batch_size)
-
-    gallery = index["embeddings"].astype(np.float32)
-    gallery_dir = str(index["gallery_dir"])
-    similarity = queries @ gallery.T
-    distances = np.sqrt(np.maximum(2.0 - 2.0 * similarity, 0.0))
-    top = min(int(top), len(gallery))
+    scores, ids = index.search(queries, int(top), nprobe)
+    found = index.rows(sorted({int(i) for i in ids.ravel() if i >= 0}))
+    by_id = {row["id"]: row for row in found}
     rankings = []
-    for row in distances:
-        order = np.argsort(row, kind="stable")[:top]
-        rankings.append([{
-            "rank": rank + 1,
-            "file": str(index["files"][g]),
-            "path": os.path.join(gallery_dir, str(index["files"][g])),
-            "distance": float(row[g]),
-            "pid": int(index["pids"][g]) if index["named"][g] else None,
-            "camid": int(index["camids"][g]) if index["named"][g] else None,
-        } for rank, g in enumerate(order)])
+    for row_scores, row_ids in zip(scores, ids):
+        ranking = []
+        for score, g in zip(row_scores, row_ids):
+            if g < 0:  # ivf-pq: fewer than top images in the probed cells
+                continue
+            entry = by_id[int(g)]
+            ranking.append({
+                "rank": len(ranking) + 1, "file": entry["file"], "path": entry["path"],
+                "distance": float(np.sqrt(max(2.0 - 2.0 * float(score), 0.0))),
+                "pid": entry["pid"], "camid": entry["camid"], "time": entry["time"],
+            })
+        rankings.append(ranking)
     if picture:
         save_picture(picture, image_paths, rankings, top)
     return rankings

@@ -1,4 +1,4 @@
-"""Run exported models the way a deployer does: no aaa_keras, only TensorFlow / LiteRT / numpy.
+"""Run exported models the way a deployer does: no aaa_keras, only TensorFlow / LiteRT / ONNX Runtime / OpenVINO.
 
 Used by tests/test_export.py in a subprocess:
 
@@ -9,8 +9,14 @@ Used by tests/test_export.py in a subprocess:
     python exported_runtime.py malformed SAVED_MODEL_DIR GOOD.jpg GOOD.png OUT.json
         serve_bytes on a good image batched with each malformed input; writes
         {case: "ok" | "<ErrorType>: <message>"} to OUT.json.
+    python exported_runtime.py portable MODEL.onnx MODEL.xml IMAGES.npy OUT_DIR
+        the .onnx with ONNX Runtime and the OpenVINO IR with the OpenVINO runtime
+        (CPU, 2 threads, default precision), on the float32 images and on the
+        same images rounded and fed as uint8 pixels cast to float32; writes
+        OUT_DIR/{onnx,onnx_uint8,openvino,openvino_uint8}.npy. This mode imports
+        neither TensorFlow nor Keras.
 
-Either mode fails if anything imported aaa_keras.
+Every mode fails if anything imported aaa_keras.
 """
 
 import json
@@ -20,11 +26,11 @@ import sys
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import numpy as np  # noqa: E402
-import tensorflow as tf  # noqa: E402
-from ai_edge_litert.interpreter import Interpreter  # noqa: E402
 
 
 def run_tflite(path, images):
+    from ai_edge_litert.interpreter import Interpreter
+
     interpreter = Interpreter(model_path=path, num_threads=2)
     source = interpreter.get_input_details()[0]
     target = interpreter.get_output_details()[0]
@@ -45,6 +51,8 @@ def run_tflite(path, images):
 
 
 def roundtrip(saved_model_dir, tflite_dir, images_path, out_dir):
+    import tensorflow as tf
+
     images = np.load(images_path)
     loaded = tf.saved_model.load(saved_model_dir)
     outputs = {
@@ -78,6 +86,8 @@ def malformed_cases(jpeg, png):
 
 
 def malformed(saved_model_dir, jpeg_path, png_path, out_path):
+    import tensorflow as tf
+
     with open(jpeg_path, "rb") as f:
         jpeg = f.read()
     with open(png_path, "rb") as f:
@@ -98,9 +108,35 @@ def malformed(saved_model_dir, jpeg_path, png_path, out_path):
         json.dump(results, f, indent=1)
 
 
+def portable(onnx_path, openvino_xml, images_path, out_dir):
+    import onnxruntime as ort
+    import openvino as ov
+
+    images = np.load(images_path).astype(np.float32)
+    pixels = np.round(images).astype(np.uint8)  # what a camera has; the models take them as float32
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = 2
+    session = ort.InferenceSession(onnx_path, options, providers=["CPUExecutionProvider"])
+    assert [i.name for i in session.get_inputs()] == ["images"], session.get_inputs()
+    assert [o.name for o in session.get_outputs()] == ["embedding"], session.get_outputs()
+    compiled = ov.Core().compile_model(openvino_xml, "CPU", {"INFERENCE_NUM_THREADS": 2})
+    assert compiled.input(0).get_any_name() == "images" and len(compiled.outputs) == 1
+    assert compiled.output(0).get_any_name() == "embedding"
+    outputs = {
+        "onnx": session.run(["embedding"], {"images": images})[0],
+        "onnx_uint8": session.run(["embedding"], {"images": pixels.astype(np.float32)})[0],
+        "openvino": compiled({"images": images})["embedding"],
+        "openvino_uint8": compiled({"images": pixels.astype(np.float32)})["embedding"],
+    }
+    os.makedirs(out_dir, exist_ok=True)
+    for name, values in outputs.items():
+        np.save(os.path.join(out_dir, name + ".npy"), values)
+
+
 if __name__ == "__main__":
     mode, arguments = sys.argv[1], sys.argv[2:]
-    {"roundtrip": roundtrip, "malformed": malformed}[mode](*arguments)
-    imported = sorted(m for m in sys.modules if m.split(".")[0] == "aaa_keras")
+    {"roundtrip": roundtrip, "malformed": malformed, "portable": portable}[mode](*arguments)
+    forbidden = {"aaa_keras"} | ({"tensorflow", "keras"} if mode == "portable" else set())
+    imported = sorted(m for m in sys.modules if m.split(".")[0] in forbidden)
     if imported:
-        sys.exit(f"aaa_keras was imported: {imported}")
+        sys.exit(f"{', '.join(sorted(forbidden))} must not be imported here, but were: {imported[:10]}")
