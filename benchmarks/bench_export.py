@@ -1,11 +1,14 @@
 #!/usr/bin/env python
-"""Speed and size of the exported embedder: Keras vs SavedModel vs TFLite float32 / float16 / int8.
+"""Speed and size of the exported embedder: Keras vs SavedModel, TFLite float32 / float16 / int8, ONNX, OpenVINO.
 
 Measured in one run, on the same CPU threads (default 2):
 - per-image latency at batch 1 (median of --repeats calls) and throughput at
   batch --batch (images per second), each as a ratio to Keras (a ``tf.function``
   around the Keras embedder, the reference);
 - model sizes on disk;
+- ONNX with ONNX Runtime (CPU execution provider) and the OpenVINO IR with the
+  OpenVINO CPU plugin at its default precision (bf16 on CPUs with AMX or
+  AVX512-BF16) and with ``INFERENCE_PRECISION_HINT=f32``;
 - cosine to Keras per image on held synthetic crops (min / mean / centred
   mean), so that a faster variant that is wrong shows up.
 
@@ -155,6 +158,27 @@ def compiled_model_runner(content, threads, ynnpack=False, xnnpack_flags=None):
     return make
 
 
+def openvino_runner(path, threads, precision=None):
+    """OpenVINO's CPU plugin, with its default inference precision or the one given (e.g. "f32")."""
+    import openvino as ov
+
+    config = {"INFERENCE_NUM_THREADS": threads}
+    if precision:
+        config["INFERENCE_PRECISION_HINT"] = precision
+    compiled = ov.Core().compile_model(path, "CPU", config)
+    request = compiled.create_infer_request()
+
+    class Runner:
+        precision = compiled.get_property("INFERENCE_PRECISION_HINT").get_type_name()
+
+        @staticmethod
+        def embed(images):
+            request.infer({0: np.ascontiguousarray(images, np.float32)})
+            return np.array(request.get_output_tensor(0).data)
+
+    return Runner
+
+
 def quantize(images, detail):
     scale, zero_point = detail["quantization"]
     info = np.iinfo(detail["dtype"])
@@ -174,6 +198,18 @@ def cosine_stats(reference, values) -> dict:
     entry = compare(reference, np.asarray(values, np.float32))
     return {"cos_min": entry["cosine_min"], "cos_mean": entry["cosine_mean"],
             "centred_mean": entry.get("centred_cosine_mean", float("nan"))}
+
+
+def package_versions() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    found = []
+    for name in ("ai-edge-litert", "tf2onnx", "onnxruntime", "openvino"):
+        try:
+            found.append(f"{name} {version(name)}")
+        except PackageNotFoundError:
+            found.append(f"{name} not installed")
+    return ", ".join(found)
 
 
 def directory_bytes(path):
@@ -219,7 +255,8 @@ def main():
     images1 = images_batch[:1]
     reference = np.asarray(embedder.predict(held, verbose=0))
     print(f"Machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs visible; "
-          f"{args.threads} threads per variant; TF {tf.__version__}, Keras {keras.__version__}")
+          f"{args.threads} threads per variant; TF {tf.__version__}, Keras {keras.__version__}, "
+          f"{package_versions()}")
     print(f"Model: {args.backbone if not args.run_dir else parts.network.name} at {image_size[0]}x{image_size[1]}, "
           f"weights {weights}, {embedder.count_params() / 1e6:.1f} M parameters, "
           f"{parts.embedding_dim}-d embedding", flush=True)
@@ -265,6 +302,28 @@ def main():
         print(f"  converted {quantization} in {time.time() - tick:.0f} s", flush=True)
         runner = interpreter_runner(contents[quantization], args.threads)
         record(name, runner, lambda x, runner=runner: runner(len(x))(x))
+
+    # === ONNX (ONNX Runtime) and OpenVINO ===
+    from aaa_keras.deploy import onnx_openvino
+
+    onnx_path = os.path.join(workdir, "embedder.onnx")
+    tick = time.time()
+    onnx_info = onnx_openvino.save_onnx(embedder, onnx_path)
+    print(f"  converted ONNX (opset {onnx_info['opset']}) in {time.time() - tick:.0f} s", flush=True)
+    sizes["ONNX (ONNX Runtime)"] = os.path.getsize(onnx_path)
+    onnx_model = onnx_openvino.OnnxEmbedder(onnx_path, num_threads=args.threads)
+    record("ONNX (ONNX Runtime)", lambda batch: (lambda x: onnx_model.embed(x, batch_size=len(x))),
+           lambda x: onnx_model.embed(x))
+    openvino_path = os.path.join(workdir, "embedder.xml")
+    tick = time.time()
+    onnx_openvino.save_openvino(embedder, openvino_path)
+    print(f"  converted OpenVINO in {time.time() - tick:.0f} s", flush=True)
+    openvino_bytes = os.path.getsize(openvino_path) + os.path.getsize(openvino_path[:-4] + ".bin")
+    for precision in (None, "f32"):
+        openvino_model = openvino_runner(openvino_path, args.threads, precision)
+        name = f"OpenVINO ({openvino_model.precision}{', default' if precision is None else ''})"
+        sizes[name] = openvino_bytes
+        record(name, lambda batch, m=openvino_model: (lambda x: m.embed(x)), lambda x, m=openvino_model: m.embed(x))
 
     investigation = {}
     if not args.quick:
