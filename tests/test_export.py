@@ -446,6 +446,32 @@ def test_append_embeds_only_new_crops_then_search_finds_them_and_keeps_old_resul
     assert again["num_added"] == 0 and again["num_images"] == 23
 
 
+def test_cli_index_append_and_search_with_the_openvino_model(exported, tiny_data, tmp_path):
+    from click.testing import CliRunner
+
+    from cli import cli
+
+    def run(*args):
+        result = CliRunner().invoke(cli, [str(a) for a in args], catch_exceptions=False)
+        return result.exit_code, result.output
+
+    crops = tmp_path / "crops"
+    shutil.copytree(os.path.join(tiny_data, "bounding_box_test"), crops / "day1")
+    model = os.path.dirname(exported["openvino"])  # the version directory is accepted too
+    code, output = run("index", "--model", model, "--gallery", crops, "--out", tmp_path / "gallery")
+    assert code == 0 and "43 images added, 43 in the index" in output, output
+    query = sorted(glob.glob(os.path.join(tiny_data, "query", "*.jpg")))[0]
+    (crops / "day2").mkdir()
+    shutil.copy(query, crops / "day2" / "new_crop.jpg")
+    code, output = run("index", "--model", model, "--gallery", crops, "--out", tmp_path / "gallery", "--append")
+    assert code == 0 and "43 already indexed, not re-embedded" in output and "1 images added, 44 in" in output
+    code, output = run("search", "--index", tmp_path / "gallery", "--model", exported["openvino"], query,
+                       "--top", "2")
+    assert code == 0 and output.splitlines()[1].endswith(os.path.join("day2", "new_crop.jpg")), output
+    code, output = run("index", "--model", model, "--gallery", crops, "--out", tmp_path / "other", "--append")
+    assert code == 2 and output.count("Error:") == 1 and "--append needs an existing index" in output
+
+
 def test_search_prints_and_draws_the_ranked_list(exported, index_path, tiny_data, tmp_path):
     from aaa_keras.deploy import format_search, search
 
