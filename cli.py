@@ -15,7 +15,8 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import click  # noqa: E402
 
-from aaa_keras.errors import UserError  # noqa: E402
+from aaa_keras.errors import RunFailure, UserError  # noqa: E402
+from aaa_keras.run_lock import locks_run_dir  # noqa: E402
 
 STAGE_CHOICE = click.Choice(["baseline", "attention", "adversarial"])
 
@@ -30,6 +31,12 @@ def user_errors(command):
         except (UserError, OSError) as error:  # OSError: a path the user gave (a directory, no permission)
             click.echo(f"Error: {error}", err=True)
             sys.exit(2)
+        except RunFailure as error:  # disk full, non-finite loss: one line, earlier work intact
+            click.echo(f"Error: {error}", err=True)
+            if error.exit_now:  # h5py holds a file it cannot close: skip finalisation (segfault)
+                sys.stdout.flush(), sys.stderr.flush()
+                os._exit(1)
+            sys.exit(1)
         except KeyboardInterrupt:
             click.echo("Interrupted. Run the same command again to resume.", err=True)
             sys.exit(130)
@@ -37,8 +44,32 @@ def user_errors(command):
     return wrapper
 
 
+def import_tensorflow_quietly() -> None:
+    """Import TensorFlow and run its first op with the C++ start-up chatter hidden.
+
+    TF 2.21 logs through absl before Python can configure it (``I0000 ...
+    oneDNN custom operations are on``, ``cpu_feature_guard``, "All log
+    messages before absl::InitializeLog()"), ignoring ``TF_CPP_MIN_LOG_LEVEL``
+    for some of it. File descriptor 2 goes to /dev/null for the import only;
+    Python errors raised by it still print (after stderr is back).
+    """
+    saved, devnull = os.dup(2), os.open(os.devnull, os.O_WRONLY)
+    sys.stderr.flush()
+    os.dup2(devnull, 2)
+    try:
+        import tensorflow as tf
+
+        tf.constant(0.0) + 1.0  # device set-up logs on the first op
+    finally:
+        os.dup2(saved, 2)
+        os.close(devnull)
+        os.close(saved)
+
+
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
-def cli():
+@click.option("--verbose", is_flag=True, help="Show TensorFlow's start-up and C++ log messages.")
+@click.pass_context
+def cli(ctx, verbose):
     """AAA-Net (attention-aware adversarial network) for person re-ID, in Keras 3.
 
     \b
@@ -48,6 +79,11 @@ def cli():
       python cli.py visualize --run-dir runs/demo --what all
       python cli.py export --run-dir runs/demo --out models --format all --quantize all
     """
+    asks_for_help = any(arg in ("-h", "--help") for arg in sys.argv[1:])
+    if verbose:
+        os.environ["TF_CPP_MIN_LOG_LEVEL"] = "0"
+    elif ctx.invoked_subcommand and not asks_for_help and "tensorflow" not in sys.modules:
+        import_tensorflow_quietly()
 
 
 # === data ===
@@ -119,7 +155,16 @@ def data_check(root, strict):
               help="Occlusion point (paper Table 3); default conv3.")
 @click.option("--dropout", type=float, default=None, help="0.5 for Market-1501 (default), 0.6 for Duke.")
 @click.option("--random-erasing", is_flag=True, default=None, help="Baseline with keras.layers.RandomErasing (Table 5).")
-@click.option("--no-finetune", is_flag=True, default=False, help="Stage 3 with a fresh attention branch (Table 4).")
+@click.option("--attention-loss", type=click.Choice(["l1", "bce", "soft"]), default=None,
+              help="Reading of eq. 2 in stages 2-3: l1 = as printed (collapses), bce = per-position "
+                   "sigmoid CE as ref. [7] (default), soft = bce on every cell's probability drop.")
+@click.option("--mask", type=click.Choice(["attention", "response", "random"]), default=None,
+              help="Stage 3 occludes the top third of: attention = M_att (AAA-Net, default), "
+                   "response = the feature response (Table 4 without fine-tuning), random = control.")
+@click.option("--no-finetune", is_flag=True, default=False,
+              help="Paper Table 4 without fine-tuning: same as --mask response (no stage 2).")
+@click.option("--occluded-batchnorm", type=click.Choice(["batch", "moving"]), default=None,
+              help="Stage 3: BatchNorm statistics of the occluded pass (docs/decisions.md).")
 @click.option("--no-take-turns", is_flag=True, default=False, help="Stage 3: every step occluded, no alternation.")
 @click.option("--lambda1", type=float, default=None, help="Weight of L_r in eq. 4 (0.3).")
 @click.option("--lambda2", type=float, default=None, help="Weight of L_att in eq. 4 (1.7).")
@@ -134,7 +179,10 @@ def data_check(root, strict):
 @click.option("--seed", type=int, default=None)
 @click.option("--evaluate/--no-evaluate", "evaluate_after", default=True, show_default=True,
               help="Evaluate the stage after training.")
+@click.option("--skip-bad-images", is_flag=True,
+              help="Leave out images that do not decode (named, with a count) instead of stopping.")
 @user_errors
+@locks_run_dir("fit")
 def fit(stage, data_dir, run_dir, preset, image_size, no_finetune, no_take_turns, cells_per_call,
         evaluate_after, **options):
     """Train a stage (and the stages before it that are not trained yet).
@@ -154,16 +202,20 @@ def fit(stage, data_dir, run_dir, preset, image_size, no_finetune, no_take_turns
     if cells_per_call is not None:
         options["cells_per_call"] = int(cells_per_call)
     if no_finetune:
-        options["finetune"] = False
+        if options.get("mask") not in (None, "response"):
+            raise UserError(f"--no-finetune is --mask response; it cannot be combined with "
+                            f"--mask {options['mask']}")
+        options["mask"] = "response"
     if no_take_turns:
         options["take_turns"] = False
     options["data"] = data_dir
+    skip_bad_images = options.pop("skip_bad_images")
     config = config_lib.make_config(preset, **options)
-    fit_stages(stage, config, run_dir, log=click.echo)
+    fit_stages(stage, config, run_dir, log=click.echo, skip_bad_images=skip_bad_images)
     if evaluate_after:
         from aaa_keras.evaluation.run import evaluate_run
 
-        evaluate_run(run_dir, stage, log=click.echo)
+        evaluate_run(run_dir, stage, log=click.echo, skip_bad_images=skip_bad_images)
     click.echo("\nNext:\n"
                f"  python cli.py evaluate --run-dir {run_dir} --stage {stage} --metric all --rerank\n"
                f"  python cli.py visualize --run-dir {run_dir} --stage {stage} --what all\n"
@@ -188,6 +240,7 @@ def fit(stage, data_dir, run_dir, preset, image_size, no_finetune, no_take_turns
 @click.option("--skip-bad-images", is_flag=True,
               help="Drop images that do not decode (each is named) instead of stopping.")
 @user_errors
+@locks_run_dir("evaluate", when=lambda options: options["json_path"] or options["metric"] != "euclidean")
 def evaluate(run_dir, stage, data_dir, metric, rerank, json_path, distribute, mixed_precision,
              jit_compile, skip_bad_images):
     """CMC Rank-1/5/10, mAP and mINP under the standard Market-1501 protocol.
@@ -215,6 +268,7 @@ def evaluate(run_dir, stage, data_dir, metric, rerank, json_path, distribute, mi
 @click.option("--num", type=click.IntRange(1), default=8, show_default=True, help="Images per picture.")
 @click.option("--out-dir", default=None, help="Default: RUN_DIR/pictures.")
 @user_errors
+@locks_run_dir("visualize")
 def visualize(run_dir, stage, data_dir, what, num, out_dir):
     """Ranked lists, attention maps (Fig. 1), grid occlusions (Fig. 2), masks (Fig. 4), curves.
 
@@ -233,8 +287,9 @@ def visualize(run_dir, stage, data_dir, what, num, out_dir):
 @click.option("--run-dir", required=True, help="A run directory made by `fit`.")
 @click.option("--stage", type=STAGE_CHOICE, default=None, help="Default: the latest trained stage.")
 @click.option("--out", required=True, help="Models root: the SavedModel goes to OUT/MODEL_NAME/VERSION/.")
-@click.option("--format", "formats", type=click.Choice(["saved_model", "tflite", "all"]), default="all",
-              show_default=True)
+@click.option("--format", "formats", type=click.Choice(["saved_model", "tflite", "onnx", "openvino", "all"]),
+              default=["all"], show_default=True, multiple=True,
+              help="Repeat for several, e.g. --format onnx --format openvino.")
 @click.option("--quantize", type=click.Choice(["float32", "float16", "int8", "all"]), default="all",
               show_default=True, help="TFLite variants.")
 @click.option("--model-name", default="aaa_net", show_default=True)
@@ -247,16 +302,19 @@ def visualize(run_dir, stage, data_dir, what, num, out_dir):
 @click.option("--threads", type=click.IntRange(1), default=2, show_default=True,
               help="LiteRT threads for the parity runs.")
 @user_errors
+@locks_run_dir("export")
 def export(run_dir, stage, out, formats, quantize, model_name, version, representative_count, data_dir,
            parity_max_images, threads):
-    """SavedModel for TF Serving and TFLite (float32/float16/int8) for cameras, with checked parity.
+    """SavedModel (TF Serving), TFLite float32/float16/int8 (cameras), ONNX and OpenVINO, with checked parity.
 
     \b
-    Example:
+    Examples:
       python cli.py export --run-dir runs/demo --out models --format all --quantize all
+      python cli.py export --run-dir runs/demo --out models --format onnx --format openvino
     Writes models/aaa_net/<version>/ (signatures serving_default, serving_uint8,
-    serve_bytes) and models/tflite/aaa_net/<version>/*.tflite with parity.json;
-    a missed parity threshold fails the export and installs nothing.
+    serve_bytes), models/tflite/aaa_net/<version>/*.tflite,
+    models/onnx/aaa_net/<version>/*.onnx and models/openvino/aaa_net/<version>/*.xml
+    with parity.json; a missed parity threshold fails the export and installs nothing.
     """
     from aaa_keras.deploy import export_run
 
@@ -266,41 +324,57 @@ def export(run_dir, stage, out, formats, quantize, model_name, version, represen
 
 
 @cli.command()
-@click.option("--model", "model_path", required=True, help="An exported SavedModel directory or .tflite file.")
+@click.option("--model", "model_path", required=True,
+              help="An exported SavedModel directory, .tflite, .onnx or OpenVINO .xml file.")
 @click.option("--gallery", required=True, help="A folder of person crops (e.g. bounding_box_test/).")
-@click.option("--out", required=True, help="Index file to write (.npz).")
+@click.option("--out", required=True, help="Index directory to write (FAISS vectors + meta.sqlite).")
+@click.option("--append", is_flag=True,
+              help="Add the crops of --gallery that are not in the existing index yet (the others are not re-embedded).")
+@click.option("--index-type", type=click.Choice(["exact", "ivf-pq"]), default="exact", show_default=True,
+              help="exact: brute-force inner product; ivf-pq: approximate, for large galleries (>= 256 images).")
+@click.option("--nlist", type=click.IntRange(1), default=None, help="ivf-pq cells (default about 4 sqrt(N)).")
+@click.option("--pq-m", type=click.IntRange(1), default=None,
+              help="ivf-pq bytes per image; must divide the embedding size (default up to 64).")
+@click.option("--nprobe", type=click.IntRange(1), default=16, show_default=True,
+              help="ivf-pq cells searched per query (the default stored for `search`).")
 @click.option("--batch-size", type=click.IntRange(1), default=32, show_default=True)
 @user_errors
-def index(model_path, gallery, out, batch_size):
-    """Embed a folder of crops with an exported model into a searchable index.
+def index(model_path, gallery, out, append, index_type, nlist, pq_m, nprobe, batch_size):
+    """Embed a folder of crops with an exported model into a searchable gallery index.
 
     \b
-    Example:
-      python cli.py index --model models/aaa_net/1 --gallery ~/synth/bounding_box_test --out gallery.npz
+    Examples:
+      python cli.py index --model models/aaa_net/1 --gallery ~/synth/bounding_box_test --out gallery_index
+      python cli.py index --model models/aaa_net/1 --gallery crops/2024-06-02 --out gallery_index --append
+      python cli.py index --model models/onnx/aaa_net/1/aaa_net_v1.onnx --gallery big/ --out big_index \\
+          --index-type ivf-pq --nprobe 32
     """
     from aaa_keras.deploy import build_index
 
-    build_index(model_path, gallery, out, batch_size, log=click.echo)
+    build_index(model_path, gallery, out, batch_size, log=click.echo, append=append, index_type=index_type,
+                nlist=nlist, pq_m=pq_m, nprobe=nprobe)
 
 
 @cli.command()
-@click.option("--index", "index_path", required=True, help="An index made by `index`.")
+@click.option("--index", "index_path", required=True, help="An index directory made by `index`.")
 @click.option("--model", "model_path", required=True, help="The exported model the index was made with.")
 @click.argument("images", nargs=-1, required=True)
 @click.option("--top", type=click.IntRange(1), default=10, show_default=True)
+@click.option("--nprobe", type=click.IntRange(1), default=None,
+              help="ivf-pq cells searched per query; default: the index's own.")
 @click.option("--picture", default=None, help="Also write the ranked lists as a PNG.")
 @user_errors
-def search(index_path, model_path, images, top, picture):
+def search(index_path, model_path, images, top, nprobe, picture):
     """Rank the indexed gallery for each query IMAGE with an exported model.
 
     \b
     Example:
-      python cli.py search --index gallery.npz --model models/aaa_net/1 query.jpg --top 10 --picture ranks.png
+      python cli.py search --index gallery_index --model models/aaa_net/1 query.jpg --top 10 --picture ranks.png
     """
     from aaa_keras.deploy import format_search
     from aaa_keras.deploy import search as search_gallery
 
-    rankings = search_gallery(index_path, model_path, list(images), top, picture=picture)
+    rankings = search_gallery(index_path, model_path, list(images), top, picture=picture, nprobe=nprobe)
     click.echo(format_search(list(images), rankings))
     if picture:
         click.echo(f"Wrote {picture}")

@@ -16,6 +16,9 @@ from aaa_keras.errors import RunDirError, UserError
 from aaa_keras.files import write_json_atomically
 
 STAGES = ("baseline", "attention", "adversarial")
+ATTENTION_LOSSES = ("l1", "bce", "soft")  # readings of eq. 2 (model/losses.py)
+MASKS = ("attention", "response", "random")  # what stage 3 ranks to occlude (model/occlusion.py)
+OCCLUDED_BATCHNORM = ("batch", "moving")
 OCCLUSION_POINTS = ("conv2", "conv3", "conv4", "conv5")
 BACKBONES = ("resnet50", "tiny_resnet")
 CONFIG_FILE = "config.json"
@@ -46,7 +49,8 @@ class RunConfig:
     baseline_lr: float = 1e-3
     baseline_lr_decay_epochs: int = 2
     attention_lr: float = 1e-4
-    attention_momentum: float = 0.0  # stage 2 only; momentum drives eq. 2's ReLU into collapse
+    attention_momentum: float = 0.9  # stage 2 (docs/decisions.md: 0.9 learns faster with bce)
+    adversarial_attention_momentum: float = 0.0  # stage 3's attention player (exact skips anywhere)
     attention_lr_decay_epochs: int = 3
     adversarial_lr: float = 1e-4
     adversarial_lr_decay_epochs: int = 3
@@ -57,7 +61,10 @@ class RunConfig:
     lambda1: float = 0.3  # weight of L_r in eq. 4
     lambda2: float = 1.7  # weight of L_att in eq. 4
     omega: float = 0.04  # gate threshold on p_bf - p_af in eq. 4
-    finetune: bool = True  # stage 3 starts from stage 2's attention branch (Table 4)
+    attention_loss: str = "bce"  # reading of eq. 2 in stages 2 and 3 (docs/decisions.md)
+    mask: str = "attention"  # stage 3 occludes the top third of: M_att | feature response | noise
+    occluded_batchnorm: str = "batch"  # BatchNorm statistics of stage 3's occluded pass
+    diagnostic_images: int = 64  # fixed training images the attention diagnostics use per epoch
     take_turns: bool = True  # alternate unabridged and occluded steps
     cells_per_call: int = 16  # occluded copies per tail call; lower it to save memory
     # === Execution ===
@@ -73,6 +80,11 @@ class RunConfig:
     @property
     def image_size(self) -> tuple[int, int]:
         return (self.image_height, self.image_width)
+
+    @property
+    def finetune(self) -> bool:
+        """Stage 3 fine-tunes stage 2's attention branch (paper Table 4, "with fine-tuning")."""
+        return self.mask == "attention"
 
     def summary(self) -> str:
         """A printable, aligned listing of every setting."""
@@ -132,9 +144,22 @@ def validate(config: RunConfig) -> None:
     if config.grid_size ** 2 % max(config.cells_per_call, 1) != 0 or config.cells_per_call < 1:
         raise UserError(
             f"--cells-per-call must divide {config.grid_size ** 2}, got {config.cells_per_call}")
+    for name, choices in (("attention_loss", ATTENTION_LOSSES), ("mask", MASKS),
+                          ("occluded_batchnorm", OCCLUDED_BATCHNORM)):
+        if getattr(config, name) not in choices:
+            raise UserError(f"--{name.replace('_', '-')}: got {getattr(config, name)!r}; "
+                            f"expected one of {choices}")
+    if config.diagnostic_images < 0:
+        raise UserError(f"diagnostic_images must be >= 0, got {config.diagnostic_images}")
     if config.distribute not in ("none", "mirrored", "multiworker"):
         raise UserError(
             f"--distribute: got {config.distribute!r}; expected none, mirrored or multiworker")
+    if config.distribute != "none" and config.adversarial_attention_momentum > 0:
+        raise UserError(
+            f"adversarial_attention_momentum {config.adversarial_attention_momentum} with "
+            f"--distribute {config.distribute}: "
+            "under a multi-replica strategy stage 3's attention player is updated on every step "
+            "(with a zero gradient while its loss is off), so momentum would move it; use 0")
     if config.mixed_precision not in ("", "mixed_float16", "mixed_bfloat16"):
         raise UserError(f"--mixed-precision: got {config.mixed_precision!r}; expected "
                         "mixed_float16 or mixed_bfloat16")

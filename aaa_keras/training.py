@@ -18,14 +18,17 @@ import os
 import time
 
 import keras
+import numpy as np
 import tensorflow as tf
 
 from aaa_keras import config as config_lib
+from aaa_keras import guard, multiworker
 from aaa_keras.config import STAGES, RunConfig
-from aaa_keras.data.names import ReidDataset, dataset_fingerprint, load_dataset
+from aaa_keras.data.check import verify_images
+from aaa_keras.data.names import SPLITS, ReidDataset, dataset_fingerprint, load_dataset
 from aaa_keras.data.pipeline import train_dataset
 from aaa_keras.errors import RunDirError, UserError
-from aaa_keras.files import partial_path, write_json_atomically
+from aaa_keras.files import write_json_atomically
 from aaa_keras.model.attention import build_attention_branch
 from aaa_keras.model.backbone import ReidParts, build_parts
 from aaa_keras.model.stages import AdversarialModel, AttentionAssignmentModel, BaselineModel
@@ -35,9 +38,9 @@ from aaa_keras.model.stages import AdversarialModel, AttentionAssignmentModel, B
 # instead of silently reusing the stage.
 STAGE_SETTINGS = {
     "baseline": ("dropout", "random_erasing", "random_erasing_probability", "backbone_weights"),
-    "attention": ("grid_size",),
-    "adversarial": ("finetune", "take_turns", "lambda1", "lambda2", "omega", "occluded_fraction",
-                    "grid_size"),
+    "attention": ("grid_size", "attention_loss"),
+    "adversarial": ("mask", "attention_loss", "occluded_batchnorm", "take_turns", "lambda1",
+                    "lambda2", "omega", "occluded_fraction", "grid_size"),
 }
 
 NETWORK_WEIGHTS = "network.weights.h5"
@@ -59,23 +62,23 @@ def trained_stages(run_dir: str) -> list[str]:
     return [stage for stage in STAGES if stage_is_done(run_dir, stage)]
 
 
-def required_stages(stage: str, finetune: bool = True) -> list[str]:
+def required_stages(stage: str, mask: str = "attention") -> list[str]:
     """The stages ``stage`` stands on, in training order, itself last.
 
-    Stage 3 without fine-tuning (paper Table 4) starts from the baseline and a
-    fresh attention branch, so it does not need stage 2.
+    Stage 3 with the response mask (paper Table 4, "without fine-tuning") or
+    the random mask has no attention branch, so it does not need stage 2.
     """
     if stage not in STAGES:
         raise UserError(f"--stage: got {stage!r}; expected one of {STAGES}")
-    if stage == "adversarial" and not finetune:
+    if stage == "adversarial" and mask != "attention":
         return ["baseline", "adversarial"]
     return list(STAGES[: STAGES.index(stage) + 1])
 
 
 def _save_weights_atomically(model: keras.Model, path: str) -> None:
-    tmp = partial_path(path)
-    model.save_weights(tmp)
-    os.replace(tmp, path)
+    """Write to a partial file, then rename; a full or read-only disk -> one-line RunFailure."""
+    directory = os.path.dirname(path)
+    guard.save_or_fail(model.save_weights, path, os.path.dirname(directory), os.path.basename(directory))
 
 
 # === Data and strategy ===
@@ -128,6 +131,9 @@ def distribution_strategy(name: str) -> tf.distribute.Strategy:
                 [f"/cpu:{i}" for i in range(logical_cpus)])
         return tf.distribute.MirroredStrategy()
     if name == "multiworker":
+        from aaa_keras.multiworker import patch_keras_symbolic_build
+
+        patch_keras_symbolic_build()  # Keras 3's fit cannot start under this strategy without it
         return tf.distribute.MultiWorkerMirroredStrategy()
     raise UserError(f"--distribute: got {name!r}; expected none, mirrored or multiworker")
 
@@ -157,7 +163,8 @@ def check_finished_stages(config: RunConfig, run_dir: str, stages) -> None:
                 + "; ".join(differences) + "); use a new --run-dir for this variant")
 
 
-def start_run(config: RunConfig, run_dir: str, log=print, stages=STAGES) -> tuple[RunConfig, ReidDataset]:
+def start_run(config: RunConfig, run_dir: str, log=print, stages=STAGES,
+              skip_bad_images: bool = False) -> tuple[RunConfig, ReidDataset]:
     """Resolve the data, fill in the dataset-derived fields, and check or write ``config.json``.
 
     ``stages`` are the stages this run will use: a finished one must have been
@@ -165,6 +172,7 @@ def start_run(config: RunConfig, run_dir: str, log=print, stages=STAGES) -> tupl
     """
     config = dataclasses.replace(config, data=resolve_data(config.data, log))
     dataset = load_dataset(config.data)
+    dataset = verify_images(dataset, SPLITS, run_dir, skip_bad_images, log)  # never a bad image mid-epoch
     if dataset.num_classes < 2:
         raise UserError(f"--data {config.data}: the training split has {dataset.num_classes} "
                         "identities; a classifier needs at least 2")
@@ -218,17 +226,30 @@ def load_trained(run_dir: str, stage: str | None = None):
                           f"{', '.join(done) or 'none'}); run `python cli.py fit --stage {stage} "
                           f"--run-dir {run_dir}`")
     parts, attention = build_stage_parts(config)
-    load_stage_weights(parts, attention, run_dir, stage)
-    return config, parts, attention, stage
+    has_attention = stage == "attention" or (stage == "adversarial" and config.mask == "attention")
+    load_stage_weights(parts, attention, run_dir, stage, with_attention=has_attention)
+    return config, parts, attention if has_attention else None, stage
 
 
-def make_optimizer(config: RunConfig, stage: str, steps_per_epoch: int) -> keras.optimizers.Optimizer:
-    """SGD with momentum, learning rate x``lr_decay_rate`` every few epochs (paper 4.2)."""
+def make_optimizer(config: RunConfig, stage: str, steps_per_epoch: int,
+                   player: str = "network") -> keras.optimizers.Optimizer:
+    """SGD with momentum, learning rate x``lr_decay_rate`` every few epochs (paper 4.2).
+
+    Stage 3 has two players: the network (``adversarial_lr``, ``momentum``)
+    and the attention branch (``player="attention"``: stage 2's ``attention_lr``
+    with ``adversarial_attention_momentum``, on stage 3's decay schedule).
+    """
+    rate_of = "attention" if player == "attention" else stage
     learning_rate = keras.optimizers.schedules.ExponentialDecay(
-        getattr(config, f"{stage}_lr"),
+        getattr(config, f"{rate_of}_lr"),
         decay_steps=getattr(config, f"{stage}_lr_decay_epochs") * steps_per_epoch,
         decay_rate=config.lr_decay_rate, staircase=True)
-    momentum = config.attention_momentum if stage == "attention" else config.momentum
+    if player == "attention":
+        momentum = config.adversarial_attention_momentum
+    elif stage == "attention":
+        momentum = config.attention_momentum
+    else:
+        momentum = config.momentum
     return keras.optimizers.SGD(learning_rate=learning_rate, momentum=momentum,
                                 weight_decay=config.weight_decay or None)
 
@@ -241,16 +262,44 @@ def build_stage_model(stage: str, config: RunConfig, run_dir: str, log=print) ->
     if stage == "attention":
         load_stage_weights(parts, attention, run_dir, "baseline")
         return AttentionAssignmentModel(parts, attention, config.grid_size, config.cells_per_call,
+                                        attention_loss=config.attention_loss,
                                         name="attention_assignment")
-    if config.finetune:
+    if config.mask == "attention":
         load_stage_weights(parts, attention, run_dir, "attention")
     else:
-        log("Stage adversarial: --no-finetune, starting from the baseline with a fresh "
-            "attention branch (paper Table 4)")
-        load_stage_weights(parts, attention, run_dir, "baseline")
-    return AdversarialModel(parts, attention, config.grid_size, config.cells_per_call,
-                            config.occluded_fraction, config.lambda1, config.lambda2,
-                            config.omega, config.take_turns, name="adversarial")
+        log(f"Stage adversarial: --mask {config.mask}, starting from the baseline with no attention "
+            "branch and no adversarial term ("
+            + ("paper Table 4, without fine-tuning: the top third of the feature response" if
+               config.mask == "response" else "the control: a random third of the feature map") + ")")
+        load_stage_weights(parts, attention, run_dir, "baseline", with_attention=False)
+    return AdversarialModel(parts, attention if config.mask == "attention" else None,
+                            config.grid_size, config.cells_per_call, config.occluded_fraction,
+                            config.lambda1, config.lambda2, config.omega, config.take_turns,
+                            mask=config.mask, attention_loss=config.attention_loss,
+                            occluded_batchnorm=config.occluded_batchnorm, seed=config.seed,
+                            name="adversarial")
+
+
+def diagnostics_callback(stage: str, config: RunConfig, dataset: ReidDataset, log=print):
+    """The attention diagnostics of stages 2 and 3 on a fixed set of training images (or None).
+
+    The images are spread evenly over the (sorted) training split and loaded
+    without augmentation, so every epoch and every run of the same data is
+    measured on the same crops.
+    """
+    from aaa_keras.data.pipeline import eval_dataset
+    from aaa_keras.model.diagnostics import AttentionDiagnostics
+
+    if stage == "baseline" or config.diagnostic_images == 0:
+        return None
+    records = dataset.train_identities()
+    labels, _ = dataset.relabel(records)
+    count = min(config.diagnostic_images, len(records))
+    picks = np.linspace(0, len(records) - 1, count).round().astype(int)
+    images = np.concatenate(list(eval_dataset([records[i].path for i in picks], config.image_size)
+                                 .as_numpy_iterator()))
+    return AttentionDiagnostics(images, np.asarray(labels)[picks], config.mask, config.grid_size,
+                                config.occluded_fraction, seed=config.seed, log=log, stage=stage)
 
 
 # === Training ===
@@ -279,49 +328,81 @@ def train_stage(stage: str, config: RunConfig, dataset: ReidDataset, run_dir: st
     strategy = strategy or distribution_strategy(config.distribute)
     with strategy.scope():
         model = build_stage_model(stage, config, run_dir, log)
-        model.compile(optimizer=make_optimizer(config, stage, steps), jit_compile=config.jit_compile)
+        compile_options = {}
+        if stage == "adversarial" and config.mask == "attention":  # the second player
+            compile_options["attention_optimizer"] = make_optimizer(config, stage, steps, "attention")
+        model.compile(optimizer=make_optimizer(config, stage, steps), jit_compile=config.jit_compile,
+                      **compile_options)
         model(tf.zeros((1, *config.image_size, 3)))  # build before BackupAndRestore
     log(f"Stage {stage}: {len(model.trainable_variables)} trainable variables, "
         f"{steps} steps x {config.epochs} epochs, batch {config.batch_size}")
+    diagnostics = diagnostics_callback(stage, config, dataset, log)
     callbacks = [
+        *([diagnostics] if diagnostics else []),  # first: the loggers below record its values
         keras.callbacks.BackupAndRestore(os.path.join(directory, "backup")),
         keras.callbacks.CSVLogger(os.path.join(directory, "log.csv"), append=True),
         keras.callbacks.TensorBoard(os.path.join(directory, "tensorboard"), write_graph=False),
         *callbacks,
     ]
+    guard.check_free_space(directory, model, stage)  # two checkpoints + logs, before any work
+    guard.keep_backup_until_saved(callbacks)  # removed below, once the weights are saved
     started = time.time()
-    history = model.fit(data, epochs=config.epochs, steps_per_epoch=steps, callbacks=callbacks, shuffle=False,
-                        verbose=config_verbosity())
+    with guard.guarded_training(run_dir, stage, directory):  # NaN loss, full disk -> one line
+        history = model.fit(data, epochs=config.epochs, steps_per_epoch=steps, shuffle=False,
+                            callbacks=[*callbacks, guard.StopOnNonFiniteLoss(stage)],
+                            verbose=config_verbosity())
     seconds = time.time() - started
 
     _save_weights_atomically(model.parts.network, os.path.join(directory, NETWORK_WEIGHTS))
-    if stage != "baseline":
+    if getattr(model, "attention", None) is not None:
         _save_weights_atomically(model.attention, os.path.join(directory, ATTENTION_WEIGHTS))
     summary = {
         "stage": stage, "epochs": config.epochs, "steps_per_epoch": steps,
-        "seconds": round(seconds, 1), "finetune": config.finetune,
+        "seconds": round(seconds, 1), "mask": config.mask,
         "settings": stage_settings(config, stage),
         "final_metrics": {k: float(v[-1]) for k, v in history.history.items() if v},
     }
-    write_json_atomically(os.path.join(directory, DONE_FILE), summary)
+    guard.save_or_fail(lambda tmp: write_json_atomically(tmp, summary),
+                       os.path.join(directory, DONE_FILE), run_dir, stage)
+    guard.remove_backup(directory)
     set_precision_policy("")
     return summary
 
 
-def config_verbosity() -> int | str:
-    """Keras progress bars on a terminal, one line per epoch in logs (``AAA_KERAS_VERBOSE``)."""
-    value = os.environ.get("AAA_KERAS_VERBOSE", "auto")
-    return int(value) if value.isdigit() else value
+def config_verbosity() -> int:
+    """Keras' progress bar on a terminal, one line per epoch otherwise (``AAA_KERAS_VERBOSE`` overrides).
+
+    A log file, CI or ``nohup`` gets ``verbose=2``: Keras' ``"auto"`` would
+    write the progress bar's carriage returns and control codes into it.
+    """
+    value = os.environ.get("AAA_KERAS_VERBOSE", "")
+    if value.isdigit():
+        return int(value)
+    import sys
+
+    return 1 if sys.stdout.isatty() else 2
 
 
-def fit(stage: str, config: RunConfig, run_dir: str, log=print, callbacks=()) -> list[str]:
+def fit(stage: str, config: RunConfig, run_dir: str, log=print, callbacks=(),
+        skip_bad_images: bool = False) -> list[str]:
     """Train ``stage`` and any stage it stands on that is not trained yet; returns what was trained."""
-    plan = required_stages(stage, config.finetune)
+    plan = required_stages(stage, config.mask)
     strategy = distribution_strategy(config.distribute)  # before any other TensorFlow op
     if strategy.num_replicas_in_sync > 1:
         log(f"Distributing with {type(strategy).__name__} over {strategy.num_replicas_in_sync} "
             f"replicas; --batch-size {config.batch_size} is the global batch")
-    config, dataset = start_run(config, run_dir, log, plan)
+    shared_run_dir = run_dir
+    run_dir, temporary = multiworker.worker_run_dir(run_dir, strategy, log)  # only the chief writes RUN
+    try:
+        return _fit_plan(stage, plan, config, run_dir, log, callbacks, skip_bad_images, strategy)
+    finally:
+        if temporary:
+            multiworker.remove_worker_dir(run_dir)
+            log(f"Worker done; the trained stages are in {shared_run_dir} (written by the chief)")
+
+
+def _fit_plan(stage, plan, config, run_dir, log, callbacks, skip_bad_images, strategy) -> list[str]:
+    config, dataset = start_run(config, run_dir, log, plan, skip_bad_images)
     log("Run configuration:\n" + config.summary())
     log(f"Data: {config.data}: {len(dataset.train_identities())} training images of "
         f"{config.num_classes} ids, {len(dataset.query)} query, {len(dataset.gallery)} gallery")

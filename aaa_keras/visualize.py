@@ -268,13 +268,15 @@ def attention_maps_size(num_images: int, num_maps: int, columns: int = MAP_COLUM
 
 def plot_attention_maps(out_path: str, images, attention_maps: dict, captions=None,
                         title: str | None = None, columns: int = MAP_COLUMNS) -> str:
-    """``max(M_att, 0)`` overlaid on each image, one row per map set (paper Figure 1).
+    """``M_att`` overlaid on each image, one row per map set (paper Figure 1).
 
     ``images``: RGB arrays or file paths (shown at their own size and aspect);
     ``attention_maps``: ``{row label: (N, h, w[, 1]) raw M_att}``, e.g. one
     entry per trained stage, drawn as rows under the image row so stages sit
-    side by side per image. Each map is scaled by its own maximum (printed
-    above it) and upsampled bilinearly onto the image.
+    side by side per image. Each map is scaled to [0, 1] between its own
+    minimum and maximum (printed above it; the stage-3 mask ranks positions,
+    so the order is what matters, and the ``bce`` reading's logits are
+    mostly negative) and upsampled bilinearly onto the image.
     """
     images = _images(images)
     maps = {label: _as_maps(value, f"attention_maps[{label!r}]") for label, value in attention_maps.items()}
@@ -285,7 +287,7 @@ def plot_attention_maps(out_path: str, images, attention_maps: dict, captions=No
     per_block = 1 + len(maps)
     figure = _figure(*attention_maps_size(len(images), len(maps), columns))
     axes = figure.subplots(blocks * per_block, columns, squeeze=False)
-    _title(figure, title or "Attention maps max(M_att, 0) overlaid on the image")
+    _title(figure, title or "Attention maps M_att overlaid on the image")
     overlay = None
     for index, image in enumerate(images):
         block, column = divmod(index, columns)
@@ -298,13 +300,12 @@ def plot_attention_maps(out_path: str, images, attention_maps: dict, captions=No
         for offset, (label, values) in enumerate(maps.items(), start=1):
             ax = axes[block * per_block + offset, column]
             _show(ax, image)
-            positive = np.maximum(values[index], 0.0)
-            peak = float(positive.max())
-            scaled = positive / peak if peak > 0 else positive
+            low, peak = float(values[index].min()), float(values[index].max())
+            scaled = (values[index] - low) / (peak - low) if peak > low else np.zeros_like(values[index])
             shown = image if image is not None else _placeholder()
             overlay = ax.imshow(scaled, cmap="jet", alpha=0.5, vmin=0.0, vmax=1.0,
                                 interpolation="bilinear", extent=_extent(shown))
-            ax.set_title(f"max {peak:.3g}", fontsize=8, color="#333333")
+            ax.set_title(f"{low:.2g} .. {peak:.2g}", fontsize=8, color="#333333")
             if column == 0:
                 ax.set_ylabel(label, fontsize=10, fontweight="bold")
     for index in range(len(images), blocks * columns):  # unused panels of the last block
@@ -313,7 +314,7 @@ def plot_attention_maps(out_path: str, images, attention_maps: dict, captions=No
             axes[block * per_block + offset, column].axis("off")
     if overlay is not None:
         bar = figure.colorbar(overlay, ax=axes.ravel().tolist(), shrink=0.5, aspect=30, pad=0.02)
-        bar.set_label("max(M_att, 0) / its maximum", fontsize=9)
+        bar.set_label("M_att, min..max of each map -> 0..1", fontsize=9)
         bar.ax.tick_params(labelsize=8)
     return _save(figure, out_path)
 
@@ -426,12 +427,14 @@ def occlusion_masks_size(num_images: int, columns: int = MAP_COLUMNS) -> tuple[f
 
 
 def plot_occlusion_masks(out_path: str, images, masks, captions=None, title: str | None = None,
-                         columns: int = MAP_COLUMNS) -> str:
+                         columns: int = MAP_COLUMNS, hardest_boxes=None) -> str:
     """Each image above the same image with its 0-1 mask ``B`` drawn black where ``B = 0``.
 
     ``masks``: ``(N, h, w[, 1])`` at feature-map resolution, 0 = occluded (the
     top third of ``M_att`` in stage 3, paper Figure 4); each feature position
-    covers its block of image pixels.
+    covers its block of image pixels. ``hardest_boxes``: per image the
+    image-space ``(x0, y0, x1, y1)`` of the hardest grid cell ``k*``, drawn in
+    red on the mask, so a reader sees whether the mask covers it.
     """
     images = _images(images)
     masks = _as_maps(masks, "masks")
@@ -457,8 +460,13 @@ def plot_occlusion_masks(out_path: str, images, masks, captions=None, title: str
         shown = image if image is not None else _placeholder()
         ax.imshow(black, interpolation="nearest", extent=_extent(shown))
         ax.set_title(f"{occluded.mean():.0%} occluded", fontsize=8, color="#333333")
+        if hardest_boxes is not None and hardest_boxes[index] is not None:
+            x0, y0, x1, y1 = hardest_boxes[index]
+            ax.add_patch(patches.Rectangle((x0, y0), x1 - x0, y1 - y0, fill=False, edgecolor="red",
+                                   linewidth=1.6))
         if column == 0:
-            ax.set_ylabel("occluded (B = 0)", fontsize=10, fontweight="bold")
+            ax.set_ylabel("occluded (B = 0)" + (", red = k*" if hardest_boxes is not None else ""),
+                          fontsize=10, fontweight="bold")
     for index in range(len(images), blocks * columns):
         block, column = divmod(index, columns)
         axes[block * 2, column].axis("off")
@@ -642,14 +650,26 @@ def compute_grid_occlusions(parts, images: np.ndarray, labels=None, grid_size: i
 
 
 def compute_occlusion_masks(parts, attention, images: np.ndarray, fraction: float = 1.0 / 3.0,
-                            batch_size: int = 16) -> np.ndarray:
-    """Stage 3's 0-1 masks ``B`` ``(N, h, w)``: 0 at the top ``fraction`` of ``M_att`` per image."""
-    from aaa_keras.model.occlusion import top_fraction_mask
+                            batch_size: int = 16, mask: str = "attention", seed: int = 0) -> np.ndarray:
+    """Stage 3's 0-1 masks ``B`` ``(N, h, w)``: 0 at the top ``fraction`` of the ranked map.
 
-    maps = compute_attention_maps(parts, attention, images, batch_size)
+    ``mask``: ``attention`` ranks ``M_att``, ``response`` the channel mean of
+    ``f`` (Table 4 without fine-tuning), ``random`` region-shaped noise.
+    """
+    from aaa_keras.model.occlusion import feature_response, random_scores, top_fraction_mask
+
+    if mask == "attention":
+        maps = compute_attention_maps(parts, attention, images, batch_size)[..., None]
+    else:
+        features = np.concatenate([parts.stem(images[i:i + batch_size], training=False)
+                                   for i in range(0, len(images), batch_size)]) if len(images) else None
+        if features is None:
+            return np.zeros((0, 1, 1), np.float32)
+        maps = (feature_response(features) if mask == "response"
+                else random_scores(features, seed)).numpy()
     if not len(maps):
-        return maps
-    return np.asarray(top_fraction_mask(maps[..., None], fraction), np.float32)[..., 0]
+        return maps[..., 0]
+    return np.asarray(top_fraction_mask(maps, fraction), np.float32)[..., 0]
 
 
 # === A run directory's pictures ===
@@ -712,7 +732,8 @@ def visualize_run(run_dir: str, stage: str | None = None, data: str | None = Non
     """Write the pictures of a trained run directory; returns their paths (each is logged).
 
     ``what``: ``ranks`` (stage ``stage`` or the latest trained one),
-    ``attention`` (stages 2 and 3, or ``stage``), ``occlusion`` (grid search of
+    ``attention`` (M_att of stages 2 and 3, or ``stage``, and stage 3's masks
+    with the hardest cell k* of each image), ``occlusion`` (grid search of
     the latest attention stage or ``stage``; top-third masks of stage 3, or of
     stage 2 when stage 3 is not trained), ``curves`` (every stage), or ``all``
     (those of them the run dir has stages for: the attention and occlusion
@@ -794,46 +815,63 @@ def visualize_run(run_dir: str, stage: str | None = None, data: str | None = Non
     split = "training" if dataset.train_identities() else "query"
     source = f"{len(chosen)} {split} images of {data_name}"
 
-    if "attention" in kinds:
+    def has_branch(name: str) -> bool:
+        return name == "attention" or config.mask == "attention"
+
+    if "attention" in kinds and not any(has_branch(s) for s in attention_stages):
+        log(f"No attention maps to draw: stage 3 ran with --mask {config.mask} (no attention branch)")
+    if "attention" in kinds and any(has_branch(s) for s in attention_stages):
         maps = {STAGE_NAMES[s].replace(" (", "\n("): compute_attention_maps(*trained(s), images)
-                for s in attention_stages}
-        names = " and ".join(STAGE_NAMES[s] for s in attention_stages)
+                for s in attention_stages if has_branch(s)}
+        names = " and ".join(STAGE_NAMES[s] for s in attention_stages if has_branch(s))
         wrote(plot_attention_maps(
             os.path.join(out_dir, f"attention_maps{suffix}.png"), [r.path for r in chosen], maps,
-            captions, title=f"Attention maps max(M_att, 0) of {names}\n{source}"))
+            captions, title=f"Attention maps M_att of {names}\n{source}"))
 
-    if "occlusion" in kinds:
+    # === The hardest cells k* and stage 3's masks (--what attention and occlusion) ===
+    if "attention" in kinds or "occlusion" in kinds:
         search_stage = attention_stages[-1]
         parts, attention = trained(search_stage)
         few = min(len(chosen), GRID_MAX_IMAGES)
         labels = None
         if own_data and split == "training":
             _, pid_to_label = dataset.relabel()
-            labels = np.array([pid_to_label[r.pid] for r in chosen[:few]], np.int32)
+            labels = np.array([pid_to_label[r.pid] for r in chosen], np.int32)
         else:
             log("Grid occlusions: the images are not from the run's training set, so the "
                 "predicted class stands in for the true class")
-        result = compute_grid_occlusions(parts, images[:few], labels, config.grid_size,
-                                         config.cells_per_call)
+        everything = compute_grid_occlusions(parts, images, labels, config.grid_size,
+                                             config.cells_per_call)
+        result = {k: v[:few] if k != "feature_shape" else v for k, v in everything.items()}
         class_note = "true class" if labels is not None else "predicted class"
-        wrote(plot_grid_occlusions(
-            os.path.join(out_dir, f"grid_occlusion_{search_stage}{suffix}.png"),
-            [r.path for r in chosen[:few]], result["cell_probabilities"], result["hardest_cells"],
-            result["feature_shape"], config.grid_size, result["base_probabilities"],
-            [f"{c}\nclass {int(k)}" for c, k in zip(captions, result["labels"])],
-            title=(f"Grid occlusion search with the {STAGE_NAMES[search_stage]} network, "
-                   f"{config.occlude_after} feature map\n"
-                   f"s_k = {class_note} probability with cell k of the feature map occluded; "
-                   f"red = hardest cell k* (the target M_occ)")))
+        if "occlusion" in kinds:
+            wrote(plot_grid_occlusions(
+                os.path.join(out_dir, f"grid_occlusion_{search_stage}{suffix}.png"),
+                [r.path for r in chosen[:few]], result["cell_probabilities"], result["hardest_cells"],
+                result["feature_shape"], config.grid_size, result["base_probabilities"],
+                [f"{c}\nclass {int(k)}" for c, k in zip(captions, result["labels"])],
+                title=(f"Grid occlusion search with the {STAGE_NAMES[search_stage]} network, "
+                       f"{config.occlude_after} feature map\n"
+                       f"s_k = {class_note} probability with cell k of the feature map occluded; "
+                       f"red = hardest cell k* (the target M_occ)")))
 
         mask_stage = "adversarial" if "adversarial" in attention_stages else attention_stages[-1]
-        masks = compute_occlusion_masks(*trained(mask_stage), images, config.occluded_fraction)
+        mask_kind = config.mask if mask_stage == "adversarial" else "attention"
+        masks = compute_occlusion_masks(*trained(mask_stage), images, config.occluded_fraction,
+                                        mask=mask_kind, seed=config.seed)
+        boxes = []
+        for path, cell in zip([r.path for r in chosen], everything["hardest_cells"]):
+            image = read_image(path)
+            boxes.append(None if image is None else _cell_boxes(
+                everything["feature_shape"], config.grid_size, image.shape)[int(cell)])
         note = "" if mask_stage == "adversarial" else " (the masks stage 3 starts from)"
+        ranked = {"attention": "M_att", "response": "the feature response (channel mean of f)",
+                  "random": "random noise (the control)"}[mask_kind]
         wrote(plot_occlusion_masks(
             os.path.join(out_dir, f"occlusion_masks_{mask_stage}{suffix}.png"),
-            [r.path for r in chosen], masks, captions,
+            [r.path for r in chosen], masks, captions, hardest_boxes=boxes,
             title=(f"Occlusion masks B of {STAGE_NAMES[mask_stage]}: top {config.occluded_fraction:.0%} "
-                   f"of M_att in black{note}")))
+                   f"of {ranked} in black{note}; red box = hardest grid cell k*")))
     return written
 
 

@@ -10,7 +10,7 @@ then its last stage is evaluated (Rank-1 and mAP, Euclidean). Rows:
   stage 3 trains the network for another ``--epochs``, so AAA-Net sees twice
   the network-training epochs of the baseline)
 - AAA-Net with occlusion after conv2, conv3, conv4, conv5 (Table 3)
-- AAA-Net without fine-tuning (``finetune=False``, occlusion after conv3; Table 4)
+- AAA-Net without fine-tuning (``mask="response"``, occlusion after conv3; Table 4)
 
 The baseline row is the baseline stage of the conv3 run (the same training,
 not trained twice); the no-fine-tuning run starts from a copy of that
@@ -49,8 +49,8 @@ ROWS = [
     ("AAA-Net, occlusion after conv3", "3, 4, 5", "conv3", "adversarial", {"occlude_after": "conv3"}, 1),
     ("AAA-Net, occlusion after conv4", "3", "conv4", "adversarial", {"occlude_after": "conv4"}, 1),
     ("AAA-Net, occlusion after conv5", "3", "conv5", "adversarial", {"occlude_after": "conv5"}, 1),
-    ("AAA-Net without fine-tuning (conv3)", "4", "conv3_no_finetune", "adversarial",
-     {"occlude_after": "conv3", "finetune": False}, 1),
+    ("AAA-Net without fine-tuning (conv3, response mask)", "4", "conv3_no_finetune", "adversarial",
+     {"occlude_after": "conv3", "mask": "response"}, 1),
 ]
 
 

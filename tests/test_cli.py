@@ -79,12 +79,16 @@ def test_fit_with_an_empty_split_names_the_directory(tmp_path, tiny_data):
     assert_user_error(code, output, "query")
 
 
-def test_fit_then_evaluate_writes_the_spec_json(tmp_path, tiny_data):
+def test_fit_then_evaluate_writes_the_spec_json(tmp_path, tiny_data, monkeypatch):
+    monkeypatch.delenv("AAA_KERAS_VERBOSE", raising=False)  # the default: decided by the output
     run_dir = tmp_path / "run"
     code, output = run("fit", "--stage", "baseline", "--data", tiny_data, "--run-dir", run_dir,
                        *TINY, "--no-evaluate")
     assert code == 0, output
     assert "Run configuration:" in output and "Run directory:" in output
+    # not a terminal: one line per epoch, no progress-bar carriage returns or control codes
+    assert "\r" not in output and "\x1b[" not in output
+    assert any(line.startswith("2/2 - ") for line in output.splitlines()), output
     json_path = run_dir / "eval.json"
     code, output = run("evaluate", "--run-dir", run_dir, "--json", json_path)
     assert code == 0, output
@@ -136,3 +140,16 @@ def test_evaluate_accepts_the_spec_execution_options(trained_run):
                        "--mixed-precision", "mixed_bfloat16", "--no-jit-compile")
     assert code == 0, output
     assert "euclidean" in output
+
+
+def test_a_user_error_prints_one_line_and_no_tensorflow_start_up_chatter(tmp_path):
+    import subprocess
+    import sys
+
+    from conftest import REPO_ROOT
+
+    result = subprocess.run([sys.executable, os.path.join(REPO_ROOT, "cli.py"), "evaluate", "--run-dir",
+                             str(tmp_path / "missing")], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [result.stderr.strip()], result.stderr
+    assert result.stderr.startswith("Error: --run-dir:") and "I0000" not in result.stderr

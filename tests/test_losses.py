@@ -2,8 +2,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from aaa_keras.model.losses import (adversarial_gate, adversarial_loss, attention_loss,
-                                    gated_adversarial_loss, regularization_loss)
+from aaa_keras.model.losses import (adversarial_gate, adversarial_loss, attention_bce_loss,
+                                    attention_loss, gated_adversarial_loss, regularization_loss)
 
 RNG = np.random.default_rng(0)
 M_ATT = RNG.normal(size=(6, 8, 4, 1)).astype(np.float32)
@@ -16,12 +16,31 @@ def _l_att(m, target):  # eq. 2, numpy reference
     return np.abs(np.maximum(m, 0) - target).sum(axis=(1, 2, 3))
 
 
-def _l_r(m):  # eq. 3, numpy reference (log1p form)
-    return np.log1p(np.exp(-np.abs(m).sum(axis=(1, 2, 3))))
+def _l_r(m):  # eq. 3, numpy reference (log1p form), L1 norm per position
+    return np.log1p(np.exp(-np.abs(m).mean(axis=(1, 2, 3))))
+
+
+def _bce(m, target):  # per-position sigmoid cross-entropy, summed; numpy reference in float64
+    m, target = m.astype(np.float64), target.astype(np.float64)
+    sigmoid = 1.0 / (1.0 + np.exp(-m))
+    return -(target * np.log(sigmoid) + (1 - target) * np.log(1 - sigmoid)).sum(axis=(1, 2, 3))
 
 
 def test_attention_loss_matches_numpy():
-    np.testing.assert_allclose(attention_loss(M_ATT, M_OCC), _l_att(M_ATT, M_OCC), rtol=1e-5)
+    np.testing.assert_allclose(attention_loss(M_ATT, M_OCC, "l1"), _l_att(M_ATT, M_OCC), rtol=1e-5)
+
+
+@pytest.mark.parametrize("target", ["binary", "graded"])
+def test_bce_attention_loss_matches_numpy(target):
+    occ = M_OCC if target == "binary" else RNG.random(M_OCC.shape).astype(np.float32)
+    np.testing.assert_allclose(attention_bce_loss(M_ATT, occ), _bce(M_ATT, occ), rtol=1e-5)
+    np.testing.assert_allclose(attention_loss(M_ATT, occ, "bce"), _bce(M_ATT, occ), rtol=1e-5)
+
+
+def test_bce_attention_loss_is_finite_for_large_logits():
+    big = np.array([-200.0, -30.0, 30.0, 200.0], np.float32).reshape(1, 2, 2, 1)
+    target = np.array([1, 0, 1, 0], np.float32).reshape(1, 2, 2, 1)
+    assert float(attention_bce_loss(big, target)[0]) == pytest.approx(200.0 + 200.0, rel=1e-4)
 
 
 def test_regularization_loss_matches_numpy_and_is_stable():
@@ -31,8 +50,18 @@ def test_regularization_loss_matches_numpy_and_is_stable():
     assert np.isfinite(regularization_loss(huge)).all()
 
 
+def test_regularization_loss_is_not_zero_on_a_large_map():
+    # a 32x16 map of values ~1: its summed L1 norm is ~400, exp(-400) = 0.0 in float32;
+    # normalised per position eq. 3 keeps a value and a gradient (docs/decisions.md, "Eq. 3")
+    attention_map = tf.Variable(np.ones((2, 32, 16, 1), np.float32))
+    with tf.GradientTape() as tape:
+        loss = tf.reduce_sum(regularization_loss(attention_map))
+    assert float(loss) > 0.1
+    assert float(tf.reduce_max(tf.abs(tape.gradient(loss, attention_map)))) > 0
+
+
 def test_adversarial_loss_is_the_sum_of_eq2_and_eq3():
-    np.testing.assert_allclose(adversarial_loss(M_ATT * 0.1, M_OCC),
+    np.testing.assert_allclose(adversarial_loss(M_ATT * 0.1, M_OCC, "l1"),
                                _l_att(M_ATT * 0.1, M_OCC) + _l_r(M_ATT * 0.1), rtol=1e-5)
 
 
@@ -40,8 +69,11 @@ def test_gated_adversarial_loss_matches_numpy():
     lambda1, lambda2, omega = 0.3, 1.7, 0.04
     gate = (P_BF - P_AF > omega).astype(np.float32)
     expected = gate * (lambda1 * _l_r(M_ATT * 0.1) + lambda2 * _l_att(M_ATT * 0.1, M_OCC))
-    got = gated_adversarial_loss(M_ATT * 0.1, M_OCC, P_BF, P_AF, lambda1, lambda2, omega)
+    got = gated_adversarial_loss(M_ATT * 0.1, M_OCC, P_BF, P_AF, lambda1, lambda2, omega, "l1")
     np.testing.assert_allclose(got, expected, rtol=1e-5)
+    expected_bce = gate * (lambda1 * _l_r(M_ATT) + lambda2 * _bce(M_ATT, M_OCC))
+    got_bce = gated_adversarial_loss(M_ATT, M_OCC, P_BF, P_AF, lambda1, lambda2, omega, "bce")
+    np.testing.assert_allclose(got_bce, expected_bce, rtol=1e-5)
     assert 0 < gate.sum() < 6  # the test data exercises both sides of the gate
 
 
@@ -49,7 +81,8 @@ def _attention_gradient(omega):
     attention_map = tf.Variable(M_ATT)
     p_bf, p_af = tf.Variable(P_BF), tf.Variable(P_AF)
     with tf.GradientTape(persistent=True) as tape:
-        loss = tf.reduce_mean(gated_adversarial_loss(attention_map, M_OCC, p_bf, p_af, omega=omega))
+        loss = tf.reduce_mean(gated_adversarial_loss(attention_map, M_OCC, p_bf, p_af, omega=omega,
+                                                     reading="bce"))
     return tape.gradient(loss, attention_map), tape.gradient(loss, [p_bf, p_af])
 
 

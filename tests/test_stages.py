@@ -7,6 +7,7 @@ import tensorflow as tf
 
 from aaa_keras.model.attention import build_attention_branch
 from aaa_keras.model.backbone import build_parts
+from aaa_keras.model.occlusion import top_fraction_mask
 from aaa_keras.model.stages import AdversarialModel, AttentionAssignmentModel, BaselineModel
 
 NUM_CLASSES = 5
@@ -98,3 +99,71 @@ def test_closed_gate_leaves_the_attention_branch_unchanged():
     metrics = model.train_on_batch(*_batch(), return_dict=True)
     assert metrics["gate_rate"] == 0.0
     assert _changed(before, attention.trainable_variables) == set()
+
+
+def test_attention_branch_is_bit_identical_after_an_unabridged_step():
+    # its own optimizer: after an occluded step has built momentum, the unabridged step
+    # (attention loss off) must not move the branch (a shared SGD would, by momentum)
+    parts, attention = _parts()
+    model = _compile(AdversarialModel(parts, attention, omega=-1.0, take_turns=True))
+    images, labels = _batch()
+    model.train_on_batch(images, labels)  # step 0: unabridged
+    model.train_on_batch(images, labels)  # step 1: occluded, the branch moves
+    before = _snapshot(attention.trainable_variables)
+    network_before = _snapshot(parts.network.trainable_variables)
+    model.train_on_batch(images, labels)  # step 2: unabridged
+    assert _changed(before, attention.trainable_variables) == set()
+    assert _changed(network_before, parts.network.trainable_variables)  # the network did move
+    assert model.attention_optimizer is not model.optimizer
+    assert int(model.attention_optimizer.iterations) == 1
+
+
+class _NoOcclusion(AdversarialModel):
+    """Stage 3 whose occluded pass is the clean pass (a mask of ones)."""
+
+    def _occluded_terms(self, features, logits_before, keep, labels, training):
+        import aaa_keras.model.stages as stages
+
+        original = stages.top_fraction_mask
+        stages.top_fraction_mask = lambda scores, fraction: tf.ones_like(scores)
+        try:
+            return super()._occluded_terms(features, logits_before, keep, labels, training)
+        finally:
+            stages.top_fraction_mask = original
+
+
+def test_gate_does_not_fire_on_dropout_noise():
+    keras.utils.set_random_seed(0)
+    parts = build_parts(NUM_CLASSES, (64, 32), "tiny_resnet", "conv3", dropout=0.5)
+    attention = build_attention_branch(parts.stem.output.shape[1:], filters=8, seed=0)
+    model = _compile(_NoOcclusion(parts, attention, omega=0.0, take_turns=False, seed=0))
+    metrics = model.train_on_batch(*_batch(size=16), return_dict=True)
+    assert metrics["p_bf"] == pytest.approx(metrics["p_af"], rel=1e-5)
+    assert metrics["gate_rate"] == 0.0
+
+
+def test_response_mask_occludes_the_top_third_of_the_channel_mean():
+    parts, _ = _parts()
+    model = AdversarialModel(parts, None, mask="response")
+    features = parts.stem(_batch()[0])
+    scores = model._mask_scores(features, training=False).numpy()[..., 0]
+    mask = top_fraction_mask(scores[..., None]).numpy()[..., 0]
+    response = features.numpy().mean(axis=-1)
+    positions = response[0].size
+    k = int(np.ceil(positions / 3))
+    for sample_mask, sample_response in zip(mask, response):
+        top = np.argsort(-sample_response.ravel(), kind="stable")[:k]
+        expected = np.ones(positions, np.float32)
+        expected[top] = 0.0
+        np.testing.assert_array_equal(sample_mask.ravel(), expected)
+
+
+@pytest.mark.parametrize("mask", ["response", "random"])
+def test_response_and_random_masks_train_without_an_attention_branch(mask):
+    parts, _ = _parts()
+    model = _compile(AdversarialModel(parts, None, mask=mask, take_turns=False, seed=0))
+    assert model.attention is None and model.attention_optimizer is None
+    before = _snapshot(parts.network.trainable_variables)
+    metrics = model.train_on_batch(*_batch(), return_dict=True)
+    assert _changed(before, parts.network.trainable_variables)
+    assert "gate_rate" not in metrics and np.isfinite(metrics["ce_after"])

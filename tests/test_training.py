@@ -60,19 +60,37 @@ def test_stage_three_changes_the_network_and_keeps_stage_two_attention_as_its_st
     assert not all(np.array_equal(a, b) for a, b in zip(stem2, stem3))  # stage 3 trained it
 
 
-def test_no_finetune_starts_the_attention_branch_fresh(adversarial_run, tmp_path):
+@pytest.mark.parametrize("mask", ["response", "random"])
+def test_response_and_random_masks_need_no_stage_two_and_no_attention_branch(adversarial_run, tmp_path,
+                                                                              mask):
     config, _, _, _ = adversarial_run
-    run_dir = str(tmp_path / "nofinetune")
+    run_dir = str(tmp_path / mask)
     config = make_config("demo", data=config.data, backbone="tiny_resnet", batch_size=8, epochs=1,
-                         steps_per_epoch=1, attention_filters=16, finetune=False, omega=2.0)
+                         steps_per_epoch=1, attention_filters=16, mask=mask, diagnostic_images=8)
     messages = []
     assert fit("adversarial", config, run_dir, log=messages.append) == ["baseline", "adversarial"]
-    assert any("fresh attention branch" in m for m in messages)
-    # omega = 2 keeps the gate closed: the attention branch must still equal a fresh one
-    _, fresh_attention = build_stage_parts(load_config(run_dir))
-    _, _, trained_attention, _ = load_trained(run_dir, "adversarial")
-    for fresh, trained in zip(fresh_attention.trainable_weights, trained_attention.trainable_weights):
-        np.testing.assert_array_equal(fresh.numpy(), trained.numpy())
+    assert any(f"--mask {mask}" in m and "no attention branch" in m for m in messages)
+    assert not os.path.exists(os.path.join(stage_dir(run_dir, "adversarial"), ATTENTION_WEIGHTS))
+    _, _, attention, _ = load_trained(run_dir, "adversarial")
+    assert attention is None
+    with open(os.path.join(stage_dir(run_dir, "adversarial"), "done.json")) as f:
+        done = json.load(f)
+    assert done["settings"]["mask"] == mask
+    assert "hit_rate" in done["final_metrics"] and "gate_rate" not in done["final_metrics"]
+
+
+def test_stage_two_and_three_log_the_attention_diagnostics(adversarial_run):
+    _, run_dir, _, messages = adversarial_run
+    for stage in ("attention", "adversarial"):
+        with open(os.path.join(stage_dir(run_dir, stage), "log.csv")) as f:
+            header = next(csv.reader(f))
+        with open(os.path.join(stage_dir(run_dir, stage), "done.json")) as f:
+            final = json.load(f)["final_metrics"]
+        for name in ("hit_rate", "argmax_agreement", "cell_rank_correlation", "efficacy",
+                     "positive_fraction", "attention_spread"):
+            assert name in header and name in final, (stage, name)
+        assert 0.0 <= final["hit_rate"] <= 1.0
+        assert any(m.startswith(f"Stage {stage} diagnostics before training") for m in messages)
 
 
 class _Interrupt(Exception):
@@ -147,7 +165,8 @@ def test_load_trained_names_the_missing_stage(tmp_path, adversarial_run):
 def test_required_stages():
     assert required_stages("baseline") == ["baseline"]
     assert required_stages("adversarial") == ["baseline", "attention", "adversarial"]
-    assert required_stages("adversarial", finetune=False) == ["baseline", "adversarial"]
+    assert required_stages("adversarial", mask="response") == ["baseline", "adversarial"]
+    assert required_stages("adversarial", mask="random") == ["baseline", "adversarial"]
     with pytest.raises(UserError, match="--stage"):
         required_stages("nope")
 
@@ -156,10 +175,13 @@ def test_a_finished_stage_with_other_settings_is_refused_not_reused(adversarial_
     import dataclasses
 
     config, run_dir, _, _ = adversarial_run
-    variant = dataclasses.replace(config, finetune=False)
-    with pytest.raises(RunDirError, match="stage adversarial is already trained with other settings.*finetune"):
+    variant = dataclasses.replace(config, mask="response")
+    with pytest.raises(RunDirError, match="stage adversarial is already trained with other settings.*mask"):
         fit("adversarial", variant, run_dir, log=quiet)
-    assert load_config(run_dir).finetune is True  # config.json is not rewritten by the refused run
+    assert load_config(run_dir).mask == "attention"  # config.json is not rewritten by the refused run
+    other_loss = dataclasses.replace(config, attention_loss="l1")
+    with pytest.raises(RunDirError, match="stage attention is already trained with other settings.*attention_loss"):
+        fit("adversarial", other_loss, run_dir, log=quiet)
 
 
 def test_resnet50_below_32_pixels_is_a_clear_error():

@@ -197,6 +197,29 @@ def test_visualize_run_all_writes_every_picture(run_dir, all_pictures):
     _assert_size(by_name["occlusion_masks_adversarial.png"], visualize.occlusion_masks_size(3))
 
 
+def test_visualize_attention_draws_the_map_and_the_mask_with_the_hardest_cell(run_dir, tmp_path):
+    paths = visualize.visualize_run(run_dir, what="attention", num=3, out_dir=str(tmp_path),
+                                    log=lambda *a: None)
+    assert sorted(os.path.basename(p) for p in paths) == ["attention_maps.png",
+                                                           "occlusion_masks_adversarial.png"]
+
+
+def test_occlusion_masks_draw_a_red_box_on_the_hardest_cell(trained_images, tmp_path):
+    config, parts, attention, records, images = trained_images
+    masks = np.ones((len(images), 8, 4), np.float32)  # nothing occluded: only the box is drawn
+    image_shape = visualize.read_image(records[0].path).shape
+    boxes = [visualize._cell_boxes((8, 4), 4, image_shape)[0]] * len(images)  # the top-left cell
+    plain = visualize.plot_occlusion_masks(str(tmp_path / "plain.png"), [r.path for r in records], masks)
+    boxed = visualize.plot_occlusion_masks(str(tmp_path / "boxed.png"), [r.path for r in records], masks,
+                                           hardest_boxes=boxes)
+
+    def red_pixels(path):
+        rgb = matplotlib.image.imread(path)[..., :3]
+        return int(np.sum((rgb[..., 0] > 0.8) & (rgb[..., 1] < 0.3) & (rgb[..., 2] < 0.3)))
+
+    assert red_pixels(boxed) - red_pixels(plain) > 100  # three box outlines
+
+
 def test_visualize_run_attention_on_a_baseline_only_run_names_the_stage_to_train(baseline_only_run):
     for what in ("attention", "occlusion"):
         with pytest.raises(RunDirError, match=r"fit --stage attention --run-dir"):

@@ -1,5 +1,10 @@
 """Occlusion of feature maps: the 4x4 grid search of paper 3.2 and the top-third mask of 3.3.
 
+Stage 3 ranks positions by one of three scores (``--mask``): the attention
+map ``M_att`` (AAA-Net), the feature response (paper Table 4, "without
+fine-tuning": the channel mean of ``f``) or uniform noise (the random-third
+control).
+
 Shapes: ``f`` is ``(B, H, W, C)``; masks and attention maps are ``(B, H, W, 1)``.
 """
 
@@ -88,3 +93,60 @@ def top_fraction_mask(attention_map, fraction: float = 1.0 / 3.0):
     occluded = tf.reduce_sum(tf.one_hot(top, positions, dtype=tf.float32), axis=1)  # (B, HW)
     mask = tf.reshape(1.0 - occluded, (-1, height, width, 1))
     return tf.stop_gradient(mask)
+
+
+MASKS = ("attention", "response", "random")
+
+
+def feature_response(features):
+    """The channel mean of ``f``, ``(B, H, W, 1)`` float32: Table 4's "highest response"."""
+    return tf.reduce_mean(tf.cast(features, tf.float32), axis=-1, keepdims=True)
+
+
+def smooth_noise(uniform_grid, uniform_fine, height: int, width: int):
+    """Scores whose top third is a random third of the map in regions, not scattered positions.
+
+    ``uniform_grid`` ``(B, g, g, 1)`` noise is resized (bilinear) to ``H x W``,
+    and a 1e-3 share of ``uniform_fine`` ``(B, H, W, 1)`` breaks ties. Its top
+    third has exactly the stage-3 mask's size and, like an attention mask,
+    covers blobs: scattered single positions would act like dropout, which a
+    network shrugs off (or even profits from), so they are no fair control.
+    """
+    coarse = tf.image.resize(tf.cast(uniform_grid, tf.float32), (height, width), method="bilinear")
+    return coarse + 1e-3 * tf.cast(uniform_fine, tf.float32)
+
+
+def random_scores(features, seed, grid_size: int = 4):
+    """Random scores with the shape of an attention map (:func:`smooth_noise`), for ``--mask random``.
+
+    ``seed`` is a ``keras.random.SeedGenerator`` (a fresh draw per call) or an int.
+    """
+    import keras
+
+    batch = tf.shape(features)[0]
+    height, width = features.shape[1], features.shape[2]
+    grid = keras.random.uniform(tf.stack([batch, grid_size, grid_size, 1]), seed=seed)
+    fine = keras.random.uniform(tf.stack([batch, height, width, 1]), seed=seed)
+    return smooth_noise(grid, fine, height, width)
+
+
+def occlusion_target(reading: str, cell_probabilities, hardest_cell, height: int, width: int,
+                     grid_size: int = 4):
+    """The target ``M_occ`` ``(B, H, W, 1)`` of eq. 2, with no gradient.
+
+    ``l1`` / ``bce``: 1 inside the hardest cell ``k*``, 0 elsewhere (paper
+    Algorithm 1, line 4). ``soft``: every cell ``k`` gets
+    ``(max_j p_j - p_k) / (max_j p_j - min_j p_j)``, 1 at ``k*`` and 0 at the
+    cell whose occlusion hurts least, so the map is taught the order of all
+    cells (the probability drop, relative to the least harmful occlusion).
+    """
+    cells = tf.constant(grid_cells(height, width, grid_size))
+    if reading == "soft":
+        p = tf.cast(cell_probabilities, tf.float32)
+        highest = tf.reduce_max(p, axis=1, keepdims=True)
+        spread = highest - tf.reduce_min(p, axis=1, keepdims=True)
+        weights = tf.math.divide_no_nan(highest - p, spread)  # (B, K); all 0 if no cell matters
+        target = tf.einsum("bk,khw->bhw", weights, cells)[..., None]
+    else:
+        target = tf.gather(cells, hardest_cell)[..., None]
+    return tf.stop_gradient(target)

@@ -16,9 +16,10 @@ import keras
 import tensorflow as tf
 
 from aaa_keras.model.backbone import ReidParts
-from aaa_keras.model.losses import (adversarial_gate, attention_loss, gated_adversarial_loss,
-                                    regularization_loss)
-from aaa_keras.model.occlusion import hardest_occlusion, top_fraction_mask, true_class_probability
+from aaa_keras.model.losses import (adversarial_gate, adversarial_loss, attention_loss,
+                                    gated_adversarial_loss, regularization_loss)
+from aaa_keras.model.occlusion import (feature_response, hardest_occlusion, occlusion_target,
+                                       random_scores, top_fraction_mask, true_class_probability)
 
 
 def global_batch_mean(per_sample):
@@ -106,19 +107,21 @@ class AttentionAssignmentModel(_StageModel):
 
     ``stem`` and ``tail`` are frozen and called with ``training=False``, so
     neither their weights nor their BatchNorm statistics change. The target
-    ``M_occ`` is the hardest of the 16 grid occlusions of ``f``.
+    ``M_occ`` comes from the 16 grid occlusions of ``f`` (the hardest cell, or
+    every cell graded with ``attention_loss="soft"``).
     """
 
     tracker_names = ("loss", "attention_loss", "regularization_loss", "hardest_cell_probability")
 
     def __init__(self, parts: ReidParts, attention: keras.Model, grid_size: int = 4,
-                 cells_per_call: int = 16, **kwargs):
+                 cells_per_call: int = 16, attention_loss: str = "bce", **kwargs):
         super().__init__(**kwargs)
         self.parts = parts
         self.stem, self.tail, self.attention = parts.stem, parts.tail, attention
         self.stem.trainable = False
         self.tail.trainable = False
         self.grid_size, self.cells_per_call = grid_size, cells_per_call
+        self.attention_loss_reading = attention_loss
         self._make_trackers()
 
     def call(self, images, training=False):
@@ -127,107 +130,219 @@ class AttentionAssignmentModel(_StageModel):
     def _step(self, images, labels, training):
         features = self.stem(images, training=False)
         attention_map = self.attention(features, training=training)
-        m_occ, cell_probabilities, _ = hardest_occlusion(
+        _, cell_probabilities, hardest_cell = hardest_occlusion(
             lambda f: self.tail(f, training=False)[1], features, labels,
             self.grid_size, self.cells_per_call)
-        l_att = attention_loss(attention_map, m_occ)  # eq. 2
-        l_r = regularization_loss(attention_map)  # eq. 3
-        per_sample = l_att + l_r  # eq. 1
+        m_occ = occlusion_target(self.attention_loss_reading, cell_probabilities, hardest_cell,
+                                 features.shape[1], features.shape[2], self.grid_size)
+        per_sample = adversarial_loss(attention_map, m_occ, self.attention_loss_reading)  # eq. 1
         return per_sample, {
-            "loss": per_sample, "attention_loss": l_att, "regularization_loss": l_r,
+            "loss": per_sample,
+            "attention_loss": attention_loss(attention_map, m_occ, self.attention_loss_reading),  # eq. 2
+            "regularization_loss": regularization_loss(attention_map),  # eq. 3
             "hardest_cell_probability": tf.reduce_min(cell_probabilities, axis=1)}
 
 
 class AdversarialModel(_StageModel):
     """Stage 3 (paper 3.3, Algorithm 2, eq. 4): the attention-aware adversarial network.
 
-    ``f = stem(x)``, ``M_att = att(f)``, ``B`` zeros the top third of
-    ``M_att``; cross-entropy on ``tail(f)`` and ``tail(f * B)`` trains stem,
-    tail and classifier; the gated adversarial loss trains the attention
-    branch (``M_att`` is computed from ``stop_gradient(f)``, so it does not
-    reach the stem). With ``take_turns`` even optimizer steps are unabridged
-    (cross-entropy on ``tail(f)`` only) and odd steps occluded (everything).
+    Two players, as in a Keras GAN ``train_step``:
+
+    - the **network** (stem, tail, classifier; ``optimizer``) minimises the
+      cross-entropy on ``tail(f)`` and on ``tail(f * B)``;
+    - the **attention branch** (``attention_optimizer``) minimises the gated
+      adversarial loss of eq. 4. ``M_att`` is computed from
+      ``stop_gradient(f)``, so its loss never reaches the stem, and the branch
+      does not move at all on steps where its loss is off (unabridged steps,
+      or no sample of the batch passes the gate): no momentum drift
+      (``_attention_player_step``).
+
+    ``B`` zeros the top ``occluded_fraction`` of positions ranked by
+    ``mask``: ``attention`` (``M_att``, AAA-Net), ``response`` (the channel
+    mean of ``f``: paper Table 4 "without fine-tuning"; no attention branch,
+    no adversarial term) or ``random`` (a random third: the control).
+
+    The clean and the occluded pass share **one dropout mask**, so the gate
+    ``p_bf - p_af > omega`` sees the occlusion and not two dropout draws.
+    ``occluded_batchnorm``: ``batch`` normalises the occluded pass with its own
+    batch statistics (the paper's network in training mode), ``moving`` with
+    the moving statistics of the clean passes (docs/decisions.md).
+
+    With ``take_turns`` even optimizer steps are unabridged (cross-entropy on
+    ``tail(f)`` only) and odd steps occluded (everything).
     """
 
-    tracker_names = ("loss", "accuracy", "ce_before", "ce_after", "adversarial_loss",
-                     "attention_loss", "regularization_loss", "gate_rate", "p_bf", "p_af")
-    _occluded_only = ("ce_after", "adversarial_loss", "attention_loss", "regularization_loss",
-                      "gate_rate", "p_bf", "p_af")
+    _adversarial_names = ("adversarial_loss", "attention_loss", "regularization_loss", "gate_rate")
 
-    def __init__(self, parts: ReidParts, attention: keras.Model, grid_size: int = 4,
+    def __init__(self, parts: ReidParts, attention: keras.Model | None, grid_size: int = 4,
                  cells_per_call: int = 16, occluded_fraction: float = 1.0 / 3.0,
                  lambda1: float = 0.3, lambda2: float = 1.7, omega: float = 0.04,
-                 take_turns: bool = True, **kwargs):
+                 take_turns: bool = True, mask: str = "attention", attention_loss: str = "bce",
+                 occluded_batchnorm: str = "batch", seed: int | None = None, **kwargs):
         super().__init__(**kwargs)
+        if mask == "attention" and attention is None:
+            raise ValueError("mask='attention' needs an attention branch")
         self.parts = parts
-        self.stem, self.tail, self.attention = parts.stem, parts.tail, attention
+        self.stem, self.tail = parts.stem, parts.tail
+        self.attention = attention if mask == "attention" else None
         self.grid_size, self.cells_per_call = grid_size, cells_per_call
         self.occluded_fraction = occluded_fraction
         self.lambda1, self.lambda2, self.omega = lambda1, lambda2, omega
-        self.take_turns = take_turns
+        self.take_turns, self.mask = take_turns, mask
+        self.attention_loss_reading = attention_loss
+        self.occluded_batchnorm = occluded_batchnorm
+        self.classifier = parts.tail.get_layer("classifier")
+        self.dropout_rate = float(parts.tail.get_layer("dropout").rate)
+        self.dropout_seed = keras.random.SeedGenerator(seed, name="shared_dropout_seed")
+        self.mask_seed = keras.random.SeedGenerator(None if seed is None else seed + 1,
+                                                    name="random_mask_seed")
+        self.occluded_names = ("ce_after", "p_bf", "p_af") + (
+            self._adversarial_names if self.attention is not None else ())
+        self.tracker_names = ("loss", "accuracy", "ce_before") + self.occluded_names
+        self.attention_optimizer = None
         self._make_trackers()
+
+    def compile(self, optimizer="sgd", attention_optimizer=None, **kwargs):
+        """``optimizer`` trains the network; ``attention_optimizer`` (default: a copy) the branch."""
+        super().compile(optimizer=optimizer, **kwargs)
+        if self.attention is not None:
+            if attention_optimizer is None:
+                attention_optimizer = self.optimizer.__class__.from_config(self.optimizer.get_config())
+            self.attention_optimizer = attention_optimizer
+            self.attention_optimizer.build(self.attention.trainable_variables)
 
     def call(self, images, training=False):
         return self.tail(self.stem(images, training=training), training=training)[1]
 
-    def _occluded_terms(self, features, logits_before, labels, training):
+    # === Forward pieces ===
+
+    def _dropout_keep(self, embedding, training):
+        """One dropout mask (scaled by 1 / keep), shared by the clean and the occluded pass."""
+        if not training or self.dropout_rate == 0.0:
+            return None
+        keep_probability = 1.0 - self.dropout_rate
+        draw = keras.random.uniform(tf.shape(embedding), seed=self.dropout_seed)
+        return tf.cast(draw < keep_probability, embedding.dtype) / tf.cast(keep_probability, embedding.dtype)
+
+    def _classify(self, embedding, keep):
+        return self.classifier(embedding if keep is None else embedding * keep)
+
+    def _mask_scores(self, features, training):
+        """The map whose top third is occluded (``M_att``, the feature response, or noise)."""
+        if self.mask == "attention":
+            return self.attention(tf.stop_gradient(features), training=training)
+        if self.mask == "response":
+            return feature_response(tf.stop_gradient(features))
+        return random_scores(features, self.mask_seed)
+
+    def _occluded_terms(self, features, logits_before, keep, labels, training):
         """Everything an occluded step adds to the unabridged one, per sample."""
-        attention_map = self.attention(tf.stop_gradient(features), training=training)
-        mask = top_fraction_mask(attention_map, self.occluded_fraction)
-        _, logits_after = self.tail(features * tf.cast(mask, features.dtype), training=training)
-        p_bf = true_class_probability(logits_before, labels)
+        scores = self._mask_scores(features, training)
+        occlusion = top_fraction_mask(scores, self.occluded_fraction)  # Alg. 2, l. 1
+        occluded = features * tf.cast(occlusion, features.dtype)  # Alg. 2, l. 2
+        batch_statistics = training and self.occluded_batchnorm == "batch"
+        embedding_after, _ = self.tail(occluded, training=batch_statistics)
+        logits_after = self._classify(embedding_after, keep)
+        p_bf = true_class_probability(logits_before, labels)  # Alg. 2, l. 3
         p_af = true_class_probability(logits_after, labels)
-        m_occ, _, _ = hardest_occlusion(
+        terms = {"ce_after": cross_entropy(labels, logits_after), "p_bf": p_bf, "p_af": p_af}
+        if self.attention is None:
+            return terms
+        _, cell_probabilities, hardest_cell = hardest_occlusion(
             lambda f: self.tail(f, training=False)[1], features, labels,
             self.grid_size, self.cells_per_call)
-        return {
-            "ce_after": cross_entropy(labels, logits_after),
+        m_occ = occlusion_target(self.attention_loss_reading, cell_probabilities, hardest_cell,
+                                 features.shape[1], features.shape[2], self.grid_size)
+        reading = self.attention_loss_reading
+        terms.update({
             "adversarial_loss": gated_adversarial_loss(  # eq. 4
-                attention_map, m_occ, p_bf, p_af, self.lambda1, self.lambda2, self.omega),
-            "attention_loss": attention_loss(attention_map, m_occ),
-            "regularization_loss": regularization_loss(attention_map),
+                scores, m_occ, p_bf, p_af, self.lambda1, self.lambda2, self.omega, reading),
+            "attention_loss": attention_loss(scores, m_occ, reading),
+            "regularization_loss": regularization_loss(scores),
             "gate_rate": adversarial_gate(p_bf, p_af, self.omega),
-            "p_bf": p_bf,
-            "p_af": p_af,
-        }
+        })
+        return terms
 
     def _step(self, images, labels, training, occluded):
-        """Per-sample loss and metric values; ``occluded`` is a scalar bool tensor."""
+        """Per-sample network loss, per-sample attention loss, and metric values.
+
+        ``occluded`` is a scalar bool tensor.
+        """
         features = self.stem(images, training=training)
-        _, logits_before = self.tail(features, training=training)
+        embedding_before, _ = self.tail(features, training=training)
+        keep = self._dropout_keep(embedding_before, training)
+        logits_before = self._classify(embedding_before, keep)
         ce_before = cross_entropy(labels, logits_before)
         zeros = tf.zeros_like(ce_before)
 
         terms = tf.cond(
             occluded,
-            lambda: self._occluded_terms(features, logits_before, labels, training),
-            lambda: {name: zeros for name in self._occluded_only})
-        per_sample = ce_before + terms["ce_after"] + terms["adversarial_loss"]
+            lambda: self._occluded_terms(features, logits_before, keep, labels, training),
+            lambda: {name: zeros for name in self.occluded_names})
+        network_loss = ce_before + terms["ce_after"]
+        attention_player_loss = terms.get("adversarial_loss", zeros)
         correct = tf.cast(
             tf.argmax(logits_before, axis=-1, output_type=tf.int32) == tf.cast(labels, tf.int32),
             tf.float32)
-        values = dict(terms, loss=per_sample, accuracy=correct, ce_before=ce_before)
-        return per_sample, values
+        values = dict(terms, loss=network_loss + attention_player_loss, accuracy=correct,
+                      ce_before=ce_before)
+        return network_loss, attention_player_loss, values
 
     def _is_occluded_step(self):
         if not self.take_turns:
             return tf.constant(True)
         return tf.equal(self.optimizer.iterations % 2, 1)
 
+    # === The two players ===
+
     def train_step(self, data):
         images, labels, _ = keras.utils.unpack_x_y_sample_weight(data)
         occluded = self._is_occluded_step()
-        with tf.GradientTape() as tape:
-            per_sample, values = self._step(images, labels, training=True, occluded=occluded)
-            loss = self.optimizer.scale_loss(global_batch_mean(per_sample))
-        self._apply_gradients(tape, loss)
+        with tf.GradientTape(persistent=True) as tape:
+            network_loss, attention_loss_value, values = self._step(
+                images, labels, training=True, occluded=occluded)
+            network_loss = self.optimizer.scale_loss(global_batch_mean(network_loss))
+            if self.attention is not None:
+                attention_loss_value = self.attention_optimizer.scale_loss(
+                    global_batch_mean(attention_loss_value))
+        network_variables = self.parts.network.trainable_variables
+        self.optimizer.apply(tape.gradient(network_loss, network_variables), network_variables)
+        if self.attention is not None:
+            self._attention_player_step(tape, attention_loss_value, occluded, values["gate_rate"])
+        del tape
         weight = tf.cast(occluded, tf.float32)
-        self._update({k: v for k, v in values.items() if k not in self._occluded_only})
-        self._update({k: v for k, v in values.items() if k in self._occluded_only}, weight=weight)
+        self._update({k: v for k, v in values.items() if k not in self.occluded_names})
+        self._update({k: v for k, v in values.items() if k in self.occluded_names}, weight=weight)
         return self._results()
+
+    def _attention_player_step(self, tape, loss, occluded, gate):
+        """Update the attention branch only when its loss is on somewhere in the global batch.
+
+        On one replica the update is skipped with a ``tf.cond``, so no
+        optimizer state (momentum) moves the branch while its loss is off.
+        Under a multi-replica strategy an optimizer cannot update inside a
+        ``tf.cond`` (its all-reduce is a ``merge_call``), so the update runs
+        with the gradient, which is exactly zero while the loss is off: the
+        branch stays bit-identical with the default momentum-free player
+        (``adversarial_attention_momentum = 0``); ``config.validate`` refuses
+        momentum there.
+        """
+        variables = self.attention.trainable_variables
+        gradients = tape.gradient(loss, variables)
+        replica_context = tf.distribute.get_replica_context()
+        if replica_context is not None and replica_context.num_replicas_in_sync > 1:
+            self.attention_optimizer.apply(gradients, variables)
+            return
+        loss_is_on = tf.logical_and(occluded, tf.reduce_sum(gate) > 0)
+
+        def apply():
+            self.attention_optimizer.apply(gradients, variables)
+            return tf.constant(True)
+
+        tf.cond(loss_is_on, apply, lambda: tf.constant(False))
 
     def test_step(self, data):
         images, labels, _ = keras.utils.unpack_x_y_sample_weight(data)
-        _, values = self._step(images, labels, training=False, occluded=tf.constant(True))
+        _, _, values = self._step(images, labels, training=False, occluded=tf.constant(True))
         self._update(values)
         return self._results()
