@@ -182,3 +182,44 @@ def _narrowest_int(array: np.ndarray) -> np.ndarray:
 def _check_positive_int(value, name: str) -> None:
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
         raise UserError(f"{name} must be a positive integer; received {value!r}.")
+
+
+def evaluate_rank_per_query(distmat, q_pids, g_pids, q_camids, g_camids, chunk_size: int = 256) -> dict:
+    """Per-query values behind :func:`evaluate_rank` (the same protocol, nothing averaged).
+
+    Returns ``{"query_index": int array, "first_rank": int array,
+    "average_precision": float array, "inverse_penalty": float array}``, one
+    entry per valid query (a query with a true match left after removing
+    same-camera matches and junk), in query order; ``query_index`` gives each
+    entry's row of ``distmat``. ``mean(average_precision)`` is
+    ``evaluate_rank``'s mAP, ``mean(first_rank == 1)`` its ``cmc[0]``.
+    """
+    distmat, q_pids, g_pids, q_camids, g_camids = _validated_inputs(
+        distmat, q_pids, g_pids, q_camids, g_camids
+    )
+    _check_positive_int(chunk_size, "chunk_size")
+    indices, first_ranks, average_precisions, inverse_penalties = [], [], [], []
+    for start in range(0, len(q_pids), chunk_size):
+        stop = start + chunk_size
+        chunk = _evaluate_chunk(
+            distmat[start:stop], q_pids[start:stop], q_camids[start:stop], g_pids, g_camids
+        )
+        # The rows _evaluate_chunk keeps: a true match in another camera that is not junk.
+        true_match = (g_pids[None, :] == q_pids[start:stop, None]) & (g_pids[None, :] != JUNK_PID)
+        true_match &= g_camids[None, :] != q_camids[start:stop, None]
+        indices.append(start + np.flatnonzero(true_match.any(axis=1)))
+        first_ranks.append(chunk["first_rank"])
+        average_precisions.append(chunk["average_precision"])
+        inverse_penalties.append(chunk["inverse_penalty"])
+    query_index = np.concatenate(indices) if indices else np.zeros(0, np.int64)
+    if len(query_index) == 0:
+        raise UserError(
+            f"No query has a true match in another camera: all {len(q_pids)} queries "
+            "were skipped after removing same-camera matches and junk (pid -1)."
+        )
+    return {
+        "query_index": query_index.astype(np.int64),
+        "first_rank": np.concatenate(first_ranks),
+        "average_precision": np.concatenate(average_precisions),
+        "inverse_penalty": np.concatenate(inverse_penalties),
+    }
