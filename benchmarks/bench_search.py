@@ -23,7 +23,8 @@ Two vector sets (``--data``):
 - ``clustered``: re-ID-like, ``--per-id`` images per identity scattered
   around the identity's direction (noise of norm ``--noise`` relative to
   it), queries being new images of known identities: the case a re-ID
-  gallery is.
+  gallery is. Also reported: the fraction of the top-10 that are images of the
+  query's identity (each has ``--per-id`` of them), for exact and IVF-PQ.
 
 The vectors are generated in chunks and added to the indexes chunk by chunk
 (the exact index is the only copy of the data), so memory is about
@@ -99,9 +100,15 @@ class Vectors:
         return self._sample(rng, stop - start, ids)
 
     def queries(self, count):
+        """``(queries, identity of each)``; the gallery vector at position p has identity p // per_id."""
         rng = np.random.default_rng([self.seed, 3])
         ids = rng.integers(0, self.num_ids, count)
-        return self._sample(rng, count, ids)
+        return self._sample(rng, count, ids), ids
+
+
+def same_identity(ids, query_ids, per_id) -> float:
+    """Clustered set: the fraction of the top-10 that are images of the query's identity (10 of 20 exist)."""
+    return round(float(np.mean((ids // per_id) == query_ids[:, None])), 4)
 
 
 def peak_rss_gb() -> float:
@@ -134,7 +141,7 @@ def run_one(kind, args) -> dict:
     from aaa_keras.deploy.gallery import make_faiss_index, set_nprobe
 
     data = Vectors(kind, args.count, args.dim, args.per_id, args.noise)
-    queries = data.queries(args.queries)
+    queries, query_ids = data.queries(args.queries)
     result = {"data": kind}
     print(f"\n== {kind}: {args.count:,} x {args.dim}-d, {args.queries} queries ==", flush=True)
 
@@ -178,6 +185,7 @@ def run_one(kind, args) -> dict:
         scores, _ = exact.search(queries[:100], 10)
         result["exact_top1_cos_mean"] = round(float(scores[:, 0].mean()), 4)
         result["exact_top10_cos_mean"] = round(float(scores[:, 9].mean()), 4)
+        result["exact"]["same_id_at_10"] = same_identity(truth, query_ids, args.per_id)
     del exact
 
     result["ivfpq"] = {}
@@ -186,6 +194,8 @@ def run_one(kind, args) -> dict:
         ids, speed = search_speed(ivfpq, queries, args.single)
         recall = float(np.mean([len(set(found) & set(expected)) / 10 for found, expected in zip(ids, truth)]))
         result["ivfpq"][nprobe] = {"recall_at_10": round(recall, 4), **speed}
+        if kind == "clustered":
+            result["ivfpq"][nprobe]["same_id_at_10"] = same_identity(ids, query_ids, args.per_id)
         print(f"  IVF-PQ nprobe {nprobe}: recall@10 {recall:.3f}, {speed['queries_per_s']:.0f} queries/s, "
               f"{speed['latency_ms']:.2f} ms per single query, {result['ivfpq_bytes'] / 1e6:.0f} MB", flush=True)
     result["peak_rss_gb"] = round(peak_rss_gb(), 2)
@@ -195,16 +205,18 @@ def run_one(kind, args) -> dict:
 def print_report(args, results, seconds):
     print(f"\n## Gallery search: {args.count:,} vectors, {args.dim}-d, {args.threads} threads, "
           f"{args.queries} queries, top-10\n")
-    print("| data | index | memory | build s | queries/s (batch) | ms per single query | recall@10 |")
-    print("|---|---|---:|---:|---:|---:|---:|")
+    print("| data | index | memory | build s | queries/s (batch) | ms per single query | recall@10 "
+          "| same id in top-10 |")
+    print("|---|---|---:|---:|---:|---:|---:|---:|")
     for r in results:
         print(f"| {r['data']} | exact (IndexFlatIP) | {r['exact_bytes'] / 1e9:.2f} GB | {r['exact_add_s']:.0f} "
-              f"| {r['exact']['queries_per_s']:.1f} | {r['exact']['latency_ms']:.1f} | 1 |")
+              f"| {r['exact']['queries_per_s']:.1f} | {r['exact']['latency_ms']:.1f} | 1 "
+              f"| {r['exact'].get('same_id_at_10', '')} |")
         for nprobe, entry in r["ivfpq"].items():
             build = f"{r['ivfpq_train_s'] + r['ivfpq_add_s']:.0f}" if nprobe == min(r["ivfpq"]) else ""
             print(f"| {r['data']} | IVF{args.nlist},PQ{args.pq_m} nprobe {nprobe} | {r['ivfpq_bytes'] / 1e6:.0f} MB "
                   f"| {build} | {entry['queries_per_s']:.0f} | {entry['latency_ms']:.2f} | "
-                  f"{entry['recall_at_10']:.3f} |")
+                  f"{entry['recall_at_10']:.3f} | {entry.get('same_id_at_10', '')} |")
     print(f"\nPeak RSS {peak_rss_gb():.1f} GB; total {seconds / 60:.1f} min")
 
 
