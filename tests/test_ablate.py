@@ -1,0 +1,172 @@
+"""`cli.py ablate`: a 2-configuration x 2-seed grid with tiny settings (resume, pairing, outputs)."""
+
+import hashlib
+import json
+import os
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from aaa_keras import ablate
+from aaa_keras.errors import UserError
+
+TINY = dict(backbone="tiny_resnet", batch_size=8, steps_per_epoch=2, image_height=64, image_width=32,
+            attention_filters=16, diagnostic_images=0)
+CONFIGS = ["baseline", "aaa_no_finetune"]
+
+
+def sha256(path):
+    with open(path, "rb") as f:
+        return hashlib.sha256(f.read()).hexdigest()
+
+
+def run_tiny(out, data, lines, **kwargs):
+    options = dict(seeds=2, epochs=1, data=data, overrides=TINY, progress=lines.append, n_boot=300,
+                   configs=CONFIGS)
+    options.update(kwargs)
+    return ablate.run_grid(str(out), **options)
+
+
+@pytest.fixture(scope="module")
+def grid(tmp_path_factory, tiny_data):
+    out = tmp_path_factory.mktemp("ablate") / "grid"
+    lines = []
+    results = run_tiny(out, tiny_data, lines)
+    return out, results, lines
+
+
+def test_every_configuration_of_a_seed_starts_from_the_same_stage1_weights(grid):
+    out, results, _ = grid
+    for seed in (0, 1):
+        files = {name: sha256(out / f"seed{seed}" / name / "baseline" / "network.weights.h5")
+                 for name in CONFIGS}
+        assert len(set(files.values())) == 1, files
+        digests = {r["config"]: r["stage1_digest"] for r in results["runs"] if r["seed"] == seed}
+        assert len(set(digests.values())) == 1, digests
+    # ... and the seeds are different trainings (the checksum can tell them apart)
+    assert (sha256(out / "seed0" / "baseline" / "baseline" / "network.weights.h5")
+            != sha256(out / "seed1" / "baseline" / "baseline" / "network.weights.h5"))
+    trained = {(r["seed"], r["config"]): r["trained"] for r in results["runs"]}
+    assert trained[(0, "aaa_no_finetune")] == ["adversarial"]  # stage 1 copied, not retrained
+    assert results["stage1_shared_within_seed"] is True
+
+
+def test_outputs_hold_every_run_per_query_and_the_tables(grid, tmp_path):
+    out, results, lines = grid
+    saved = json.loads((out / "results.json").read_text())
+    assert len(saved["runs"]) == 4
+    run = saved["runs"][0]
+    per_query = run["metrics"]["euclidean"]["per_query"]
+    assert len(per_query["ap"]) == run["metrics"]["euclidean"]["num_query"] > 0
+    assert np.mean(per_query["ap"]) == pytest.approx(run["metrics"]["euclidean"]["mAP"], abs=1e-3)
+    entry = saved["summary"]["euclidean"]["aaa_no_finetune"]["mAP"]
+    assert entry["low"] <= entry["mean"] <= entry["high"]
+    assert len(entry["seed_means"]) == 2
+    text = (out / "results.md").read_text()
+    assert "Table 4: with and without fine-tuning" in text and "Per seed" in text
+    assert len([line for line in lines if line.startswith("[")]) == 4
+    assert "ETA" in lines[1]
+
+
+def test_per_query_evaluation_agrees_with_evaluate_run(grid):
+    from aaa_keras.evaluation.run import evaluate_run
+
+    out, results, _ = grid
+    record = next(r for r in results["runs"] if r["seed"] == 1 and r["config"] == "aaa_no_finetune")
+    expected = evaluate_run(str(out / "seed1" / "aaa_no_finetune"), "adversarial", log=lambda *_: None)
+    for measure in ("rank1", "mAP", "mINP"):
+        assert record["metrics"]["euclidean"][measure] == pytest.approx(expected["euclidean"][measure],
+                                                                          abs=1e-4)
+
+
+def test_another_occlusion_point_gets_the_same_stage1_network(grid, tmp_path):
+    from aaa_keras.config import load_config
+    from aaa_keras.training import load_trained
+
+    out, _, _ = grid
+    target = tmp_path / "conv5"
+    ablate._stage1_from_baseline(str(out), 0, str(target), "conv5", log=lambda *_: None)
+    assert load_config(str(target)).occlude_after == "conv5"
+    assert ablate.stage1_digest(str(target)) == ablate.stage1_digest(str(out / "seed0" / "baseline"))
+    images = np.random.default_rng(0).uniform(0, 255, (2, 64, 32, 3)).astype("float32")
+    _, moved, _, _ = load_trained(str(target), "baseline")
+    _, original, _, _ = load_trained(str(out / "seed0" / "baseline"), "baseline")
+    np.testing.assert_allclose(moved.network(images, training=False)[0],
+                               original.network(images, training=False)[0], rtol=1e-5, atol=1e-5)
+
+
+def test_rerun_after_a_kill_trains_only_the_unfinished_run(grid, tiny_data):
+    # Last in this module: it rewrites one run of the shared grid.
+    out, _, _ = grid
+    victim = out / "seed1" / "aaa_no_finetune"
+    kept = {path: os.path.getmtime(path) for path in
+            [out / f"seed{s}" / n / ablate.EVAL_FILE for s in (0, 1) for n in CONFIGS]
+            if path.parent != victim}
+    # A kill during stage 3: no evaluation and no done.json yet.
+    (victim / ablate.EVAL_FILE).unlink()
+    (victim / "adversarial" / "done.json").unlink()
+    lines = []
+    results = run_tiny(out, tiny_data, lines)
+    progress = [line for line in lines if line.startswith("[")]
+    assert [("reused" in line) for line in progress] == [True, True, True, False], progress
+    assert "seed 1 aaa_no_finetune: trained adversarial" in progress[3]
+    assert {path: os.path.getmtime(path) for path in kept} == kept
+    assert len(results["runs"]) == 4
+    with pytest.raises(UserError, match="other settings"):
+        run_tiny(out, tiny_data, [], epochs=2)
+
+
+def planted_results(difference_by_config, seeds=4, queries=300):
+    """A results dict of planted per-query AP values (no training): config -> mean AP shift."""
+    rng = np.random.default_rng(1)
+    base = rng.uniform(10, 90, queries)
+    runs = []
+    for seed in range(seeds):
+        noise = rng.normal(0, 2, queries)
+        for name, shift in difference_by_config.items():
+            ap = np.clip(base + noise + shift + rng.normal(0, 1, queries), 0, 100)
+            first_rank = np.where(ap > 50, 1, 3)
+            runs.append({"config": name, "seed": seed, "stage": "adversarial", "trained": [],
+                         "train_seconds": 1.0, "stage1_digest": f"d{seed}",
+                         "metrics": {"euclidean": {
+                             "rank1": float(100 * np.mean(first_rank == 1)), "mAP": float(ap.mean()),
+                             "mINP": float(ap.mean()), "num_query": queries,
+                             "per_query": {"query_index": list(range(queries)),
+                                           "first_rank": first_rank.tolist(), "ap": ap.tolist(),
+                                           "inp": ap.tolist()}}}})
+    settings = {"preset": "demo", "epochs_per_stage": 1, "data": "", "overrides": {}}
+    return ablate.build_results(runs, settings, "all", seeds, ("euclidean",), 1.0, n_boot=1000)
+
+
+def test_report_shows_a_planted_reversal_and_regenerates_the_docs_block(tmp_path):
+    from cli import cli
+
+    results = planted_results({"baseline": 0.0, "aaa_conv3": 4.0, "aaa_no_finetune": 9.0,
+                               "aaa_random_mask": 0.0})
+    verdicts = {row["claim"]: row["verdict"] for row in results["claims"]["euclidean"]["mAP"]}
+    assert verdicts == {"AAA-Net > baseline": "holds", "fine-tuning > without (Table 4)": "reversed",
+                        "attention mask > random mask": "holds"}
+    out = tmp_path / "grid"
+    out.mkdir()
+    (out / ablate.RESULTS_FILE).write_text(json.dumps(results))
+    doc = tmp_path / "results.md"
+    doc.write_text("# Results\n\nOld table, kept.\n")
+    for _ in range(2):  # the second run replaces the block instead of adding one
+        outcome = CliRunner().invoke(cli, ["ablate", "--out", str(out), "--report-only", "--write", str(doc),
+                                           "--bootstrap", "1000"], catch_exceptions=False)
+        assert outcome.exit_code == 0, outcome.output
+    text = doc.read_text()
+    assert text.startswith("# Results\n\nOld table, kept.") and text.count(ablate.BEGIN) == 1
+    assert "| fine-tuning > without (Table 4) |" in text and "**reversed**" in text
+    assert (out / ablate.FIGURE_FILE).stat().st_size > 1000
+    assert (tmp_path / "ablation_claims.png").is_file()
+    assert "fine-tuning > without (Table 4): Δ mAP" in outcome.output and "reversed" in outcome.output
+
+
+def test_report_only_without_results_is_a_user_error(tmp_path):
+    from cli import cli
+
+    outcome = CliRunner().invoke(cli, ["ablate", "--out", str(tmp_path), "--report-only"])
+    assert outcome.exit_code == 2
+    assert "results.json" in outcome.output and "Traceback" not in outcome.output
