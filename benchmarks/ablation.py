@@ -1,5 +1,10 @@
 """The paper's ablations (Tables 3-5) on the built-in synthetic data, over seeds.
 
+Superseded by ``python cli.py ablate`` (aaa_keras/ablate.py): the same grid
+plus the controls, with stage 1 shared within a seed, per-query bootstrap
+intervals, paired Holm-corrected tests and a verdict per claim. Kept because
+the earlier table in docs/results.md (and the README) was made with it.
+
 Every configuration trains in its own run directory under ``--work-dir`` with
 the demo preset (tiny_resnet, 128x64) and the same ``--epochs`` per stage,
 then its last stage is evaluated (Rank-1 and mAP, Euclidean). Rows:
