@@ -170,3 +170,11 @@ def test_report_only_without_results_is_a_user_error(tmp_path):
     outcome = CliRunner().invoke(cli, ["ablate", "--out", str(tmp_path), "--report-only"])
     assert outcome.exit_code == 2
     assert "results.json" in outcome.output and "Traceback" not in outcome.output
+
+
+def test_help_shows_an_example():
+    from cli import cli
+
+    outcome = CliRunner().invoke(cli, ["ablate", "--help"])
+    assert outcome.exit_code == 0
+    assert "Example" in outcome.output and "python cli.py ablate" in outcome.output
