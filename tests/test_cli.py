@@ -27,7 +27,7 @@ def assert_user_error(code, output, *fragments):
 
 
 COMMANDS = [[], ["data"], ["data", "synth"], ["data", "check"], ["fit"], ["evaluate"], ["visualize"],
-            ["export"], ["index"], ["search"]]
+            ["export"], ["index"], ["search"], ["ablate"]]
 
 
 @pytest.mark.parametrize("command", COMMANDS, ids=lambda c: " ".join(c) or "cli")
