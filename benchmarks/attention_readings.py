@@ -130,8 +130,7 @@ def main():
             rows.extend(variant_rows)
     with open(os.path.join(args.out, "readings.json"), "w") as f:
         json.dump({"machine": machine_description(), "rows": rows, "baselines": baselines}, f, indent=1)
-    print(f"\n{machine_description()}\n`python benchmarks/attention_readings.py --out {args.out} "
-          f"--seeds {' '.join(map(str, args.seeds))}`\n")
+    print(f"\n{machine_description()}\n`python benchmarks/attention_readings.py {' '.join(sys.argv[1:])}`\n")
     print("| seed | variant | stage | hit rate | argmax = k* | cell rank corr. | efficacy | "
           "p full / masked / random third | positive fraction | spread | gate rate | Rank-1 | mAP |")
     print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
