@@ -136,8 +136,6 @@ def search_speed(index, queries, single, top=10):
 
 
 def run_one(kind, args) -> dict:
-    import faiss
-
     from aaa_keras.deploy.gallery import make_faiss_index, set_nprobe
 
     data = Vectors(kind, args.count, args.dim, args.per_id, args.noise)
