@@ -39,7 +39,8 @@ def lock_path(run_dir: str) -> str:
     return os.path.join(run_dir, LOCK_FILE)
 
 
-def _pid_alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
+    """Whether a process with this pid exists on this host (the one home of this check)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -116,7 +117,7 @@ def acquire(run_dir: str, command: str, log=print) -> str:
             pid = holder.get("pid")
             if holder and pid != os.getpid():
                 same_host = holder.get("host") == host
-                alive = same_host and isinstance(pid, int) and _pid_alive(pid)
+                alive = same_host and isinstance(pid, int) and pid_alive(pid)
                 if alive or (locked is None and not same_host):
                     raise _in_use(run_dir, holder)
                 log(f"Warning: taking over the stale lock of run dir {run_dir}, left by "

@@ -41,6 +41,7 @@ from aaa_keras.deploy import parity as parity_lib
 from aaa_keras.deploy import tflite as tflite_lib
 from aaa_keras.errors import UserError
 from aaa_keras.files import PARTIAL_PREFIX, write_json_atomically
+from aaa_keras.run_lock import pid_alive
 
 FORMATS = ("saved_model", "tflite", "onnx", "openvino")
 QUANTIZATIONS = tflite_lib.QUANTIZATIONS
@@ -88,23 +89,13 @@ def versions_in(directory: str) -> list[int]:
                   if name.isdigit() and os.path.isdir(os.path.join(directory, name)))
 
 
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def remove_stale_partials(directory: str, log=print) -> None:
     """Remove ``_partial_*`` directories left by a killed export (whose process is gone)."""
     if not os.path.isdir(directory):
         return
     for name in os.listdir(directory):
         match = re.fullmatch(PARTIAL_PREFIX + r"\d+_(\d+)", name)
-        if match and not _pid_alive(int(match.group(1))):
+        if match and not pid_alive(int(match.group(1))):
             shutil.rmtree(os.path.join(directory, name), ignore_errors=True)
             log(f"Removed {os.path.join(directory, name)}, left by an interrupted export")
 

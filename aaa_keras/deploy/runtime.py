@@ -118,12 +118,15 @@ def read_images(paths, image_size) -> np.ndarray:
 
 
 def embed_files(model, paths, batch_size: int = 32, log=None) -> np.ndarray:
-    """Embeddings of image files, read ``batch_size`` at a time."""
+    """Embeddings of image files, read ``batch_size`` at a time, with a count and ETA (``Progress``)."""
+    from aaa_keras.progress import Progress
+
     chunks = []
-    for start in range(0, len(paths), batch_size):
-        chunks.append(model.embed(read_images(paths[start:start + batch_size], model.image_size), batch_size))
-        if log and len(paths) > batch_size and (start // batch_size) % 20 == 19:
-            log(f"  embedded {start + batch_size} / {len(paths)} images")
+    with Progress("embedding", len(paths), min_total=batch_size + 1) as progress:
+        for start in range(0, len(paths), batch_size):
+            batch = paths[start:start + batch_size]
+            chunks.append(model.embed(read_images(batch, model.image_size), batch_size))
+            progress.update(len(batch))
     if not chunks:
         return np.zeros((0, model.embedding_dim), np.float32)
     return np.concatenate(chunks).astype(np.float32)

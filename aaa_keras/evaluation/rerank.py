@@ -37,6 +37,7 @@ from aaa_keras.evaluation.distance import (
     squared_distance_rows,
     squared_norms,
 )
+from aaa_keras.progress import Progress
 
 # Upper bounds on temporaries of the blocked implementation, in elements.
 _DISTANCE_BLOCK_ELEMENTS = 1 << 23  # rows x (q+g) float32 distance block (32 MiB)
@@ -159,13 +160,15 @@ def re_ranking(qf, gf, k1=20, k2=6, lambda_value=0.3, block_size=None):
 
     # final_dist holds the normalised original distances of the query rows.
     final_dist *= np.float32(lambda_value)
-    for rows, sum_of_minimums in _jaccard_overlaps(V, num_query):
-        # jaccard = 1 - t / (2 - t), computed in place on t = sum of minimums.
-        jaccard = sum_of_minimums
-        jaccard /= 2.0 - sum_of_minimums
-        np.subtract(1.0, jaccard, out=jaccard)
-        jaccard *= 1.0 - lambda_value
-        final_dist[rows] += jaccard
+    with Progress("re-ranking queries", num_query, min_total=1000) as progress:
+        for rows, sum_of_minimums in _jaccard_overlaps(V, num_query):
+            # jaccard = 1 - t / (2 - t), computed in place on t = sum of minimums.
+            jaccard = sum_of_minimums
+            jaccard /= 2.0 - sum_of_minimums
+            np.subtract(1.0, jaccard, out=jaccard)
+            jaccard *= 1.0 - lambda_value
+            final_dist[rows] += jaccard
+            progress.update(rows.stop - rows.start)
     return final_dist
 
 

@@ -26,7 +26,10 @@ def extract_embeddings(embedder, records: list[ImageRecord], image_size, batch_s
     if not records:
         return np.zeros((0, embedder.output.shape[-1]), np.float32)
     dataset = eval_dataset([r.path for r in records], image_size, batch_size)
-    return np.asarray(embedder.predict(dataset, verbose=0), np.float32)
+    import sys
+
+    verbose = 1 if sys.stdout.isatty() and len(records) > 10 * batch_size else 0  # a bar for big splits
+    return np.asarray(embedder.predict(dataset, verbose=verbose), np.float32)
 
 
 def _ids(records):
