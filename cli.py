@@ -45,21 +45,21 @@ def user_errors(command):
 
 
 def import_tensorflow_quietly() -> None:
-    """Import TensorFlow and run its first op with the C++ start-up chatter hidden.
+    """Import TensorFlow with its C++ start-up chatter hidden.
 
     TF 2.21 logs through absl before Python can configure it (``I0000 ...
     oneDNN custom operations are on``, ``cpu_feature_guard``, "All log
     messages before absl::InitializeLog()"), ignoring ``TF_CPP_MIN_LOG_LEVEL``
     for some of it. File descriptor 2 goes to /dev/null for the import only;
-    Python errors raised by it still print (after stderr is back).
+    Python errors raised by it still print (after stderr is back). No op runs
+    here: logical devices and multi-worker collectives must be configured
+    before the first op.
     """
     saved, devnull = os.dup(2), os.open(os.devnull, os.O_WRONLY)
     sys.stderr.flush()
     os.dup2(devnull, 2)
     try:
-        import tensorflow as tf
-
-        tf.constant(0.0) + 1.0  # device set-up logs on the first op
+        import tensorflow  # noqa: F401
     finally:
         os.dup2(saved, 2)
         os.close(devnull)

@@ -153,3 +153,22 @@ def test_a_user_error_prints_one_line_and_no_tensorflow_start_up_chatter(tmp_pat
     assert result.returncode == 2
     assert result.stderr.strip().splitlines() == [result.stderr.strip()], result.stderr
     assert result.stderr.startswith("Error: --run-dir:") and "I0000" not in result.stderr
+
+
+def test_the_quiet_tensorflow_import_leaves_devices_unconfigured():
+    # MirroredStrategy on logical CPUs and MultiWorkerMirroredStrategy must configure TensorFlow
+    # before its first op: the start-up import of the CLI may not run one
+    import subprocess
+    import sys
+
+    from conftest import REPO_ROOT
+
+    script = ("import cli, tensorflow as tf\n"
+              "cli.import_tensorflow_quietly()\n"
+              "cpu = tf.config.list_physical_devices('CPU')[0]\n"
+              "tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)\n"
+              "print(len(tf.config.list_logical_devices('CPU')))\n")
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300,
+                            cwd=REPO_ROOT)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.strip().splitlines()[-1] == "2"
