@@ -298,7 +298,8 @@ def diagnostics_callback(stage: str, config: RunConfig, dataset: ReidDataset, lo
     picks = np.linspace(0, len(records) - 1, count).round().astype(int)
     images = np.concatenate(list(eval_dataset([records[i].path for i in picks], config.image_size)
                                  .as_numpy_iterator()))
-    return AttentionDiagnostics(images, np.asarray(labels)[picks], config.mask, config.grid_size,
+    mask = "attention" if stage == "attention" else config.mask  # stage 2 always has M_att
+    return AttentionDiagnostics(images, np.asarray(labels)[picks], mask, config.grid_size,
                                 config.occluded_fraction, seed=config.seed, log=log, stage=stage)
 
 
