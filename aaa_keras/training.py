@@ -340,7 +340,9 @@ def train_stage(stage: str, config: RunConfig, dataset: ReidDataset, run_dir: st
     diagnostics = diagnostics_callback(stage, config, dataset, log)
     callbacks = [
         *([diagnostics] if diagnostics else []),  # first: the loggers below record its values
-        keras.callbacks.BackupAndRestore(os.path.join(directory, "backup")),
+        # double_checkpoint: a kill -9 while the backup is written leaves a corrupt file; Keras then
+        # restores the previous epoch's copy instead of failing the rerun
+        keras.callbacks.BackupAndRestore(os.path.join(directory, "backup"), double_checkpoint=True),
         keras.callbacks.CSVLogger(os.path.join(directory, "log.csv"), append=True),
         keras.callbacks.TensorBoard(os.path.join(directory, "tensorboard"), write_graph=False),
         *callbacks,

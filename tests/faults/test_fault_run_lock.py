@@ -27,8 +27,9 @@ def wait_for_lock(path, process, seconds=60):
 def test_second_writer_is_refused_and_a_stale_lock_is_taken_over(tiny_data, tmp_path):
     run_dir = tmp_path / "run"
     fit = ["fit", "--stage", "baseline", "--data", tiny_data, "--run-dir", run_dir, *TINY, "--no-evaluate"]
-    # the holder must outlive the four refused commands (it is killed below): many epochs
-    first = cli(*fit, "--epochs", "1000", background=True)
+    # the holder must outlive the four refused commands (it is killed below): one long epoch, so
+    # the kill never lands in the middle of a backup write
+    first = cli(*fit, "--steps-per-epoch", "100000", background=True)
     try:
         holder = wait_for_lock(run_dir / ".lock", first)
         assert holder["host"] == socket.gethostname()
