@@ -27,8 +27,10 @@ from aaa_keras.training import (build_stage_parts, diagnostics_callback, load_st
                                 make_optimizer)
 
 
-def trial(run_dir, loss, lr, momentum, epochs):
+def trial(run_dir, loss, lr, momentum, epochs, decay_epochs=None):
     config = dataclasses.replace(load_config(run_dir), attention_lr=lr, attention_momentum=momentum)
+    if decay_epochs:
+        config = dataclasses.replace(config, attention_lr_decay_epochs=decay_epochs)
     dataset = load_dataset(config.data)
     parts, attention = build_stage_parts(config)
     load_stage_weights(parts, attention, run_dir, "baseline", with_attention=False)
@@ -51,17 +53,21 @@ def main():
     parser.add_argument("--loss", default="bce", choices=["l1", "bce", "soft"])
     parser.add_argument("--epochs", type=int, default=10)
     parser.add_argument("--settings", nargs="+", default=["1e-4,0", "1e-4,0.9", "1e-3,0.9"],
-                        help="learning rate,momentum pairs")
+                        help="learning rate,momentum[,decay epochs] (default decay: the run's)")
     args = parser.parse_args()
     print(f"machine: {machine_description()}\ncommand: python benchmarks/stage2_optimizer.py "
           f"--run-dir {args.run_dir} --loss {args.loss} --epochs {args.epochs} "
           f"--settings {' '.join(args.settings)}\n")
-    print("| loss | lr | momentum | hit rate | argmax = k* | cell rank corr. | efficacy | positive fraction |")
-    print("|---|---|---|---|---|---|---|---|")
+    print("| loss | lr | momentum | lr x0.1 every | hit rate | argmax = k* | cell rank corr. | efficacy | "
+          "positive fraction |")
+    print("|---|---|---|---|---|---|---|---|---|")
     for setting in args.settings:
-        lr, momentum = (float(v) for v in setting.split(","))
-        r = trial(args.run_dir, args.loss, lr, momentum, args.epochs)
-        print(f"| {args.loss} | {lr:g} | {momentum:g} | {r['hit_rate']:.2f} | {r['argmax_agreement']:.2f} | "
+        values = setting.split(",")
+        lr, momentum = float(values[0]), float(values[1])
+        decay = int(values[2]) if len(values) > 2 else None
+        r = trial(args.run_dir, args.loss, lr, momentum, args.epochs, decay)
+        print(f"| {args.loss} | {lr:g} | {momentum:g} | {decay or 'run'} | {r['hit_rate']:.2f} | "
+              f"{r['argmax_agreement']:.2f} | "
               f"{r['cell_rank_correlation']:.2f} | {r['efficacy']:.1f} | {r['positive_fraction']:.3f} |",
               flush=True)
 
