@@ -221,16 +221,15 @@ def verify_images(dataset: ReidDataset, splits, cache_dir: str | None, skip_bad:
     cache = _load_cache(cache_path, decoder) if cache_path else {}
     records = [(split, r) for split in splits for r in getattr(dataset, split)]
     stamps = {r.path: _stamp(r.path) for _, r in records}
-    known = {os.path.abspath(p): cache.get(os.path.abspath(p)) for p in stamps}
-    todo = [p for p, stamp in stamps.items()
-            if not (known[os.path.abspath(p)] and known[os.path.abspath(p)][:2] == stamp)]
-    if todo:
+    known = {p: cache.get(os.path.abspath(p)) for p in stamps}
+    unchecked = [p for p, stamp in stamps.items() if not (known[p] and known[p][:2] == stamp)]
+    if unchecked:
         started = time.time()
-        _, errors = decode_files(todo)
-        for path in todo:
+        _, errors = decode_files(unchecked)
+        for path in unchecked:
             cache[os.path.abspath(path)] = [*(stamps[path] or [-1, -1]), errors.get(path)]
-        if len(todo) > 100 or time.time() - started > 5:
-            log(f"Checked {len(todo)} images with the pipeline's decoder in {time.time() - started:.0f} s"
+        if len(unchecked) > 100 or time.time() - started > 5:
+            log(f"Checked {len(unchecked)} images with the pipeline's decoder in {time.time() - started:.0f} s"
                 + (f" (cached in {cache_path})" if cache_path else ""))
         if cache_path:
             _save_cache(cache_path, decoder, cache)
