@@ -101,20 +101,25 @@ def data():
 
 @data.command("synth")
 @click.option("--out", required=True, type=click.Path(file_okay=False), help="Directory to write.")
-@click.option("--ids", default=40, show_default=True, type=click.IntRange(4), help="Person ids (half train, half test).")
+@click.option("--ids", default=40, show_default=True, type=click.IntRange(4), help="Person ids, training and test together.")
+@click.option("--test-ids", default=None, type=click.IntRange(1), help="How many of --ids are test ids [default: half].")
+@click.option("--queries-per-camera", default=1, show_default=True, type=click.IntRange(1),
+              help="Query images of a test id per camera (all its cameras but one).")
 @click.option("--cams", default=4, show_default=True, type=click.IntRange(2), help="Cameras.")
 @click.option("--seed", default=0, show_default=True, type=int, help="Same seed, byte-identical files.")
 @user_errors
-def data_synth(out, ids, cams, seed):
+def data_synth(out, ids, test_ids, queries_per_camera, cams, seed):
     """Write a deterministic synthetic dataset in the Market-1501 layout.
 
     \b
     Example:
       python cli.py data synth --out /tmp/synth --ids 40 --cams 4 --seed 0
+      python cli.py data synth --out /tmp/ablate --ids 310 --test-ids 250 --queries-per-camera 3
     """
     from aaa_keras.data.synth import synthesize_market
 
-    synthesize_market(out, num_ids=ids, num_cams=cams, seed=seed)
+    synthesize_market(out, num_ids=ids, num_cams=cams, seed=seed, num_test_ids=test_ids,
+                      queries_per_camera=queries_per_camera)
     click.echo(f"Wrote the synthetic dataset to {out}")
 
 
@@ -140,7 +145,7 @@ def data_check(root, strict):
 @cli.command()
 @click.option("--stage", type=STAGE_CHOICE, default="adversarial", show_default=True,
               help="Train up to this stage (earlier untrained stages are trained first).")
-@click.option("--data", "data_dir", default=None, help="Dataset root (Market-1501 layout). Default: built-in synthetic data.")
+@click.option("--data", "data_dir", default=None, help="Dataset root (Market-1501 layout), or builtin:demo / builtin:ablate. Default: builtin:demo.")
 @click.option("--run-dir", default="runs/demo", show_default=True, help="Where config, weights and logs go.")
 @click.option("--preset", type=click.Choice(["demo", "paper"]), default="demo", show_default=True,
               help="demo: tiny_resnet at 128x64, minutes on a CPU; paper: ResNet-50 224x224, batch 32, 10 epochs (GPU).")
@@ -383,12 +388,15 @@ def search(index_path, model_path, images, top, nprobe, picture):
 # === ablate ===
 
 @cli.command()
-@click.option("--data", "data_dir", default=None, help="Dataset root (Market-1501 layout). Default: built-in synthetic data.")
+@click.option("--data", "data_dir", default="builtin:ablate", show_default=True,
+              help="Dataset root (Market-1501 layout), or a built-in dataset: builtin:ablate (250 test ids, "
+                   "~1,600 queries) or builtin:demo.")
 @click.option("--out", required=True, help="Grid directory: OUT/seed<S>/<config>/ run dirs, results.json/.md, claims.png.")
 @click.option("--table", type=click.Choice(["3", "4", "5", "controls", "all"]), default="all", show_default=True,
               help="Paper Table 3 (occlusion point), 4 (fine-tuning), 5 (random erasing), the controls, or all.")
-@click.option("--seeds", type=click.IntRange(1), default=3, show_default=True, help="Seeds 0..N-1.")
-@click.option("--epochs", type=click.IntRange(1), default=None, help="Epochs per stage (default: the preset's).")
+@click.option("--seeds", type=click.IntRange(1), default=5, show_default=True, help="Seeds 0..N-1.")
+@click.option("--epochs", type=click.IntRange(1), default=None,
+              help="Epochs per stage (default: 4 with the demo preset, the preset's own otherwise).")
 @click.option("--preset", type=click.Choice(["demo", "paper"]), default="demo", show_default=True)
 @click.option("--metric", type=click.Choice(["euclidean", "xqda", "kissme", "all"]), default="euclidean",
               show_default=True, help="Distance(s) to evaluate; the first is the one of the progress lines and the figure.")
@@ -412,7 +420,7 @@ def ablate(data_dir, out, table, seeds, epochs, preset, metric, backbone, batch_
 
     \b
     Example:
-      python cli.py ablate --out runs/ablate --table all --seeds 5 --epochs 6
+      python cli.py ablate --out runs/ablate --table all --seeds 5 --metric all
       python cli.py ablate --out runs/ablate --report-only --write docs/results.md
     """
     import shlex
@@ -434,7 +442,7 @@ def ablate(data_dir, out, table, seeds, epochs, preset, metric, backbone, batch_
 
             overrides["image_height"], overrides["image_width"] = parse_image_size(image_size)
         with hold(out, "ablate"):
-            results = ablate_lib.run_grid(out, table, seeds, epochs, preset, data_dir or "", metric,
+            results = ablate_lib.run_grid(out, table, seeds, epochs, preset, data_dir, metric,
                                           overrides, progress=click.echo, n_boot=n_boot)
     for path in ablate_lib.write_report(results, out, write_path, command):
         click.echo(f"Wrote {path}")

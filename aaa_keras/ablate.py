@@ -40,6 +40,7 @@ import time
 
 import numpy as np
 
+from aaa_keras.data.synth import BUILTIN_PREFIX
 from aaa_keras.errors import UserError
 from aaa_keras.evaluation import ablation_stats
 from aaa_keras.files import write_json_atomically
@@ -51,6 +52,11 @@ REPORT_FILE = "results.md"
 FIGURE_FILE = "claims.png"
 TABLES = ("3", "4", "5", "controls")
 METRICS = ("euclidean", "xqda", "kissme")
+ABLATE_DATA = BUILTIN_PREFIX + "ablate"  # 250 test ids, ~1,600 queries (data/synth.py)
+# Epochs per stage when --epochs is not given. The demo preset's 10 would take
+# about 5 hours for `--table all --seeds 5` on 2 cores; 4 fit in under 3 (docs/results.md).
+# Other presets keep their own.
+DEFAULT_EPOCHS = {"demo": 4}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -127,6 +133,8 @@ def grid_settings(preset: str, epochs: int | None, data: str, overrides: dict) -
     """What every run of one OUT shares; a resumed grid must ask for the same."""
     from aaa_keras.config import make_config
 
+    if epochs is None:
+        epochs = DEFAULT_EPOCHS.get(preset)
     config = make_config(preset, epochs=epochs, **overrides)  # validates the values
     return {"preset": preset, "epochs_per_stage": config.epochs, "data": data,
             "overrides": {k: v for k, v in sorted(overrides.items()) if v is not None}}
@@ -330,8 +338,8 @@ def _minutes(seconds: float | None) -> str:
     return f"{seconds / 60:.1f} min" if seconds >= 60 else f"{seconds:.0f} s"
 
 
-def run_grid(out: str, table: str = "all", seeds: int = 3, epochs: int | None = None,
-             preset: str = "demo", data: str = "", metric: str = "euclidean",
+def run_grid(out: str, table: str = "all", seeds: int = 5, epochs: int | None = None,
+             preset: str = "demo", data: str = ABLATE_DATA, metric: str = "euclidean",
              overrides: dict | None = None, progress=print, log=None, n_boot: int = 10000,
              configs=None) -> dict:
     """Train and evaluate the grid (seed-major), then write results.json / .md / .png; returns results.
@@ -349,7 +357,9 @@ def run_grid(out: str, table: str = "all", seeds: int = 3, epochs: int | None = 
         if any(v.from_baseline for v in variants) and "baseline" not in configs:
             variants.insert(0, VARIANT_BY_NAME["baseline"])  # the stage 1 the others copy
     metrics = select_metrics(metric)
-    settings = grid_settings(preset, epochs, os.path.abspath(data) if data else "", overrides or {})
+    if data and not data.startswith(BUILTIN_PREFIX):
+        data = os.path.abspath(data)
+    settings = grid_settings(preset, epochs, data, overrides or {})
     _check_grid(out, settings)
     log_path = os.path.join(out, "ablate.log")
     if log is None:

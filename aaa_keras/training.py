@@ -84,15 +84,17 @@ def _save_weights_atomically(model: keras.Model, path: str) -> None:
 # === Data and strategy ===
 
 def resolve_data(data: str, log=print) -> str:
-    """The dataset root to use: ``data``, or the cached built-in synthetic dataset."""
-    if data:
-        if not os.path.isdir(data):
-            raise UserError(f"--data: {data} does not exist or is not a directory; expected a "
-                            "Market-1501-layout root (or omit --data for the built-in synthetic data)")
-        return os.path.abspath(data)
-    from aaa_keras.data.synth import ensure_synthetic
+    """The dataset root to use: ``data``, or a cached built-in synthetic dataset for ``""``
+    (the demo size) or ``builtin:NAME`` (``data/synth.py``'s ``BUILTIN_SIZES``)."""
+    from aaa_keras.data.synth import builtin_settings, ensure_synthetic
 
-    return ensure_synthetic(log=log)
+    settings = builtin_settings(data)
+    if settings is not None:
+        return ensure_synthetic(log=log, **settings)
+    if not os.path.isdir(data):
+        raise UserError(f"--data: {data} does not exist or is not a directory; expected a "
+                        "Market-1501-layout root (or omit --data for the built-in synthetic data)")
+    return os.path.abspath(data)
 
 
 LOGICAL_CPUS_ENV = "AAA_KERAS_LOGICAL_CPUS"

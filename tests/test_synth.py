@@ -211,3 +211,56 @@ def test_ensure_synthetic_writes_once_then_reuses(tmp_path, monkeypatch):
     assert ensure_synthetic(num_ids=4, num_cams=2, seed=3, log=messages.append) == path
     assert messages == [f"Using cached built-in synthetic dataset at {path}"]
     assert file_hashes(path) == hashes
+
+
+def test_test_ids_and_queries_per_camera_shape_the_split(tmp_path):
+    """``num_test_ids`` picks the test share; every test id gives q queries per non-gallery camera,
+    keeps a same-camera gallery count of ``images_per_id_per_cam - 1``, and has a cross-camera match."""
+    out = synthesize_market(str(tmp_path / "big_test"), num_ids=12, num_cams=3, seed=1,
+                            images_per_id_per_cam=2, num_test_ids=9, queries_per_camera=3)
+    splits = records_by_split(out)
+    train_ids = {r.pid for r in splits["train"]}
+    query_ids = {r.pid for r in splits["query"]}
+    assert len(train_ids) == 3 and len(query_ids) == 9 and not train_ids & query_ids
+    queries = collections.Counter((r.pid, r.camid) for r in splits["query"])
+    gallery = collections.Counter((r.pid, r.camid) for r in splits["gallery"] if r.pid > 0)
+    assert set(queries.values()) == {3}
+    for pid in query_ids:
+        cams = {cam for p, cam in gallery if p == pid}
+        query_cams = {cam for p, cam in queries if p == pid}
+        assert query_cams < cams  # one camera is gallery-only
+        for cam in cams:
+            assert gallery[pid, cam] == (1 if cam in query_cams else 2)
+    # File names stay unique frames of their (pid, camera).
+    names = [os.path.basename(r.path) for s in splits.values() for r in s]
+    assert len(names) == len(set(names))
+
+
+def test_default_split_is_unchanged_by_the_new_options(tmp_path):
+    """Half the ids test, one query per camera: the files of earlier versions, byte for byte."""
+    plain = synthesize_market(str(tmp_path / "plain"), num_ids=6, num_cams=2, seed=2)
+    explicit = synthesize_market(str(tmp_path / "explicit"), num_ids=6, num_cams=2, seed=2,
+                                 num_test_ids=3, queries_per_camera=1)
+    with_info = file_hashes(explicit)
+    without_info = file_hashes(plain)
+    with_info.pop(synth.INFO_FILE), without_info.pop(synth.INFO_FILE)
+    assert with_info == without_info
+
+
+def test_builtin_names_resolve_to_settings_and_bad_names_are_refused():
+    assert synth.builtin_settings("") == synth.BUILTIN_SIZES["demo"]
+    assert synth.builtin_settings("builtin:ablate")["num_test_ids"] >= 200
+    assert synth.builtin_settings("/data/market") is None
+    with pytest.raises(UserError, match="builtin:nope"):
+        synth.builtin_settings("builtin:nope")
+
+
+def test_ablate_size_plans_enough_test_ids_and_queries():
+    """The size `ablate` uses by default: >= 200 test identities and >= 1000 queries (issue 11)."""
+    settings = synth.BUILTIN_SIZES["ablate"]
+    shots = synth._plan(settings["num_ids"], settings["num_cams"], synth.DEFAULT_SEED,
+                        synth.DEFAULT_IMAGES_PER_ID_PER_CAM, 0, 0, settings["num_test_ids"],
+                        settings["queries_per_camera"])
+    query_pids = {s.pid for s in shots if s.split == "query"}
+    assert len(query_pids) >= 200
+    assert sum(s.split == "query" for s in shots) >= 1000
