@@ -150,6 +150,7 @@ def data_check(root, strict):
 @click.option("--preset", type=click.Choice(["demo", "paper"]), default="demo", show_default=True,
               help="demo: tiny_resnet at 128x64, minutes on a CPU; paper: ResNet-50 224x224, batch 32, 10 epochs (GPU).")
 @click.option("--epochs", type=click.IntRange(1), default=None, help="Epochs per stage.")
+@click.option("--baseline-epochs", type=click.IntRange(1), default=None, help="Stage 1's epochs (default: --epochs).")
 @click.option("--batch-size", type=click.IntRange(1), default=None)
 @click.option("--image-size", default=None, metavar="HxW", help="Input size, e.g. 256x128.")
 @click.option("--backbone", type=click.Choice(["resnet50", "tiny_resnet"]), default=None,
@@ -396,7 +397,9 @@ def search(index_path, model_path, images, top, nprobe, picture):
               help="Paper Table 3 (occlusion point), 4 (fine-tuning), 5 (random erasing), the controls, or all.")
 @click.option("--seeds", type=click.IntRange(1), default=5, show_default=True, help="Seeds 0..N-1.")
 @click.option("--epochs", type=click.IntRange(1), default=None,
-              help="Epochs per stage (default: 4 with the demo preset, the preset's own otherwise).")
+              help="Epochs of stages 2 and 3, and of stage 1 unless --baseline-epochs is given "
+                   "(default with neither: 4 and 20 with the demo preset, the preset's own otherwise).")
+@click.option("--baseline-epochs", type=click.IntRange(1), default=None, help="Stage 1's epochs.")
 @click.option("--preset", type=click.Choice(["demo", "paper"]), default="demo", show_default=True)
 @click.option("--metric", type=click.Choice(["euclidean", "xqda", "kissme", "all"]), default="euclidean",
               show_default=True, help="Distance(s) to evaluate; the first is the one of the progress lines and the figure.")
@@ -410,8 +413,8 @@ def search(index_path, model_path, images, top, nprobe, picture):
 @click.option("--write", "write_path", default=None, metavar="PATH",
               help="Also write the tables and verdicts into PATH's generated block (e.g. docs/results.md).")
 @user_errors
-def ablate(data_dir, out, table, seeds, epochs, preset, metric, backbone, batch_size, image_size,
-           steps_per_epoch, n_boot, report_only, write_path):
+def ablate(data_dir, out, table, seeds, epochs, baseline_epochs, preset, metric, backbone, batch_size,
+           image_size, steps_per_epoch, n_boot, report_only, write_path):
     """The paper's Tables 3-5 and controls over seeds, paired, with intervals and a verdict per claim.
 
     Every configuration is a normal run dir under OUT/seed<S>/<config>/; within a seed the
@@ -443,7 +446,8 @@ def ablate(data_dir, out, table, seeds, epochs, preset, metric, backbone, batch_
             overrides["image_height"], overrides["image_width"] = parse_image_size(image_size)
         with hold(out, "ablate"):
             results = ablate_lib.run_grid(out, table, seeds, epochs, preset, data_dir, metric,
-                                          overrides, progress=click.echo, n_boot=n_boot)
+                                          overrides, progress=click.echo, n_boot=n_boot,
+                                          baseline_epochs=baseline_epochs)
     for path in ablate_lib.write_report(results, out, write_path, command):
         click.echo(f"Wrote {path}")
     for row in results["claims"][results["metrics"][0]]["mAP"]:

@@ -53,10 +53,13 @@ FIGURE_FILE = "claims.png"
 TABLES = ("3", "4", "5", "controls")
 METRICS = ("euclidean", "xqda", "kissme")
 ABLATE_DATA = BUILTIN_PREFIX + "ablate"  # 250 test ids, ~1,600 queries (data/synth.py)
-# Epochs per stage when --epochs is not given. The demo preset's 10 would take
-# about 5 hours for `--table all --seeds 5` on 2 cores; 4 fit in under 3 (docs/results.md).
+# Epochs when --epochs / --baseline-epochs are not given, per preset: (stages 2 and 3,
+# stage 1). With the demo preset stages 2-3 cost ~10x a stage-1 epoch; the preset's 10
+# each would take about 5 hours for `--table all --seeds 5` on 2 cores. 4 epochs of
+# stages 2-3 after 20 of stage 1 fit in under 3 hours, and stage 1 learns well past
+# chance in 20 (after 4 it had not: Rank-1 1.6 on builtin:ablate; docs/results.md).
 # Other presets keep their own.
-DEFAULT_EPOCHS = {"demo": 4}
+DEFAULT_EPOCHS = {"demo": (4, 20)}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -66,7 +69,7 @@ class Variant:
     tables: tuple
     stage: str  # the stage that is evaluated
     overrides: tuple = ()  # RunConfig overrides, as (key, value) pairs
-    epoch_factor: int = 1
+    epoch_control: bool = False  # stage 1 for the network epochs of AAA-Net's stages 1 + 3
     from_baseline: bool = False  # starts from a copy of seed<S>/baseline's stage 1
 
 
@@ -87,15 +90,15 @@ VARIANTS = (
             "adversarial", (("occlude_after", "conv3"), ("mask", "random")), from_baseline=True),
     Variant("baseline_random_erasing", "Baseline + random erasing", ("5",), "baseline",
             (("random_erasing", True),)),
-    Variant("baseline_2x_epochs", "Baseline, 2x epochs (epoch control)", ("controls",), "baseline",
-            epoch_factor=2),
+    Variant("baseline_2x_epochs", "Baseline for stage 1 + 3's epochs (epoch control)", ("controls",),
+            "baseline", epoch_control=True),
 )
 VARIANT_BY_NAME = {v.name: v for v in VARIANTS}
 
 # (claim, better, worse): the paper's claims and the two controls.
 CLAIMS = (
     ("AAA-Net > baseline", "aaa_conv3", "baseline"),
-    ("AAA-Net > epoch control (baseline 2x epochs)", "aaa_conv3", "baseline_2x_epochs"),
+    ("AAA-Net > epoch control (baseline for stage 1 + 3's epochs)", "aaa_conv3", "baseline_2x_epochs"),
     ("AAA-Net > random erasing", "aaa_conv3", "baseline_random_erasing"),
     ("fine-tuning > without (Table 4)", "aaa_conv3", "aaa_no_finetune"),
     ("conv3 > conv2 (Table 3)", "aaa_conv3", "aaa_conv2"),
@@ -129,14 +132,18 @@ def select_metrics(metric: str) -> tuple:
 
 # === Running the grid ===
 
-def grid_settings(preset: str, epochs: int | None, data: str, overrides: dict) -> dict:
+def grid_settings(preset: str, epochs: int | None, data: str, overrides: dict,
+                  baseline_epochs: int | None = None) -> dict:
     """What every run of one OUT shares; a resumed grid must ask for the same."""
     from aaa_keras.config import make_config
 
-    if epochs is None:
-        epochs = DEFAULT_EPOCHS.get(preset)
-    config = make_config(preset, epochs=epochs, **overrides)  # validates the values
-    return {"preset": preset, "epochs_per_stage": config.epochs, "data": data,
+    if epochs is None and baseline_epochs is None:
+        epochs, baseline_epochs = DEFAULT_EPOCHS.get(preset, (None, None))
+    baseline_epochs = baseline_epochs or epochs  # --epochs alone: every stage
+    config = make_config(preset, epochs=epochs, baseline_epochs=baseline_epochs,
+                         **overrides)  # validates the values
+    return {"preset": preset, "epochs_per_stage": config.epochs,
+            "baseline_epochs": config.stage_epochs("baseline"), "data": data,
             "overrides": {k: v for k, v in sorted(overrides.items()) if v is not None}}
 
 
@@ -178,7 +185,7 @@ def finished_record(run_dir: str, metrics) -> dict | None:
 def _stage1_from_baseline(out: str, seed: int, run_dir: str, occlude_after: str, log) -> None:
     """Give ``run_dir`` the stage-1 weights of ``seed<S>/baseline`` (copy; no training)."""
     from aaa_keras import config as config_lib
-    from aaa_keras.training import DONE_FILE, stage_is_done
+    from aaa_keras.run_dir import DONE_FILE, LOG_FILE, stage_is_done
 
     target = os.path.join(run_dir, "baseline")
     if stage_is_done(run_dir, "baseline"):
@@ -201,7 +208,7 @@ def _stage1_from_baseline(out: str, seed: int, run_dir: str, occlude_after: str,
     else:
         target_config = dataclasses.replace(source_config, occlude_after=occlude_after)
         _transplant_network(source_run, source_config, target_config, partial)
-        for name in (DONE_FILE, "log.csv"):
+        for name in (DONE_FILE, LOG_FILE):
             if os.path.isfile(os.path.join(source_run, "baseline", name)):
                 shutil.copy(os.path.join(source_run, "baseline", name), os.path.join(partial, name))
         config_lib.save_config(target_config, run_dir)
@@ -212,7 +219,7 @@ def _stage1_from_baseline(out: str, seed: int, run_dir: str, occlude_after: str,
 def _transplant_network(source_run, source_config, target_config, directory) -> None:
     """Save ``source_run``'s stage-1 weights into a network split at another occlusion point."""
     from aaa_keras.errors import RunDirError
-    from aaa_keras.training import NETWORK_WEIGHTS, build_stage_parts, load_stage_weights
+    from aaa_keras.run_dir import NETWORK_WEIGHTS, build_stage_parts, load_stage_weights
 
     source, _ = build_stage_parts(source_config)
     load_stage_weights(source, None, source_run, "baseline", with_attention=False)
@@ -230,9 +237,9 @@ def _transplant_network(source_run, source_config, target_config, directory) -> 
 
 def stage1_digest(run_dir: str) -> str:
     """SHA-256 of the stage-1 weight values of ``run_dir``, by variable path (split-independent)."""
-    from aaa_keras.training import load_trained
+    from aaa_keras.run_dir import load_trained
 
-    _, parts, _, _ = load_trained(run_dir, "baseline")
+    parts = load_trained(run_dir, "baseline").parts
     digest = hashlib.sha256()
     for variable in sorted(parts.network.weights, key=lambda v: v.path):
         digest.update(variable.path.encode())
@@ -248,9 +255,11 @@ def evaluate_per_query(run_dir: str, stage: str, metrics, log=print) -> dict:
     from aaa_keras.evaluation.report import _fitted_metric, _training_data
     from aaa_keras.evaluation.run import _dataset_key, _ids, extract_embeddings
     from aaa_keras.model.backbone import build_embedder
-    from aaa_keras.training import load_trained, resolve_data
+    from aaa_keras.data.synth import resolve_data
+    from aaa_keras.run_dir import load_trained
 
-    config, parts, _, stage = load_trained(run_dir, stage)
+    trained = load_trained(run_dir, stage)
+    config, parts, stage = trained.config, trained.parts, trained.stage
     embedder = build_embedder(parts)
     root = resolve_data(config.data, log)
     dataset = load_dataset(root)
@@ -298,8 +307,11 @@ def run_variant(out: str, seed: int, variant: Variant, settings: dict, metrics, 
         record["cached"] = True
         return record
     overrides = dict(settings["overrides"], **dict(variant.overrides))
+    baseline_epochs = settings.get("baseline_epochs", settings["epochs_per_stage"])
+    if variant.epoch_control:
+        baseline_epochs += settings["epochs_per_stage"]  # + stage 3's network epochs
     config = make_config(settings["preset"], data=settings["data"], seed=seed,
-                         epochs=settings["epochs_per_stage"] * variant.epoch_factor, **overrides)
+                         epochs=settings["epochs_per_stage"], baseline_epochs=baseline_epochs, **overrides)
     previous = _read_json(os.path.join(run_dir, EVAL_FILE)) or {}
     with run_lock.hold(run_dir, "ablate", log):
         if variant.from_baseline:
@@ -312,7 +324,8 @@ def run_variant(out: str, seed: int, variant: Variant, settings: dict, metrics, 
         evaluation = {**previous.get("metrics", {}), **evaluation}
         record = {
             "config": variant.name, "seed": seed, "stage": variant.stage,
-            "epochs_per_stage": config.epochs, "trained": trained,
+            "epochs_per_stage": config.epochs, "baseline_epochs": config.stage_epochs("baseline"),
+            "trained": trained,
             "train_seconds": round(train_seconds, 1),
             "stage1_digest": stage1_digest(run_dir),
             "metrics": evaluation,
@@ -341,7 +354,7 @@ def _minutes(seconds: float | None) -> str:
 def run_grid(out: str, table: str = "all", seeds: int = 5, epochs: int | None = None,
              preset: str = "demo", data: str = ABLATE_DATA, metric: str = "euclidean",
              overrides: dict | None = None, progress=print, log=None, n_boot: int = 10000,
-             configs=None) -> dict:
+             configs=None, baseline_epochs: int | None = None) -> dict:
     """Train and evaluate the grid (seed-major), then write results.json / .md / .png; returns results.
 
     ``configs`` (names from ``VARIANTS``) replaces ``table``'s selection, e.g. for a small check.
@@ -359,7 +372,7 @@ def run_grid(out: str, table: str = "all", seeds: int = 5, epochs: int | None = 
     metrics = select_metrics(metric)
     if data and not data.startswith(BUILTIN_PREFIX):
         data = os.path.abspath(data)
-    settings = grid_settings(preset, epochs, data, overrides or {})
+    settings = grid_settings(preset, epochs, data, overrides or {}, baseline_epochs)
     _check_grid(out, settings)
     log_path = os.path.join(out, "ablate.log")
     if log is None:
@@ -368,7 +381,7 @@ def run_grid(out: str, table: str = "all", seeds: int = 5, epochs: int | None = 
                 f.write(str(message) + "\n")
     plan = [(seed, v) for seed in range(seeds) for v in variants]
     progress(f"ablate: {len(variants)} configurations x {seeds} seeds = {len(plan)} runs in {out} "
-             f"({settings['epochs_per_stage']} epochs per stage, {preset} preset); log: {log_path}")
+             f"({_epochs_text(settings)}, {preset} preset); log: {log_path}")
     started = time.time()
     records, seconds_by_name = [], {v.name: [] for v in variants}
     for number, (seed, variant) in enumerate(plan, 1):
@@ -393,6 +406,13 @@ def run_grid(out: str, table: str = "all", seeds: int = 5, epochs: int | None = 
 
 
 # === Statistics and report ===
+
+def _epochs_text(settings: dict) -> str:
+    baseline = settings.get("baseline_epochs", settings["epochs_per_stage"])
+    if baseline == settings["epochs_per_stage"]:
+        return f"{baseline} epochs per stage"
+    return f"stage 1 {baseline} epochs, stages 2 and 3 {settings['epochs_per_stage']} each"
+
 
 def _machine() -> str:
     return f"{platform.platform()}, {platform.machine()}, {os.cpu_count()} CPUs, Python {platform.python_version()}"
@@ -501,7 +521,7 @@ def report_markdown(results: dict, command: str = "") -> str:
         f"(reused runs are not re-timed); training time summed over runs: "
         f"{sum(r['train_seconds'] for r in runs) / 60:.1f} min.",
         "",
-        f"Settings: `{settings['preset']}` preset, {settings['epochs_per_stage']} epochs per stage, "
+        f"Settings: `{settings['preset']}` preset, {_epochs_text(settings)}, "
         f"overrides: {overrides}; data: {settings['data'] or 'the built-in synthetic data'}; "
         f"seeds {', '.join(map(str, seeds))}; {num_queries} queries. Cells: mean over seeds and "
         f"queries [95 % bootstrap interval, {boot['replicates']} replicates resampling seeds and "

@@ -44,6 +44,7 @@ class RunConfig:
     attention_filters: int = 256
     # === Optimisation (paper 4.2) ===
     epochs: int = 10  # per stage
+    baseline_epochs: int = 0  # stage 1's own epoch count; 0 = ``epochs``
     momentum: float = 0.9
     weight_decay: float = 0.0
     baseline_lr: float = 1e-3
@@ -80,6 +81,10 @@ class RunConfig:
     @property
     def image_size(self) -> tuple[int, int]:
         return (self.image_height, self.image_width)
+
+    def stage_epochs(self, stage: str) -> int:
+        """Epochs of ``stage``: ``baseline_epochs`` for stage 1 when set, else ``epochs``."""
+        return self.baseline_epochs if stage == "baseline" and self.baseline_epochs else self.epochs
 
     @property
     def finetune(self) -> bool:
@@ -136,6 +141,8 @@ def validate(config: RunConfig) -> None:
     for name in ("image_height", "image_width", "batch_size", "epochs"):
         if getattr(config, name) < 1:
             raise UserError(f"{name} must be a positive integer, got {getattr(config, name)}")
+    if config.baseline_epochs < 0:
+        raise UserError(f"baseline_epochs must be a positive integer or 0 (= epochs), got {config.baseline_epochs}")
     if config.backbone == "resnet50" and min(config.image_size) < 32:
         raise UserError(f"--image-size {config.image_height}x{config.image_width}: ResNet-50 needs "
                         "at least 32x32 (e.g. 256x128)")

@@ -27,8 +27,8 @@ import keras
 import numpy as np
 
 from aaa_keras.errors import RunFailure
+from aaa_keras.run_dir import BACKUP_DIR, NETWORK_WEIGHTS, stage_dir, stage_is_done
 
-BACKUP_DIR = "backup"
 LOG_ALLOWANCE_BYTES = 4 * 2**20  # CSV log, TensorBoard events, done.json, image check cache
 DISK_ERRNOS = {errno.ENOSPC: "no space left on", errno.EDQUOT: "disk quota exceeded on",
                errno.EROFS: "read-only file system at", errno.EFBIG: "file size limit reached on",
@@ -85,14 +85,12 @@ def backup_epoch(stage_directory: str) -> int | None:
 def last_good_checkpoint(run_dir: str, stage: str) -> str:
     """Where a rerun continues from, in words: this stage's backup, or the last finished stage."""
     from aaa_keras.config import STAGES
-    from aaa_keras.training import DONE_FILE, NETWORK_WEIGHTS, stage_dir
 
     epoch = backup_epoch(stage_dir(run_dir, stage))
     if epoch:
         return (f"{os.path.join(stage_dir(run_dir, stage), BACKUP_DIR)} (stage {stage} after epoch "
                 f"{epoch}; the same command continues from it)")
-    finished = [s for s in STAGES[: STAGES.index(stage)]
-                if os.path.isfile(os.path.join(stage_dir(run_dir, s), DONE_FILE))]
+    finished = [s for s in STAGES[: STAGES.index(stage)] if stage_is_done(run_dir, s)]
     if finished:
         return (f"{os.path.join(stage_dir(run_dir, finished[-1]), NETWORK_WEIGHTS)} (stage "
                 f"{finished[-1]}, finished; the same command trains stage {stage} again from it)")
@@ -179,15 +177,12 @@ def guarded_training(run_dir: str, stage: str, directory: str):
 
 def save_or_fail(write, path: str, run_dir: str, stage: str) -> None:
     """``write(tmp)`` then rename to ``path``; a failed write removes ``tmp`` and raises RunFailure."""
-    from aaa_keras.files import partial_path
+    from aaa_keras.files import atomic_path
 
-    tmp = partial_path(path)
     try:
-        write(tmp)
-        os.replace(tmp, path)
+        with atomic_path(path) as tmp:
+            write(tmp)
     except (OSError, RuntimeError, ValueError) as error:
-        with contextlib.suppress(OSError):
-            os.remove(tmp)
         if isinstance(error, (RuntimeError, ValueError)) and not _is_write_error(error):
             raise
         raise write_failure(error, os.path.dirname(path), os.path.basename(path), run_dir,

@@ -100,7 +100,7 @@ def worker_run_dir(run_dir: str, strategy, log=print) -> tuple[str, bool]:
     """
     from aaa_keras.config import CONFIG_FILE, STAGES
     from aaa_keras.guard import BACKUP_DIR
-    from aaa_keras.training import DONE_FILE
+    from aaa_keras.run_dir import DONE_FILE
 
     if is_chief(strategy):
         return run_dir, False

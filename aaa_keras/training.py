@@ -1,19 +1,8 @@
-"""Run directories and the three training stages, chained, resumable.
-
-A run directory holds one experiment::
-
-    RUN/config.json                      the RunConfig, shared by the stages
-    RUN/<stage>/network.weights.h5       stem + tail + classifier after the stage
-    RUN/<stage>/attention.weights.h5     the attention branch (stages 2 and 3)
-    RUN/<stage>/log.csv, tensorboard/    per-epoch metrics
-    RUN/<stage>/backup/                  BackupAndRestore state while training
-    RUN/<stage>/done.json                written last: the stage is finished
-"""
+"""The three training stages, chained and resumable, writing a run directory (``run_dir.py``)."""
 
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 import time
 
@@ -27,52 +16,15 @@ from aaa_keras.config import STAGES, RunConfig
 from aaa_keras.data.check import verify_images
 from aaa_keras.data.names import SPLITS, ReidDataset, dataset_fingerprint, load_dataset
 from aaa_keras.data.pipeline import train_dataset
-from aaa_keras.errors import RunDirError, UserError
+from aaa_keras.data.synth import resolve_data
+from aaa_keras.errors import UserError
+from aaa_keras.execution import distribution_strategy, precision_policy
 from aaa_keras.files import write_json_atomically
-from aaa_keras.model.attention import build_attention_branch
-from aaa_keras.model.backbone import ReidParts, build_parts
 from aaa_keras.model.stages import AdversarialModel, AttentionAssignmentModel, BaselineModel
-
-# The settings that define what each stage trained; a finished stage records
-# them in done.json, and a later `fit` asking for other values is refused
-# instead of silently reusing the stage.
-STAGE_SETTINGS = {
-    "baseline": ("dropout", "random_erasing", "random_erasing_probability", "backbone_weights"),
-    "attention": ("grid_size", "attention_loss"),
-    "adversarial": ("mask", "attention_loss", "occluded_batchnorm", "take_turns", "lambda1",
-                    "lambda2", "omega", "occluded_fraction", "grid_size"),
-}
-
-NETWORK_WEIGHTS = "network.weights.h5"
-ATTENTION_WEIGHTS = "attention.weights.h5"
-DONE_FILE = "done.json"
-
-
-# === Run directory ===
-
-def stage_dir(run_dir: str, stage: str) -> str:
-    return os.path.join(run_dir, stage)
-
-
-def stage_is_done(run_dir: str, stage: str) -> bool:
-    return os.path.isfile(os.path.join(stage_dir(run_dir, stage), DONE_FILE))
-
-
-def trained_stages(run_dir: str) -> list[str]:
-    return [stage for stage in STAGES if stage_is_done(run_dir, stage)]
-
-
-def required_stages(stage: str, mask: str = "attention") -> list[str]:
-    """The stages ``stage`` stands on, in training order, itself last.
-
-    Stage 3 with the response mask (paper Table 4, "without fine-tuning") or
-    the random mask has no attention branch, so it does not need stage 2.
-    """
-    if stage not in STAGES:
-        raise UserError(f"--stage: got {stage!r}; expected one of {STAGES}")
-    if stage == "adversarial" and mask != "attention":
-        return ["baseline", "adversarial"]
-    return list(STAGES[: STAGES.index(stage) + 1])
+from aaa_keras.run_dir import (
+    ATTENTION_WEIGHTS, BACKUP_DIR, DONE_FILE, LOG_FILE, NETWORK_WEIGHTS, TENSORBOARD_DIR,
+    build_stage_parts, check_finished_stages, load_stage_weights, required_stages, stage_dir,
+    stage_is_done, stage_settings)
 
 
 def _save_weights_atomically(model: keras.Model, path: str) -> None:
@@ -82,88 +34,6 @@ def _save_weights_atomically(model: keras.Model, path: str) -> None:
 
 
 # === Data and strategy ===
-
-def resolve_data(data: str, log=print) -> str:
-    """The dataset root to use: ``data``, or a cached built-in synthetic dataset for ``""``
-    (the demo size) or ``builtin:NAME`` (``data/synth.py``'s ``BUILTIN_SIZES``)."""
-    from aaa_keras.data.synth import builtin_settings, ensure_synthetic
-
-    settings = builtin_settings(data)
-    if settings is not None:
-        return ensure_synthetic(log=log, **settings)
-    if not os.path.isdir(data):
-        raise UserError(f"--data: {data} does not exist or is not a directory; expected a "
-                        "Market-1501-layout root (or omit --data for the built-in synthetic data)")
-    return os.path.abspath(data)
-
-
-LOGICAL_CPUS_ENV = "AAA_KERAS_LOGICAL_CPUS"
-
-
-def split_cpu_into_logical_devices(count: int) -> None:
-    """Expose ``count`` logical CPU devices, so MirroredStrategy has replicas on a CPU machine.
-
-    Must run before TensorFlow executes any op; for correctness checks, not speed.
-    """
-    cpu = tf.config.list_physical_devices("CPU")[0]
-    if len(tf.config.get_logical_device_configuration(cpu) or []) >= count:
-        return  # already split (reading the configuration does not initialise TensorFlow)
-    try:
-        tf.config.set_logical_device_configuration(
-            cpu, [tf.config.LogicalDeviceConfiguration()] * count)
-    except RuntimeError as error:
-        raise UserError(f"{LOGICAL_CPUS_ENV}={count}: TensorFlow was already initialised "
-                        f"({error}); set the variable before the process starts") from None
-
-
-def distribution_strategy(name: str) -> tf.distribute.Strategy:
-    """``none`` -> the default strategy; ``mirrored`` / ``multiworker`` -> tf.distribute's.
-
-    ``mirrored`` uses every GPU, or, with ``AAA_KERAS_LOGICAL_CPUS=N`` set, N
-    logical CPU devices; ``multiworker`` reads the cluster from ``TF_CONFIG``.
-    """
-    if name == "none":
-        return tf.distribute.get_strategy()
-    logical_cpus = int(os.environ.get(LOGICAL_CPUS_ENV, "0") or 0)
-    if logical_cpus > 1:
-        split_cpu_into_logical_devices(logical_cpus)
-    if name == "mirrored":
-        if logical_cpus > 1 and not tf.config.list_physical_devices("GPU"):
-            return tf.distribute.MirroredStrategy(
-                [f"/cpu:{i}" for i in range(logical_cpus)])
-        return tf.distribute.MirroredStrategy()
-    if name == "multiworker":
-        from aaa_keras.multiworker import patch_keras_symbolic_build
-
-        patch_keras_symbolic_build()  # Keras 3's fit cannot start under this strategy without it
-        return tf.distribute.MultiWorkerMirroredStrategy()
-    raise UserError(f"--distribute: got {name!r}; expected none, mirrored or multiworker")
-
-
-def set_precision_policy(name: str) -> None:
-    keras.mixed_precision.set_global_policy(name or "float32")
-
-
-def stage_settings(config: RunConfig, stage: str) -> dict:
-    return {key: getattr(config, key) for key in STAGE_SETTINGS[stage]}
-
-
-def check_finished_stages(config: RunConfig, run_dir: str, stages) -> None:
-    """Refuse a request whose settings differ from those a finished stage was trained with."""
-    for stage in stages:
-        path = os.path.join(stage_dir(run_dir, stage), DONE_FILE)
-        if not os.path.isfile(path):
-            continue
-        with open(path) as f:
-            trained = json.load(f).get("settings", {})
-        requested = stage_settings(config, stage)
-        differences = [f"{key}: trained with {trained[key]!r}, requested {value!r}"
-                       for key, value in requested.items() if key in trained and trained[key] != value]
-        if differences:
-            raise RunDirError(
-                f"--run-dir {run_dir}: stage {stage} is already trained with other settings ("
-                + "; ".join(differences) + "); use a new --run-dir for this variant")
-
 
 def start_run(config: RunConfig, run_dir: str, log=print, stages=STAGES,
               skip_bad_images: bool = False) -> tuple[RunConfig, ReidDataset]:
@@ -189,49 +59,6 @@ def start_run(config: RunConfig, run_dir: str, log=print, stages=STAGES,
 
 
 # === Building the models of a stage ===
-
-def build_stage_parts(config: RunConfig, seed_offset: int = 0) -> tuple[ReidParts, keras.Model]:
-    """Fresh stem/tail/classifier and attention branch for ``config`` (random weights)."""
-    keras.utils.set_random_seed(config.seed + seed_offset)
-    parts = build_parts(config.num_classes, config.image_size, config.backbone,
-                        config.occlude_after, config.dropout, config.backbone_weights)
-    attention = build_attention_branch(parts.stem.output.shape[1:], config.attention_filters,
-                                       seed=config.seed + 1000 + seed_offset)
-    return parts, attention
-
-
-def load_stage_weights(parts: ReidParts, attention: keras.Model, run_dir: str, stage: str,
-                       with_attention: bool = True) -> None:
-    directory = stage_dir(run_dir, stage)
-    try:
-        parts.network.load_weights(os.path.join(directory, NETWORK_WEIGHTS))
-        if with_attention and stage != "baseline":
-            attention.load_weights(os.path.join(directory, ATTENTION_WEIGHTS))
-    except (ValueError, OSError) as error:
-        raise RunDirError(f"{directory}: cannot load the {stage} weights into this model "
-                          f"({error}); the run dir may come from another configuration") from None
-
-
-def load_trained(run_dir: str, stage: str | None = None):
-    """``(config, parts, attention, stage)`` of a trained stage (default: the latest)."""
-    config = config_lib.load_config(run_dir)
-    done = trained_stages(run_dir)
-    if stage is None:
-        if not done:
-            raise RunDirError(f"--run-dir {run_dir}: no trained stage; run "
-                              f"`python cli.py fit --stage baseline --run-dir {run_dir}` first")
-        stage = done[-1]
-    if stage not in STAGES:
-        raise UserError(f"--stage: got {stage!r}; expected one of {STAGES}")
-    if stage not in done:
-        raise RunDirError(f"--run-dir {run_dir}: stage {stage!r} is not trained there (trained: "
-                          f"{', '.join(done) or 'none'}); run `python cli.py fit --stage {stage} "
-                          f"--run-dir {run_dir}`")
-    parts, attention = build_stage_parts(config)
-    has_attention = stage == "attention" or (stage == "adversarial" and config.mask == "attention")
-    load_stage_weights(parts, attention, run_dir, stage, with_attention=has_attention)
-    return config, parts, attention if has_attention else None, stage
-
 
 def make_optimizer(config: RunConfig, stage: str, steps_per_epoch: int,
                    player: str = "network") -> keras.optimizers.Optimizer:
@@ -327,8 +154,13 @@ def train_stage(stage: str, config: RunConfig, dataset: ReidDataset, run_dir: st
     data = train_dataset([r.path for r in records], labels, config.image_size, config.batch_size,
                          seed=config.seed, random_erasing_probability=erasing)
 
-    set_precision_policy(config.mixed_precision)
     strategy = strategy or distribution_strategy(config.distribute)
+    with precision_policy(config.mixed_precision):
+        return _train_stage(stage, config, dataset, run_dir, directory, steps, data, log, callbacks,
+                            strategy)
+
+
+def _train_stage(stage, config, dataset, run_dir, directory, steps, data, log, callbacks, strategy) -> dict:
     with strategy.scope():
         model = build_stage_model(stage, config, run_dir, log)
         compile_options = {}
@@ -338,22 +170,22 @@ def train_stage(stage: str, config: RunConfig, dataset: ReidDataset, run_dir: st
                       **compile_options)
         model(tf.zeros((1, *config.image_size, 3)))  # build before BackupAndRestore
     log(f"Stage {stage}: {len(model.trainable_variables)} trainable variables, "
-        f"{steps} steps x {config.epochs} epochs, batch {config.batch_size}")
+        f"{steps} steps x {config.stage_epochs(stage)} epochs, batch {config.batch_size}")
     diagnostics = diagnostics_callback(stage, config, dataset, log)
     callbacks = [
         *([diagnostics] if diagnostics else []),  # first: the loggers below record its values
         # double_checkpoint: a kill -9 while the backup is written leaves a corrupt file; Keras then
         # restores the previous epoch's copy instead of failing the rerun
-        keras.callbacks.BackupAndRestore(os.path.join(directory, "backup"), double_checkpoint=True),
-        keras.callbacks.CSVLogger(os.path.join(directory, "log.csv"), append=True),
-        keras.callbacks.TensorBoard(os.path.join(directory, "tensorboard"), write_graph=False),
+        keras.callbacks.BackupAndRestore(os.path.join(directory, BACKUP_DIR), double_checkpoint=True),
+        keras.callbacks.CSVLogger(os.path.join(directory, LOG_FILE), append=True),
+        keras.callbacks.TensorBoard(os.path.join(directory, TENSORBOARD_DIR), write_graph=False),
         *callbacks,
     ]
     guard.check_free_space(directory, model, stage)  # two checkpoints + logs, before any work
     guard.keep_backup_until_saved(callbacks)  # removed below, once the weights are saved
     started = time.time()
     with guard.guarded_training(run_dir, stage, directory):  # NaN loss, full disk -> one line
-        history = model.fit(data, epochs=config.epochs, steps_per_epoch=steps, shuffle=False,
+        history = model.fit(data, epochs=config.stage_epochs(stage), steps_per_epoch=steps, shuffle=False,
                             callbacks=[*callbacks, guard.StopOnNonFiniteLoss(stage)],
                             verbose=config_verbosity())
     seconds = time.time() - started
@@ -362,7 +194,7 @@ def train_stage(stage: str, config: RunConfig, dataset: ReidDataset, run_dir: st
     if getattr(model, "attention", None) is not None:
         _save_weights_atomically(model.attention, os.path.join(directory, ATTENTION_WEIGHTS))
     summary = {
-        "stage": stage, "epochs": config.epochs, "steps_per_epoch": steps,
+        "stage": stage, "epochs": config.stage_epochs(stage), "steps_per_epoch": steps,
         "seconds": round(seconds, 1), "mask": config.mask,
         "settings": stage_settings(config, stage),
         "final_metrics": {k: float(v[-1]) for k, v in history.history.items() if v},
@@ -370,7 +202,6 @@ def train_stage(stage: str, config: RunConfig, dataset: ReidDataset, run_dir: st
     guard.save_or_fail(lambda tmp: write_json_atomically(tmp, summary),
                        os.path.join(directory, DONE_FILE), run_dir, stage)
     guard.remove_backup(directory)
-    set_precision_policy("")
     return summary
 
 

@@ -40,6 +40,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.ticker import FuncFormatter, MaxNLocator
 
 from aaa_keras.errors import RunDirError, UserError
+from aaa_keras.run_dir import LOG_FILE, stage_file, stage_is_done
 
 # === Layout (inches at DPI dots per inch) ===
 DPI = 100
@@ -511,7 +512,7 @@ def _stage_logs(run_dir: str, stages=None) -> list[tuple[str, dict[str, np.ndarr
 
     logs = []
     for stage in stages or STAGES:
-        path = os.path.join(run_dir, stage, "log.csv")
+        path = stage_file(run_dir, stage, LOG_FILE)
         if os.path.isfile(path):
             log = read_log(path)
             if log and len(next(iter(log.values()))):
@@ -559,7 +560,7 @@ def plot_training_curves(run_dir: str, out_path: str | None = None, stages=None)
     heights = [CURVE_CELL_H * max(1, math.ceil(len(n) / CURVE_COLUMNS)) + CURVE_STAGE_H for n in names]
     subfigures = figure.subfigures(len(logs), 1, height_ratios=heights, squeeze=False)[:, 0]
     for subfigure, (stage, log), metrics in zip(subfigures, logs, names):
-        done = os.path.isfile(os.path.join(run_dir, stage, "done.json"))
+        done = stage_is_done(run_dir, stage)
         epochs = log.get("epoch", np.arange(len(next(iter(log.values())))))
         subfigure.suptitle(STAGE_NAMES.get(stage, stage) + ("" if done else "  (in progress)"),
                            fontsize=11.5, fontweight="bold", color=STAGE_COLOURS.get(stage, "black"),
@@ -744,7 +745,8 @@ def visualize_run(run_dir: str, stage: str | None = None, data: str | None = Non
     :data:`GRID_MAX_IMAGES` of them. Pictures go to ``out_dir`` (default
     ``<run_dir>/pictures``).
     """
-    from aaa_keras import training
+    from aaa_keras import run_dir as run_dir_lib
+    from aaa_keras.data.synth import resolve_data
     from aaa_keras.config import STAGES, load_config
 
     # === Arguments and the run dir, checked before any slow work ===
@@ -755,12 +757,8 @@ def visualize_run(run_dir: str, stage: str | None = None, data: str | None = Non
     if stage is not None and stage not in STAGES:
         raise UserError(f"--stage: got {stage!r}; expected one of {STAGES}")
     config = load_config(run_dir)
-    done = training.trained_stages(run_dir)
-    if not done:
-        raise RunDirError(f"--run-dir {run_dir}: no trained stage; run "
-                          f"`python cli.py fit --stage baseline --run-dir {run_dir}` first")
-    if stage is not None and stage not in done:
-        training.load_trained(run_dir, stage)  # raises the RunDirError naming the stage to train
+    run_dir_lib.require_stage(run_dir, stage)  # the RunDirError naming the stage to train
+    done = run_dir_lib.trained_stages(run_dir)
     kinds = ["curves", "ranks", "attention", "occlusion"] if what == "all" else [what]
     attention_stages: list[str] = []
     if "attention" in kinds or "occlusion" in kinds:
@@ -787,7 +785,7 @@ def visualize_run(run_dir: str, stage: str | None = None, data: str | None = Non
     # === Data ===
     from aaa_keras.data.names import dataset_fingerprint, load_dataset
 
-    root = training.resolve_data(data or config.data, log)
+    root = resolve_data(data or config.data, log)
     dataset = load_dataset(root)
     own_data = dataset_fingerprint(dataset) == config.dataset_fingerprint
     data_name = os.path.basename(os.path.normpath(root))
@@ -796,7 +794,8 @@ def visualize_run(run_dir: str, stage: str | None = None, data: str | None = Non
 
     def trained(name: str):
         if name not in models:
-            models[name] = training.load_trained(run_dir, name)[1:3]
+            loaded = run_dir_lib.load_trained(run_dir, name)
+            models[name] = loaded.parts, loaded.attention
         return models[name]
 
     # === Ranked lists ===

@@ -59,9 +59,11 @@ def diagnostics(run_dir, stage):
     """The diagnostics of a trained stage, recomputed from its weights with the current code."""
     from aaa_keras.data.names import load_dataset
     from aaa_keras.model.diagnostics import attention_diagnostics
-    from aaa_keras.training import diagnostics_callback, load_trained
+    from aaa_keras.run_dir import load_trained
+    from aaa_keras.training import diagnostics_callback
 
-    config, parts, attention, _ = load_trained(run_dir, stage)
+    trained = load_trained(run_dir, stage)
+    config, parts, attention = trained.config, trained.parts, trained.attention
     mask = "attention" if stage == "attention" else config.mask
     probe = diagnostics_callback(stage, config, load_dataset(config.data), log=lambda *_: None)
     return attention_diagnostics(parts.stem, parts.tail, probe.images, probe.labels, mask, attention,

@@ -235,9 +235,10 @@ def main():
     started = time.time()
     workdir = tempfile.mkdtemp(prefix="bench_export_")
     if args.run_dir:
-        from aaa_keras.training import load_trained
+        from aaa_keras.run_dir import load_trained
 
-        config, parts, _, stage = load_trained(args.run_dir, args.stage)
+        trained = load_trained(args.run_dir, args.stage)
+        config, parts, stage = trained.config, trained.parts, trained.stage
         image_size, weights = config.image_size, f"{args.run_dir} stage {stage}"
     else:
         height, width = (int(v) for v in args.image_size.lower().split("x"))

@@ -37,7 +37,7 @@ from aaa_keras.data.names import load_dataset  # noqa: E402
 from aaa_keras.data.pipeline import train_dataset  # noqa: E402
 from aaa_keras.data.synth import ensure_synthetic  # noqa: E402
 from aaa_keras.model.stages import BaselineModel  # noqa: E402
-from aaa_keras.training import build_stage_parts  # noqa: E402
+from aaa_keras.run_dir import build_stage_parts  # noqa: E402
 
 SETTINGS = {
     "demo": dict(backbone="tiny_resnet", image_height=128, image_width=64),

@@ -46,7 +46,7 @@ from aaa_keras.config import make_config, parse_image_size  # noqa: E402
 from aaa_keras.model.occlusion import grid_cells, occluded_copies, top_fraction_mask  # noqa: E402
 from aaa_keras.model.stages import (AdversarialModel, AttentionAssignmentModel,  # noqa: E402
                                     BaselineModel)
-from aaa_keras.training import build_stage_parts  # noqa: E402
+from aaa_keras.run_dir import build_stage_parts  # noqa: E402
 
 
 def parse_args(argv=None):

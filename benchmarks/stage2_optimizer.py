@@ -23,8 +23,8 @@ from aaa_keras.data.names import load_dataset  # noqa: E402
 from aaa_keras.data.pipeline import train_dataset  # noqa: E402
 from aaa_keras.model.diagnostics import attention_diagnostics  # noqa: E402
 from aaa_keras.model.stages import AttentionAssignmentModel  # noqa: E402
-from aaa_keras.training import (build_stage_parts, diagnostics_callback, load_stage_weights,  # noqa: E402
-                                make_optimizer)
+from aaa_keras.run_dir import build_stage_parts, load_stage_weights  # noqa: E402
+from aaa_keras.training import diagnostics_callback, make_optimizer  # noqa: E402
 
 
 def trial(run_dir, loss, lr, momentum, epochs, decay_epochs=None):

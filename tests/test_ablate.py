@@ -82,7 +82,7 @@ def test_per_query_evaluation_agrees_with_evaluate_run(grid):
 
 def test_another_occlusion_point_gets_the_same_stage1_network(grid, tmp_path):
     from aaa_keras.config import load_config
-    from aaa_keras.training import load_trained
+    from aaa_keras.run_dir import load_trained
 
     out, _, _ = grid
     target = tmp_path / "conv5"
@@ -90,8 +90,8 @@ def test_another_occlusion_point_gets_the_same_stage1_network(grid, tmp_path):
     assert load_config(str(target)).occlude_after == "conv5"
     assert ablate.stage1_digest(str(target)) == ablate.stage1_digest(str(out / "seed0" / "baseline"))
     images = np.random.default_rng(0).uniform(0, 255, (2, 64, 32, 3)).astype("float32")
-    _, moved, _, _ = load_trained(str(target), "baseline")
-    _, original, _, _ = load_trained(str(out / "seed0" / "baseline"), "baseline")
+    moved = load_trained(str(target), "baseline").parts
+    original = load_trained(str(out / "seed0" / "baseline"), "baseline").parts
     np.testing.assert_allclose(moved.network(images, training=False)[0],
                                original.network(images, training=False)[0], rtol=1e-5, atol=1e-5)
 

@@ -90,9 +90,10 @@ def keras_reference(run_dir, tiny_data):
     from aaa_keras.data.names import load_dataset
     from aaa_keras.data.pipeline import decode_image
     from aaa_keras.model.backbone import build_embedder
-    from aaa_keras.training import load_trained
+    from aaa_keras.run_dir import load_trained
 
-    config, parts, _, _ = load_trained(run_dir)
+    trained = load_trained(run_dir)
+    config, parts = trained.config, trained.parts
     embedder = build_embedder(parts)
     dataset = load_dataset(tiny_data)
     records = dataset.query + dataset.gallery
@@ -685,7 +686,8 @@ def test_resnet50_export_refuses_an_unsettled_run_and_passes_parity_with_sane_we
     """
     from aaa_keras.config import load_config, make_config
     from aaa_keras.deploy import export_run
-    from aaa_keras.training import build_stage_parts, fit
+    from aaa_keras.run_dir import build_stage_parts
+    from aaa_keras.training import fit
 
     run = tmp_path / "resnet50"
     config = make_config("demo", data=tiny_data, backbone="resnet50", batch_size=8, epochs=1, steps_per_epoch=2,

@@ -10,8 +10,9 @@ import pytest
 
 from aaa_keras.config import load_config, make_config
 from aaa_keras.errors import RunDirError, UserError
-from aaa_keras.training import (ATTENTION_WEIGHTS, build_stage_parts, fit, load_stage_weights,
-                                load_trained, required_stages, stage_dir, trained_stages)
+from aaa_keras.run_dir import (ATTENTION_WEIGHTS, build_stage_parts, load_stage_weights, load_trained,
+                               required_stages, stage_dir, trained_stages)
+from aaa_keras.training import fit
 
 
 def quiet(*_):
@@ -50,9 +51,8 @@ def test_second_fit_trains_nothing(adversarial_run):
 
 def test_stage_three_changes_the_network_and_keeps_stage_two_attention_as_its_start(adversarial_run):
     _, run_dir, _, _ = adversarial_run
-    _, parts2, attention2, _ = load_trained(run_dir, "attention")
-    _, parts3, attention3, _ = load_trained(run_dir, "adversarial")
-    _, parts1, _, _ = load_trained(run_dir, "baseline")
+    parts1, parts2, parts3 = (load_trained(run_dir, stage).parts
+                              for stage in ("baseline", "attention", "adversarial"))
     stem1 = [w.numpy() for w in parts1.stem.weights]
     stem2 = [w.numpy() for w in parts2.stem.weights]
     stem3 = [w.numpy() for w in parts3.stem.weights]
@@ -71,7 +71,7 @@ def test_response_and_random_masks_need_no_stage_two_and_no_attention_branch(adv
     assert fit("adversarial", config, run_dir, log=messages.append) == ["baseline", "adversarial"]
     assert any(f"--mask {mask}" in m and "no attention branch" in m for m in messages)
     assert not os.path.exists(os.path.join(stage_dir(run_dir, "adversarial"), ATTENTION_WEIGHTS))
-    _, _, attention, _ = load_trained(run_dir, "adversarial")
+    attention = load_trained(run_dir, "adversarial").attention
     assert attention is None
     with open(os.path.join(stage_dir(run_dir, "adversarial"), "done.json")) as f:
         done = json.load(f)

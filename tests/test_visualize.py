@@ -63,9 +63,10 @@ def baseline_only_run(run_dir, tmp_path_factory):
 @pytest.fixture(scope="module")
 def trained_images(run_dir):
     """Network inputs of 3 training images and the adversarial stage's (config, parts, attention)."""
-    from aaa_keras.training import load_trained
+    from aaa_keras.run_dir import load_trained
 
-    config, parts, attention, _ = load_trained(run_dir, "adversarial")
+    trained = load_trained(run_dir, "adversarial")
+    config, parts, attention = trained.config, trained.parts, trained.attention
     records = visualize.pick_records(load_dataset(config.data).train_identities(), 3)
     images = visualize.load_images([r.path for r in records], config.image_size)
     return config, parts, attention, records, images

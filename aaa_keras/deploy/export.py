@@ -167,7 +167,8 @@ def export_run(run_dir: str, out: str, stage: str | None = None, formats=FORMATS
     from aaa_keras.data.names import load_dataset
     from aaa_keras.evaluation.run import extract_embeddings
     from aaa_keras.model.backbone import build_embedder
-    from aaa_keras.training import load_trained, resolve_data
+    from aaa_keras.data.synth import resolve_data
+    from aaa_keras.run_dir import load_trained
 
     started = time.time()
     formats = _choices(formats, FORMATS, "--format")
@@ -184,7 +185,8 @@ def export_run(run_dir: str, out: str, stage: str | None = None, formats=FORMATS
                         f"`python cli.py fit --stage baseline --run-dir {run_dir}`")
 
     # === The trained embedder and the data for the checks ===
-    config, parts, _, stage = load_trained(run_dir, stage)
+    trained = load_trained(run_dir, stage)
+    config, parts, stage = trained.config, trained.parts, trained.stage
     embedder = build_embedder(parts)
     image_size = config.image_size
     root = resolve_data(data or config.data, log)

@@ -49,17 +49,18 @@ def evaluate_run(run_dir: str, stage: str | None = None, data: str | None = None
     import tensorflow as tf
 
     from aaa_keras.errors import UserError
-    from aaa_keras.training import distribution_strategy, load_trained, resolve_data, set_precision_policy
+    from aaa_keras.data.synth import resolve_data
+    from aaa_keras.execution import distribution_strategy, precision_policy
+    from aaa_keras.run_dir import load_trained
 
     if json_path and os.path.isdir(json_path):
         raise UserError(f"--json {json_path} is a directory; give a file name such as {json_path}/eval.json")
     strategy = distribution_strategy(distribute)  # before any other TensorFlow op
-    set_precision_policy(mixed_precision)
-    with strategy.scope():
-        config, parts, _, stage = load_trained(run_dir, stage)
-        embedder = build_embedder(parts)
+    with precision_policy(mixed_precision), strategy.scope():
+        trained = load_trained(run_dir, stage)
+        embedder = build_embedder(trained.parts)
         embedder.compile(jit_compile=jit_compile)
-    set_precision_policy("")
+    config, stage = trained.config, trained.stage
     root = resolve_data(data or config.data, log)
     dataset = load_dataset(root)
     splits = ("query", "gallery") + (("train",) if any(m != "euclidean" for m in metrics) else ())

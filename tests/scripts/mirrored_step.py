@@ -22,7 +22,7 @@ import tensorflow as tf  # noqa: E402
 from aaa_keras.model.attention import build_attention_branch  # noqa: E402
 from aaa_keras.model.backbone import build_parts  # noqa: E402
 from aaa_keras.model.stages import AdversarialModel, AttentionAssignmentModel, BaselineModel  # noqa: E402
-from aaa_keras.training import distribution_strategy  # noqa: E402
+from aaa_keras.execution import distribution_strategy  # noqa: E402
 
 STAGE = sys.argv[1]
 mirrored = distribution_strategy("mirrored")  # creates the two logical CPUs first
