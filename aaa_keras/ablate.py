@@ -43,7 +43,8 @@ import numpy as np
 from aaa_keras.data.synth import BUILTIN_PREFIX
 from aaa_keras.errors import UserError
 from aaa_keras.evaluation import ablation_stats
-from aaa_keras.files import write_json_atomically
+from aaa_keras.files import write_json_atomically, write_text_atomically
+from aaa_keras.vocabulary import METRICS
 
 EVAL_FILE = "ablation_eval.json"
 GRID_FILE = "grid.json"
@@ -51,7 +52,6 @@ RESULTS_FILE = "results.json"
 REPORT_FILE = "results.md"
 FIGURE_FILE = "claims.png"
 TABLES = ("3", "4", "5", "controls")
-METRICS = ("euclidean", "xqda", "kissme")
 ABLATE_DATA = BUILTIN_PREFIX + "ablate"  # 250 test ids, ~1,600 queries (data/synth.py)
 # Epochs when --epochs / --baseline-epochs are not given, per preset: (stages 2 and 3,
 # stage 1). With the demo preset stages 2-3 cost ~10x a stage-1 epoch; the preset's 10
@@ -596,9 +596,7 @@ def write_report(results: dict, out: str, write: str | None = None, command: str
     body = report_markdown(results, command)
     written = []
     path = os.path.join(out, REPORT_FILE)
-    with open(path + ".tmp", "w") as f:
-        f.write("# Ablation (`cli.py ablate`)\n\n" + body)
-    os.replace(path + ".tmp", path)
+    write_text_atomically(path, "# Ablation (`cli.py ablate`)\n\n" + body)
     written.append(path)
     figure = plot_claims(results, os.path.join(out, FIGURE_FILE))
     if figure:
@@ -630,7 +628,5 @@ def update_results_doc(path: str, body: str, figure: str | None) -> str:
         text = head + block + rest.split(END, 1)[1]
     else:
         text = (text.rstrip() + "\n\n" if text else "") + block + "\n"
-    with open(path + ".tmp", "w") as f:
-        f.write(text)
-    os.replace(path + ".tmp", path)
+    write_text_atomically(path, text)
     return path

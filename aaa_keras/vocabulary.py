@@ -1,0 +1,31 @@
+"""The fixed choices of the command line that are not run settings, each named once.
+
+Pure Python (no TensorFlow, no NumPy), so ``cli.py`` builds its
+``click.Choice`` lists from here and ``--help`` stays instant. The choices of
+a run's settings (stages, backbones, occlusion points, attention losses,
+masks, presets, strategies, precisions) live beside :class:`RunConfig` in
+:mod:`aaa_keras.config`.
+"""
+
+from __future__ import annotations
+
+# Distances of `evaluate` / `ablate --metric` (aaa_keras/evaluation/report.py):
+# Euclidean on the embeddings, or a metric learned on the training split.
+LEARNED_METRICS = ("xqda", "kissme")
+METRICS = ("euclidean", *LEARNED_METRICS)
+
+# Pictures of `visualize --what` (aaa_keras/visualize.py); "all" means every one.
+VISUALIZATIONS = ("ranks", "attention", "occlusion", "curves")
+
+# Formats of `export --format` (aaa_keras/deploy/export.py) and TFLite variants of `--quantize`
+# (aaa_keras/deploy/tflite.py).
+EXPORT_FORMATS = ("saved_model", "tflite", "onnx", "openvino")
+QUANTIZATIONS = ("float32", "float16", "int8")
+
+# Gallery index types of `index --index-type` (aaa_keras/deploy/gallery.py).
+INDEX_TYPES = ("exact", "ivf-pq")
+
+# Tables of `ablate --table` (aaa_keras/ablate.py).
+ABLATION_TABLES = ("3", "4", "5", "controls")
+
+ALL = "all"  # the choice that stands for every value of a list above
