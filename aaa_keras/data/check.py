@@ -23,6 +23,7 @@ import numpy as np
 from aaa_keras.data.names import (
     DISTRACTOR_PID, JUNK_PID, SPLITS, ImageRecord, ReidDataset, load_dataset, name_format)
 from aaa_keras.errors import DatasetError
+from aaa_keras.files import write_text_atomically
 
 _NAMING_TITLES = {"market": "Market-1501", "duke": "DukeMTMC-reID"}
 _MAX_LISTED = 5  # ids named in one warning before "..."
@@ -184,15 +185,9 @@ def _load_cache(path: str, decoder: str) -> dict:
 
 def _save_cache(path: str, decoder: str, files: dict) -> None:
     """Best effort: a read-only run dir only means the next run decodes again."""
-    tmp = f"{path}.{os.getpid()}.tmp"
-    try:
+    with contextlib.suppress(OSError):
         os.makedirs(os.path.dirname(path), exist_ok=True)
-        with open(tmp, "w") as f:
-            json.dump({"decoder": decoder, "files": files}, f)
-        os.replace(tmp, path)
-    except OSError:
-        with contextlib.suppress(OSError):
-            os.remove(tmp)
+        write_text_atomically(path, json.dumps({"decoder": decoder, "files": files}))
 
 
 def _stamp(path: str) -> list | None:

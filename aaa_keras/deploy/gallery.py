@@ -48,6 +48,7 @@ import sqlite3
 import numpy as np
 
 from aaa_keras.errors import UserError
+from aaa_keras.files import PARTIAL_PREFIX, atomic_path, is_partial
 
 INDEX_FORMAT = "aaa_keras-gallery-v2"
 META_FILE = "meta.sqlite"
@@ -125,27 +126,11 @@ def _vectors_path(directory: str, generation: int) -> str:
     return os.path.join(directory, f"vectors.{generation}.faiss")
 
 
-def _fsync_dir(directory: str) -> None:
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def _write_vectors(index, path: str) -> None:
-    """Write a FAISS index to ``path`` durably (temporary file, fsync, rename)."""
+    """Write a FAISS index to ``path`` durably (``files.atomic_path``: temporary sibling, fsync, rename)."""
     faiss = _faiss()
-    tmp = path + f".tmp{os.getpid()}"
-    try:
+    with atomic_path(path) as tmp:
         faiss.write_index(index, tmp)
-        with open(tmp, "rb+") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-    _fsync_dir(os.path.dirname(path) or ".")
 
 
 def _commit_state(connection, generation: int, ntotal: int) -> None:
@@ -156,10 +141,12 @@ def _commit_state(connection, generation: int, ntotal: int) -> None:
 
 
 def _remove_stale_vectors(directory: str, live: int) -> None:
-    """Delete every ``vectors.G.faiss`` (and temporary file) other than the live generation's."""
+    """Delete every ``vectors.G.faiss`` other than the live generation's, and the temporary
+    files of killed writes (``files.is_partial``; ``vectors.G.faiss.tmpPID`` of older versions)."""
     for name in os.listdir(directory):
         match = _VECTORS.fullmatch(name)
-        stale_tmp = name.startswith("vectors.") and ".faiss.tmp" in name
+        stale_tmp = (is_partial(name) and name.endswith(".faiss")) or (
+            name.startswith("vectors.") and ".faiss.tmp" in name)
         if (match and int(match.group(1)) != live) or stale_tmp:
             try:
                 os.remove(os.path.join(directory, name))
@@ -235,7 +222,7 @@ class GalleryIndex:
         index.add(embeddings)
         parent = os.path.dirname(os.path.abspath(directory))
         os.makedirs(parent, exist_ok=True)
-        partial = os.path.join(parent, f"_partial_{os.getpid()}_{os.path.basename(os.path.abspath(directory))}")
+        partial = os.path.join(parent, f"{PARTIAL_PREFIX}{os.getpid()}_{os.path.basename(os.path.abspath(directory))}")
         shutil.rmtree(partial, ignore_errors=True)
         os.makedirs(partial)
         try:

@@ -46,6 +46,7 @@ import scipy.sparse as sp
 
 from aaa_keras.errors import UserError
 from aaa_keras.evaluation.distance import as_feature_matrix
+from aaa_keras.files import atomic_path
 
 # Query rows per block when a distance matrix is assembled.
 _DISTANCE_BLOCK_ROWS = 1024
@@ -160,26 +161,19 @@ class QuadraticMetric(abc.ABC):
     # === Files ===
 
     def save(self, path) -> None:
-        """Write the fitted model to ``path`` (.npz) atomically (temporary file, then rename)."""
+        """Write the fitted model to ``path`` (.npz) atomically (``files.atomic_path``)."""
         self._check_fitted()
-        path = os.fspath(path)
-        temporary = f"{path}.tmp-{os.getpid()}"
-        try:
-            with open(temporary, "wb") as handle:
-                np.savez(
-                    handle,
-                    kind=np.str_(self.kind),
-                    format_version=np.int64(_FORMAT_VERSION),
-                    config=np.str_(json.dumps(self._config())),
-                    mean=self.mean,
-                    projection=self.projection,
-                    kernel=self.kernel,
-                    fingerprint=np.str_(self.fingerprint),
-                )
-            os.replace(temporary, path)
-        finally:
-            if os.path.exists(temporary):
-                os.remove(temporary)
+        with atomic_path(os.fspath(path)) as temporary, open(temporary, "wb") as handle:
+            np.savez(
+                handle,
+                kind=np.str_(self.kind),
+                format_version=np.int64(_FORMAT_VERSION),
+                config=np.str_(json.dumps(self._config())),
+                mean=self.mean,
+                projection=self.projection,
+                kernel=self.kernel,
+                fingerprint=np.str_(self.fingerprint),
+            )
 
     @classmethod
     def load(cls, path):
