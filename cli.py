@@ -398,7 +398,7 @@ def search(index_path, model_path, images, top, nprobe, picture):
 @click.option("--seeds", type=click.IntRange(1), default=5, show_default=True, help="Seeds 0..N-1.")
 @click.option("--epochs", type=click.IntRange(1), default=None,
               help="Epochs of stages 2 and 3, and of stage 1 unless --baseline-epochs is given "
-                   "(default with neither: 4 and 20 with the demo preset, the preset's own otherwise).")
+                   "(default with neither: 4, and 30 for stage 1, with the demo preset; the preset's own otherwise).")
 @click.option("--baseline-epochs", type=click.IntRange(1), default=None, help="Stage 1's epochs.")
 @click.option("--preset", type=click.Choice(["demo", "paper"]), default="demo", show_default=True)
 @click.option("--metric", type=click.Choice(["euclidean", "xqda", "kissme", "all"]), default="euclidean",
