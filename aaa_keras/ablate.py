@@ -480,7 +480,13 @@ def analyse(results: dict) -> dict:
         if VARIANT_BY_NAME[run["config"]].from_baseline or run["config"] == "baseline":
             stage1.setdefault(str(run["seed"]), set()).add(run["stage1_digest"])
     paired = all(len(d) == 1 for d in stage1.values())
-    return {"summary": summary, "claims": claims, "stage1_shared_within_seed": paired}
+    spread = None
+    if len(results["seeds"]) > 1:  # seed-to-seed spread of mAP, seeds for a 1-point difference
+        spread = {metric: ablation_stats.seed_spread(data, CLAIMS, metric, "mAP", delta=1.0,
+                                                     alpha=boot["alpha"])
+                  for metric in metrics}
+    return {"summary": summary, "claims": claims, "stage1_shared_within_seed": paired,
+            "seed_spread": spread}
 
 
 def load_results(out: str, n_boot: int | None = None) -> dict:
@@ -554,6 +560,20 @@ def report_markdown(results: dict, command: str = "") -> str:
             for row in claims:
                 lines.append(f"| {row['claim']} | {_diff_cell(row)} | {_p(row['p_value'])} | "
                              f"{_p(row['p_holm'])} | {_p(row['wilcoxon_p'])} | **{row['verdict']}** |")
+    spread = (results.get("seed_spread") or {}).get(primary)
+    if spread:
+        lines += ["", f"### Seed-to-seed spread of mAP ({primary}) and seeds for a 1-point difference", "",
+                  "Per configuration, the standard deviation over seeds of its mAP: "
+                  + ", ".join(f"{name} {entry['sd']:.2f}" for name, entry in spread["configs"].items())
+                  + " points. Per claim, the standard deviation over seeds of the paired mAP "
+                  "difference (same seed, same stage-1 weights), what it would be if the two sides "
+                  "were independent runs, and the seeds a one-sided paired t-test needs to detect a "
+                  f"true 1-point difference with {spread['power']:.0%} power at {spread['alpha']} "
+                  "(before multiple-comparison correction):", "",
+                  "| claim | SD of paired Δ mAP | SD if unpaired | seeds for 1 point |", "|---|---|---|---|"]
+        for row in spread["claims"]:
+            needed = row["seeds_needed"] if row["seeds_needed"] is not None else "> 10000"
+            lines.append(f"| {row['claim']} | {row['paired_sd']:.2f} | {row['unpaired_sd']:.2f} | {needed} |")
     lines += ["", "### Per seed", "", "| configuration | seed | Rank-1 | mAP | mINP | train s | stage-1 digest |",
               "|---|---|---|---|---|---|---|"]
     for run in sorted(runs, key=lambda r: ([v.name for v in VARIANTS].index(r["config"]), r["seed"])):

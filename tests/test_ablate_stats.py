@@ -137,3 +137,43 @@ def test_per_query_values_average_to_evaluate_rank():
     assert per_query["average_precision"].mean() == pytest.approx(summary["mAP"])
     assert per_query["inverse_penalty"].mean() == pytest.approx(summary["mINP"])
     assert np.mean(per_query["first_rank"] == 1) == pytest.approx(summary["cmc"][0])
+
+
+def test_seeds_needed_gives_the_planned_power_by_the_exact_noncentral_t():
+    """At the returned n the exact power of the one-sided paired t-test is about 80 %; at
+    half of n it is well below, and no noise needs the minimum of two seeds."""
+    from scipy import stats
+
+    from aaa_keras.evaluation.ablation_stats import seeds_needed
+
+    def power(n, sd, delta=1.0, alpha=0.05):
+        critical = stats.t.ppf(1 - alpha, n - 1)
+        return 1 - stats.nct.cdf(critical, n - 1, delta * np.sqrt(n) / sd)
+
+    for sd in (0.7, 1.5, 3.0):
+        n = seeds_needed(sd)
+        assert 0.78 <= power(n, sd) and power(max(2, n // 2), sd) < 0.7
+    assert seeds_needed(0.0) == 2
+    assert seeds_needed(1.0) < seeds_needed(2.0) < seeds_needed(4.0)
+    with pytest.raises(UserError):
+        seeds_needed(1.0, delta=0.0)
+
+
+def test_seed_spread_measures_the_paired_and_unpaired_spread_of_planted_runs():
+    """Two configurations share a large per-seed offset (the stage-1 checkpoint): their own
+    spread is large, the spread of their paired difference is only the planted small one."""
+    from aaa_keras.evaluation.ablation_stats import seed_spread
+
+    rng = np.random.default_rng(3)
+    seeds, queries = 6, 50
+    shared = rng.normal(0, 5.0, (seeds, 1))  # what a seed's stage-1 weights do to every query
+    extra = np.array([[0.5], [-0.5], [1.0], [-1.0], [0.0], [0.0]])  # the paired difference, planted
+    base = 40 + shared + rng.normal(0, 1, (1, queries))
+    data = {"baseline": {"euclidean": {"mAP": base}},
+            "aaa_conv3": {"euclidean": {"mAP": base + 2.0 + extra}}}
+    spread = seed_spread(data, [("AAA > baseline", "aaa_conv3", "baseline")], "euclidean")
+    row = spread["claims"][0]
+    assert row["paired_sd"] == pytest.approx(np.std(extra, ddof=1))
+    assert spread["configs"]["baseline"]["sd"] == pytest.approx(np.std(shared, ddof=1))
+    assert row["unpaired_sd"] > 5 * row["paired_sd"]
+    assert row["seeds_needed"] >= 2

@@ -198,3 +198,51 @@ def judge_claims(claims, data: dict, measure: str, metric: str, alpha: float = 0
             row["p_reversed_holm"] = float(q)
             row["verdict"] = verdict(p, q, alpha)
     return rows
+
+
+# === How many seeds a difference needs ===
+
+def seeds_needed(sd: float, delta: float = 1.0, alpha: float = 0.05, power: float = 0.8,
+                 max_seeds: int = 10000) -> int | None:
+    """The fewest seeds whose one-sided paired t-test detects a true mean difference ``delta``
+    with probability ``power`` at level ``alpha``, when per-seed differences have standard
+    deviation ``sd``: the smallest ``n >= 2`` with ``(t_{1-alpha, n-1} + t_{power, n-1}) *
+    sd / sqrt(n) <= delta`` (the usual normal-approximation formula with t quantiles, so a
+    small ``n`` is not flattered). ``None`` when even ``max_seeds`` would not do.
+    """
+    if not (sd >= 0 and delta > 0 and 0 < alpha < 1 and 0 < power < 1):
+        raise UserError(f"seeds_needed: need sd >= 0, delta > 0, alpha and power in (0, 1); got "
+                        f"sd={sd}, delta={delta}, alpha={alpha}, power={power}")
+    for n in range(2, max_seeds + 1):
+        half_width = (stats.t.ppf(1 - alpha, n - 1) + stats.t.ppf(power, n - 1)) * sd / np.sqrt(n)
+        if half_width <= delta:
+            return n
+    return None
+
+
+def seed_spread(data: dict, claims, metric: str, measure: str = "mAP", delta: float = 1.0,
+                alpha: float = 0.05, power: float = 0.8) -> dict:
+    """Seed-to-seed spread of ``measure`` and the seeds a ``delta``-point difference needs.
+
+    ``configs``: per configuration, the standard deviation over seeds of its per-seed mean
+    (the spread of one unpaired run). ``claims``: per claim, the standard deviation over
+    seeds of the *paired* per-seed difference (both sides trained with the same seed and,
+    for AAA-Net configurations, the same stage-1 weights) and :func:`seeds_needed` for it.
+    Needs at least two seeds.
+    """
+    configs, rows = {}, []
+    for name in data:
+        per_seed = data[name][metric][measure].mean(axis=1)
+        if len(per_seed) < 2:
+            raise UserError("the seed-to-seed spread needs at least two seeds")
+        configs[name] = {"sd": float(np.std(per_seed, ddof=1)), "per_seed": per_seed.round(3).tolist()}
+    for claim, better, worse in claims:
+        if better not in data or worse not in data:
+            continue
+        differences = (data[better][metric][measure] - data[worse][metric][measure]).mean(axis=1)
+        sd = float(np.std(differences, ddof=1))
+        rows.append({"claim": claim, "better": better, "worse": worse, "paired_sd": sd,
+                     "unpaired_sd": float(np.hypot(configs[better]["sd"], configs[worse]["sd"])),
+                     "seeds_needed": seeds_needed(sd, delta, alpha, power)})
+    return {"measure": measure, "metric": metric, "delta": delta, "alpha": alpha, "power": power,
+            "configs": configs, "claims": rows}
