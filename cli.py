@@ -15,10 +15,16 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import click  # noqa: E402
 
+from aaa_keras import config as config_lib, vocabulary  # noqa: E402  (both TensorFlow-free)
 from aaa_keras.errors import RunFailure, UserError  # noqa: E402
 from aaa_keras.run_lock import locks_run_dir  # noqa: E402
 
-STAGE_CHOICE = click.Choice(["baseline", "attention", "adversarial"])
+STAGE_CHOICE = click.Choice(config_lib.STAGES)
+PRESET_CHOICE = click.Choice(list(config_lib.PRESETS))
+BACKBONE_CHOICE = click.Choice(config_lib.BACKBONES)
+DISTRIBUTE_CHOICE = click.Choice(config_lib.DISTRIBUTE_STRATEGIES)
+MIXED_PRECISION_CHOICE = click.Choice(config_lib.MIXED_PRECISIONS)
+METRIC_CHOICE = click.Choice([*vocabulary.METRICS, vocabulary.ALL])
 
 
 def user_errors(command):
@@ -147,29 +153,29 @@ def data_check(root, strict):
               help="Train up to this stage (earlier untrained stages are trained first).")
 @click.option("--data", "data_dir", default=None, help="Dataset root (Market-1501 layout), or builtin:demo / builtin:ablate. Default: builtin:demo.")
 @click.option("--run-dir", default="runs/demo", show_default=True, help="Where config, weights and logs go.")
-@click.option("--preset", type=click.Choice(["demo", "paper"]), default="demo", show_default=True,
+@click.option("--preset", type=PRESET_CHOICE, default="demo", show_default=True,
               help="demo: tiny_resnet at 128x64, minutes on a CPU; paper: ResNet-50 224x224, batch 32, 10 epochs (GPU).")
 @click.option("--epochs", type=click.IntRange(1), default=None, help="Epochs per stage.")
 @click.option("--baseline-epochs", type=click.IntRange(1), default=None, help="Stage 1's epochs (default: --epochs).")
 @click.option("--batch-size", type=click.IntRange(1), default=None)
 @click.option("--image-size", default=None, metavar="HxW", help="Input size, e.g. 256x128.")
-@click.option("--backbone", type=click.Choice(["resnet50", "tiny_resnet"]), default=None,
+@click.option("--backbone", type=BACKBONE_CHOICE, default=None,
               help="resnet50 (default) or tiny_resnet (tests and smoke runs).")
 @click.option("--backbone-weights", default=None, metavar="imagenet|PATH",
               help="Initial backbone weights; default random init (offline).")
-@click.option("--occlude-after", type=click.Choice(["conv2", "conv3", "conv4", "conv5"]), default=None,
+@click.option("--occlude-after", type=click.Choice(config_lib.OCCLUSION_POINTS), default=None,
               help="Occlusion point (paper Table 3); default conv3.")
 @click.option("--dropout", type=float, default=None, help="0.5 for Market-1501 (default), 0.6 for Duke.")
 @click.option("--random-erasing", is_flag=True, default=None, help="Baseline with keras.layers.RandomErasing (Table 5).")
-@click.option("--attention-loss", type=click.Choice(["l1", "bce", "soft"]), default=None,
+@click.option("--attention-loss", type=click.Choice(config_lib.ATTENTION_LOSSES), default=None,
               help="Reading of eq. 2 in stages 2-3: l1 = as printed (collapses), bce = per-position "
                    "sigmoid CE as ref. [7] (default), soft = bce on every cell's probability drop.")
-@click.option("--mask", type=click.Choice(["attention", "response", "random"]), default=None,
+@click.option("--mask", type=click.Choice(config_lib.MASKS), default=None,
               help="Stage 3 occludes the top third of: attention = M_att (AAA-Net, default), "
                    "response = the feature response (Table 4 without fine-tuning), random = control.")
 @click.option("--no-finetune", is_flag=True, default=False,
               help="Paper Table 4 without fine-tuning: same as --mask response (no stage 2).")
-@click.option("--occluded-batchnorm", type=click.Choice(["batch", "moving"]), default=None,
+@click.option("--occluded-batchnorm", type=click.Choice(config_lib.OCCLUDED_BATCHNORM), default=None,
               help="Stage 3: BatchNorm statistics of the occluded pass (docs/decisions.md).")
 @click.option("--no-take-turns", is_flag=True, default=False, help="Stage 3: every step occluded, no alternation.")
 @click.option("--lambda1", type=float, default=None, help="Weight of L_r in eq. 4 (0.3).")
@@ -178,9 +184,9 @@ def data_check(root, strict):
 @click.option("--cells-per-call", type=click.Choice(["1", "2", "4", "8", "16"]), default=None,
               help="Occluded copies per tail call in the grid search; lower saves memory (16).")
 @click.option("--steps-per-epoch", type=click.IntRange(0), default=None, help="0 = one pass over the data.")
-@click.option("--distribute", type=click.Choice(["none", "mirrored", "multiworker"]), default=None,
+@click.option("--distribute", type=DISTRIBUTE_CHOICE, default=None,
               help="tf.distribute strategy.")
-@click.option("--mixed-precision", type=click.Choice(["mixed_float16", "mixed_bfloat16"]), default=None)
+@click.option("--mixed-precision", type=MIXED_PRECISION_CHOICE, default=None)
 @click.option("--jit-compile/--no-jit-compile", default=None, help="XLA-compile the train step (off by default; measured slower on CPU).")
 @click.option("--seed", type=int, default=None)
 @click.option("--evaluate/--no-evaluate", "evaluate_after", default=True, show_default=True,
@@ -200,7 +206,6 @@ def fit(stage, data_dir, run_dir, preset, image_size, no_finetune, no_take_turns
       python cli.py fit --stage adversarial --occlude-after conv4 --run-dir runs/conv4
     An interrupted run resumes when the same command is run again.
     """
-    from aaa_keras import config as config_lib
     from aaa_keras.training import fit as fit_stages
 
     if image_size is not None:
@@ -234,13 +239,13 @@ def fit(stage, data_dir, run_dir, preset, image_size, no_finetune, no_take_turns
 @click.option("--run-dir", required=True, help="A run directory made by `fit`.")
 @click.option("--stage", type=STAGE_CHOICE, default=None, help="Default: the latest trained stage.")
 @click.option("--data", "data_dir", default=None, help="Default: the run's own dataset.")
-@click.option("--metric", type=click.Choice(["euclidean", "xqda", "kissme", "all"]), default="euclidean",
+@click.option("--metric", type=METRIC_CHOICE, default="euclidean",
               show_default=True, help="Distance; xqda/kissme are learned on the training split.")
 @click.option("--rerank", is_flag=True, help="Add k-reciprocal re-ranking rows (k1=20, k2=6, lambda=0.3).")
 @click.option("--json", "json_path", default=None, help="Write the results as JSON (values in percent).")
-@click.option("--distribute", type=click.Choice(["none", "mirrored", "multiworker"]), default="none",
+@click.option("--distribute", type=DISTRIBUTE_CHOICE, default="none",
               show_default=True, help="tf.distribute strategy for the embedding extraction.")
-@click.option("--mixed-precision", type=click.Choice(["mixed_float16", "mixed_bfloat16"]), default=None)
+@click.option("--mixed-precision", type=MIXED_PRECISION_CHOICE, default=None)
 @click.option("--jit-compile/--no-jit-compile", default=False, show_default=True,
               help="XLA-compile the embedding extraction.")
 @click.option("--skip-bad-images", is_flag=True,
@@ -255,9 +260,9 @@ def evaluate(run_dir, stage, data_dir, metric, rerank, json_path, distribute, mi
     Example:
       python cli.py evaluate --run-dir runs/demo --stage adversarial --metric all --rerank --json runs/demo/eval.json
     """
-    from aaa_keras.evaluation.run import METRICS, evaluate_run
+    from aaa_keras.evaluation.run import evaluate_run
 
-    metrics = METRICS if metric == "all" else (metric,)
+    metrics = vocabulary.METRICS if metric == vocabulary.ALL else (metric,)
     evaluate_run(run_dir, stage, data_dir, metrics, rerank, json_path, log=click.echo,
                  distribute=distribute, mixed_precision=mixed_precision or "",
                  jit_compile=jit_compile, skip_bad_images=skip_bad_images)
@@ -269,7 +274,7 @@ def evaluate(run_dir, stage, data_dir, metric, rerank, json_path, distribute, mi
 @click.option("--run-dir", required=True, help="A run directory made by `fit`.")
 @click.option("--stage", type=STAGE_CHOICE, default=None, help="Default: the latest trained stage.")
 @click.option("--data", "data_dir", default=None, help="Default: the run's own dataset.")
-@click.option("--what", type=click.Choice(["ranks", "attention", "occlusion", "curves", "all"]),
+@click.option("--what", type=click.Choice([*vocabulary.VISUALIZATIONS, vocabulary.ALL]),
               default="all", show_default=True)
 @click.option("--num", type=click.IntRange(1), default=8, show_default=True, help="Images per picture.")
 @click.option("--out-dir", default=None, help="Default: RUN_DIR/pictures.")
@@ -293,10 +298,10 @@ def visualize(run_dir, stage, data_dir, what, num, out_dir):
 @click.option("--run-dir", required=True, help="A run directory made by `fit`.")
 @click.option("--stage", type=STAGE_CHOICE, default=None, help="Default: the latest trained stage.")
 @click.option("--out", required=True, help="Models root: the SavedModel goes to OUT/MODEL_NAME/VERSION/.")
-@click.option("--format", "formats", type=click.Choice(["saved_model", "tflite", "onnx", "openvino", "all"]),
+@click.option("--format", "formats", type=click.Choice([*vocabulary.EXPORT_FORMATS, vocabulary.ALL]),
               default=["all"], show_default=True, multiple=True,
               help="Repeat for several, e.g. --format onnx --format openvino.")
-@click.option("--quantize", type=click.Choice(["float32", "float16", "int8", "all"]), default="all",
+@click.option("--quantize", type=click.Choice([*vocabulary.QUANTIZATIONS, vocabulary.ALL]), default="all",
               show_default=True, help="TFLite variants.")
 @click.option("--model-name", default="aaa_net", show_default=True)
 @click.option("--version", type=click.IntRange(1), default=None, help="Default: the next free version.")
@@ -336,7 +341,7 @@ def export(run_dir, stage, out, formats, quantize, model_name, version, represen
 @click.option("--out", required=True, help="Index directory to write (FAISS vectors + meta.sqlite).")
 @click.option("--append", is_flag=True,
               help="Add the crops of --gallery that are not in the existing index yet (the others are not re-embedded).")
-@click.option("--index-type", type=click.Choice(["exact", "ivf-pq"]), default="exact", show_default=True,
+@click.option("--index-type", type=click.Choice(vocabulary.INDEX_TYPES), default="exact", show_default=True,
               help="exact: brute-force inner product; ivf-pq: approximate, for large galleries (>= 256 images).")
 @click.option("--nlist", type=click.IntRange(1), default=None, help="ivf-pq cells (default about 4 sqrt(N)).")
 @click.option("--pq-m", type=click.IntRange(1), default=None,
@@ -393,17 +398,17 @@ def search(index_path, model_path, images, top, nprobe, picture):
               help="Dataset root (Market-1501 layout), or a built-in dataset: builtin:ablate (250 test ids, "
                    "~1,600 queries) or builtin:demo.")
 @click.option("--out", required=True, help="Grid directory: OUT/seed<S>/<config>/ run dirs, results.json/.md, claims.png.")
-@click.option("--table", type=click.Choice(["3", "4", "5", "controls", "all"]), default="all", show_default=True,
+@click.option("--table", type=click.Choice([*vocabulary.ABLATION_TABLES, vocabulary.ALL]), default="all", show_default=True,
               help="Paper Table 3 (occlusion point), 4 (fine-tuning), 5 (random erasing), the controls, or all.")
 @click.option("--seeds", type=click.IntRange(1), default=5, show_default=True, help="Seeds 0..N-1.")
 @click.option("--epochs", type=click.IntRange(1), default=None,
               help="Epochs of stages 2 and 3, and of stage 1 unless --baseline-epochs is given "
                    "(default with neither: 4, and 30 for stage 1, with the demo preset; the preset's own otherwise).")
 @click.option("--baseline-epochs", type=click.IntRange(1), default=None, help="Stage 1's epochs.")
-@click.option("--preset", type=click.Choice(["demo", "paper"]), default="demo", show_default=True)
-@click.option("--metric", type=click.Choice(["euclidean", "xqda", "kissme", "all"]), default="euclidean",
+@click.option("--preset", type=PRESET_CHOICE, default="demo", show_default=True)
+@click.option("--metric", type=METRIC_CHOICE, default="euclidean",
               show_default=True, help="Distance(s) to evaluate; the first is the one of the progress lines and the figure.")
-@click.option("--backbone", type=click.Choice(["resnet50", "tiny_resnet"]), default=None)
+@click.option("--backbone", type=BACKBONE_CHOICE, default=None)
 @click.option("--batch-size", type=click.IntRange(1), default=None)
 @click.option("--image-size", default=None, metavar="HxW", help="Input size, e.g. 256x128.")
 @click.option("--steps-per-epoch", type=click.IntRange(0), default=None, help="0 = one pass over the data.")
@@ -441,9 +446,7 @@ def ablate(data_dir, out, table, seeds, epochs, baseline_epochs, preset, metric,
         tf.get_logger().setLevel("ERROR")  # "retracing" warnings: dozens of models in one process
         overrides = dict(backbone=backbone, batch_size=batch_size, steps_per_epoch=steps_per_epoch)
         if image_size:
-            from aaa_keras.config import parse_image_size
-
-            overrides["image_height"], overrides["image_width"] = parse_image_size(image_size)
+            overrides["image_height"], overrides["image_width"] = config_lib.parse_image_size(image_size)
         with hold(out, "ablate"):
             results = ablate_lib.run_grid(out, table, seeds, epochs, preset, data_dir, metric,
                                           overrides, progress=click.echo, n_boot=n_boot,

@@ -21,6 +21,8 @@ MASKS = ("attention", "response", "random")  # what stage 3 ranks to occlude (mo
 OCCLUDED_BATCHNORM = ("batch", "moving")
 OCCLUSION_POINTS = ("conv2", "conv3", "conv4", "conv5")
 BACKBONES = ("resnet50", "tiny_resnet")
+DISTRIBUTE_STRATEGIES = ("none", "mirrored", "multiworker")  # tf.distribute (execution.py)
+MIXED_PRECISIONS = ("mixed_float16", "mixed_bfloat16")  # Keras dtype policies; "" = float32
 CONFIG_FILE = "config.json"
 
 
@@ -71,7 +73,7 @@ class RunConfig:
     # === Execution ===
     jit_compile: bool = False
     distribute: str = "none"
-    mixed_precision: str = ""  # "", "mixed_float16" or "mixed_bfloat16"
+    mixed_precision: str = ""  # "" (float32) or one of MIXED_PRECISIONS
     steps_per_epoch: int = 0  # 0 = one pass over the training split
     # === Filled in by the run (not flags) ===
     preset: str = "demo"
@@ -160,18 +162,23 @@ def validate(config: RunConfig) -> None:
                             f"expected one of {choices}")
     if config.diagnostic_images < 0:
         raise UserError(f"diagnostic_images must be >= 0, got {config.diagnostic_images}")
-    if config.distribute not in ("none", "mirrored", "multiworker"):
+    if config.distribute not in DISTRIBUTE_STRATEGIES:
         raise UserError(
-            f"--distribute: got {config.distribute!r}; expected none, mirrored or multiworker")
+            f"--distribute: got {config.distribute!r}; expected {_one_of(DISTRIBUTE_STRATEGIES)}")
     if config.distribute != "none" and config.adversarial_attention_momentum > 0:
         raise UserError(
             f"adversarial_attention_momentum {config.adversarial_attention_momentum} with "
             f"--distribute {config.distribute}: "
             "under a multi-replica strategy stage 3's attention player is updated on every step "
             "(with a zero gradient while its loss is off), so momentum would move it; use 0")
-    if config.mixed_precision not in ("", "mixed_float16", "mixed_bfloat16"):
+    if config.mixed_precision not in ("", *MIXED_PRECISIONS):
         raise UserError(f"--mixed-precision: got {config.mixed_precision!r}; expected "
-                        "mixed_float16 or mixed_bfloat16")
+                        f"{_one_of(MIXED_PRECISIONS)}")
+
+
+def _one_of(choices) -> str:
+    """``("a", "b", "c")`` -> ``"a, b or c"``."""
+    return ", ".join(choices[:-1]) + f" or {choices[-1]}" if len(choices) > 1 else choices[0]
 
 
 def parse_image_size(text: str) -> tuple[int, int]:

@@ -10,9 +10,9 @@ masks, presets, strategies, precisions) live beside :class:`RunConfig` in
 from __future__ import annotations
 
 # Distances of `evaluate` / `ablate --metric` (aaa_keras/evaluation/report.py):
-# Euclidean on the embeddings, or a metric learned on the training split.
-LEARNED_METRICS = ("xqda", "kissme")
-METRICS = ("euclidean", *LEARNED_METRICS)
+# Euclidean on the embeddings, or a metric learned on the training split (the
+# ``kind`` of a class of aaa_keras/evaluation/metric_learning.py).
+METRICS = ("euclidean", "xqda", "kissme")
 
 # Pictures of `visualize --what` (aaa_keras/visualize.py); "all" means every one.
 VISUALIZATIONS = ("ranks", "attention", "occlusion", "curves")

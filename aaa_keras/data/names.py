@@ -112,6 +112,11 @@ def list_split(root: str, split: str) -> list[ImageRecord]:
     return records
 
 
+def record_ids(records: list[ImageRecord]) -> tuple[np.ndarray, np.ndarray]:
+    """``(pids, camids)`` of the records, int64, in order: the labels the ranking protocol takes."""
+    return (np.array([r.pid for r in records], np.int64), np.array([r.camid for r in records], np.int64))
+
+
 def relabel(records: list[ImageRecord]) -> tuple[np.ndarray, dict[int, int]]:
     """Contiguous class labels ``0..C-1`` for the records, in order of sorted pid.
 

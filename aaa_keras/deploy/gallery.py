@@ -49,10 +49,10 @@ import numpy as np
 
 from aaa_keras.errors import UserError
 from aaa_keras.files import PARTIAL_PREFIX, atomic_path, is_partial
+from aaa_keras.vocabulary import INDEX_TYPES
 
 INDEX_FORMAT = "aaa_keras-gallery-v2"
 META_FILE = "meta.sqlite"
-INDEX_TYPES = ("exact", "ivf-pq")
 DEFAULT_NPROBE = 16
 PQ_BITS = 8  # bits per sub-quantiser code: 256 centroids each
 MIN_TRAIN_PER_CELL = 39  # FAISS's own minimum of training points per k-means centroid

@@ -46,6 +46,7 @@ import scipy.sparse as sp
 
 from aaa_keras.errors import UserError
 from aaa_keras.evaluation.distance import as_feature_matrix
+from aaa_keras.evaluation.rank import _check_positive_int
 from aaa_keras.files import atomic_path
 
 # Query rows per block when a distance matrix is assembled.
@@ -330,8 +331,3 @@ def _labels(values, name: str, expected_length: int) -> np.ndarray:
     if not np.issubdtype(array.dtype, np.integer):
         raise UserError(f"{name} must hold integer ids; received dtype {array.dtype}.")
     return array.astype(np.int64)
-
-
-def _check_positive_int(value, name: str) -> None:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-        raise UserError(f"{name} must be a positive integer; received {value!r}.")

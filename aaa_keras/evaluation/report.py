@@ -24,9 +24,9 @@ from aaa_keras.evaluation.distance import euclidean_distance, l2_normalize
 from aaa_keras.evaluation.metric_learning import KISSME, XQDA, training_fingerprint
 from aaa_keras.evaluation.rank import evaluate_rank
 from aaa_keras.evaluation.rerank import re_ranking
+from aaa_keras.vocabulary import METRICS
 
-LEARNED_METRICS = {"xqda": XQDA, "kissme": KISSME}
-METRICS = ("euclidean", *LEARNED_METRICS)
+LEARNED_METRICS = {model.kind: model for model in (XQDA, KISSME)}
 RERANK_SUFFIX = "+rerank"
 
 
@@ -47,7 +47,7 @@ def evaluate_features(
 ) -> dict:
     """Evaluate query/gallery features under each metric, optionally re-ranked.
 
-    ``metrics`` holds names from ``("euclidean", "xqda", "kissme")`` or
+    ``metrics`` holds names from :data:`aaa_keras.vocabulary.METRICS` or
     ``"all"``. A learned metric is loaded from ``metric_dir/<metric>.npz`` when
     that file was fitted on the same training data, else fitted on
     ``train_features`` / ``train_pids`` (/ ``train_camids``) and saved there.

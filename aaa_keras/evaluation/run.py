@@ -12,13 +12,11 @@ import os
 import numpy as np
 
 from aaa_keras.data.check import verify_images
-from aaa_keras.data.names import ImageRecord, load_dataset
+from aaa_keras.data.names import ImageRecord, load_dataset, record_ids
 from aaa_keras.data.pipeline import eval_dataset
 from aaa_keras.files import write_json_atomically
 from aaa_keras.evaluation.report import evaluate_features, format_table
 from aaa_keras.model.backbone import build_embedder
-
-METRICS = ("euclidean", "xqda", "kissme")
 
 
 def extract_embeddings(embedder, records: list[ImageRecord], image_size, batch_size: int = 64) -> np.ndarray:
@@ -32,8 +30,7 @@ def extract_embeddings(embedder, records: list[ImageRecord], image_size, batch_s
     return np.asarray(embedder.predict(dataset, verbose=verbose), np.float32)
 
 
-def _ids(records):
-    return (np.array([r.pid for r in records], np.int64), np.array([r.camid for r in records], np.int64))
+_ids = record_ids  # the name aaa_keras/ablate.py imports
 
 
 def evaluate_run(run_dir: str, stage: str | None = None, data: str | None = None,
@@ -81,13 +78,13 @@ def _evaluate_embedder(embedder, dataset, config, run_dir, stage, root, metrics,
     train_kwargs = {}
     if any(m != "euclidean" for m in metrics):
         train_records = dataset.train_identities()
-        train_pids, train_camids = _ids(train_records)
+        train_pids, train_camids = record_ids(train_records)
         train_kwargs = dict(
             train_features=extract_embeddings(embedder, train_records, config.image_size),
             train_pids=train_pids, train_camids=train_camids,
             metric_dir=os.path.join(run_dir, stage, "metrics", _dataset_key(root)))
-    q_pids, q_camids = _ids(dataset.query)
-    g_pids, g_camids = _ids(dataset.gallery)
+    q_pids, q_camids = record_ids(dataset.query)
+    g_pids, g_camids = record_ids(dataset.gallery)
     results = evaluate_features(qf, gf, q_pids, g_pids, q_camids, g_camids, metrics=tuple(metrics),
                                 rerank=rerank, **train_kwargs)
     log(format_table(results))

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 from keras import ops
 
-ATTENTION_LOSSES = ("l1", "bce", "soft")
+from aaa_keras.config import ATTENTION_LOSSES
 
 
 def _spatial_sum(x):
