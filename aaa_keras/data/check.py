@@ -15,7 +15,6 @@ import contextlib
 import dataclasses
 import json
 import os
-import re
 import time
 
 import numpy as np
@@ -73,7 +72,7 @@ def _decode_error(path: str) -> str:
     """Why TensorFlow's decoder rejects ``path``, in a few words."""
     import tensorflow as tf
 
-    from aaa_keras.data.pipeline import decode_pixels
+    from aaa_keras.data.pipeline import decode_pixels, op_error_reason
 
     try:
         size = os.path.getsize(path)
@@ -84,9 +83,7 @@ def _decode_error(path: str) -> str:
     try:
         decode_pixels(tf.io.read_file(path))
     except tf.errors.OpError as error:
-        reason = (error.message or type(error).__name__).strip().splitlines()[0]
-        reason = re.sub(r"\{\{.*?\}\}|\[Op:.*", "", reason).strip()
-        return f"{size} bytes: {reason}"
+        return f"{size} bytes: {op_error_reason(error)}"
     return "decode failed"  # failed in the batch pass only (e.g. changed meanwhile)
 
 
@@ -211,7 +208,9 @@ def verify_images(dataset: ReidDataset, splits, cache_dir: str | None, skip_bad:
     """
     import tensorflow as tf
 
-    decoder = f"tf.io.decode_image channels=3 tensorflow {tf.__version__}"
+    from aaa_keras.data.pipeline import DECODER
+
+    decoder = f"{DECODER} tensorflow {tf.__version__}"
     cache_path = os.path.join(cache_dir, IMAGE_CHECK_FILE) if cache_dir else None
     cache = _load_cache(cache_path, decoder) if cache_path else {}
     records = [(split, r) for split in splits for r in getattr(dataset, split)]

@@ -8,6 +8,8 @@ the same pixels.
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import tensorflow as tf
 import keras
@@ -25,6 +27,25 @@ def decode_pixels(data):
     check cannot fail in the middle of an epoch.
     """
     return tf.io.decode_image(data, channels=3, expand_animations=False)
+
+
+DECODER = "tf.io.decode_image channels=3"  # names decode_pixels in data/check.py's cache
+
+
+def is_decode_error(error) -> bool:
+    """Whether a TensorFlow error was raised by :func:`decode_pixels` rejecting a file's bytes.
+
+    TensorFlow reports a bad image as an ``InvalidArgumentError`` whose
+    message names the failing node, ``.../DecodeImage``; other invalid
+    arguments (shapes, dtypes) are not a bad image.
+    """
+    return isinstance(error, tf.errors.InvalidArgumentError) and "DecodeImage" in (error.message or "")
+
+
+def op_error_reason(error) -> str:
+    """The first line of a TensorFlow error without its ``{{node ...}}`` / ``[Op:...]`` decoration."""
+    reason = (error.message or type(error).__name__).strip().splitlines()[0]
+    return re.sub(r"\{\{.*?\}\}|\[Op:.*", "", reason).strip()
 
 
 def decode_image(path_or_bytes, image_size, from_bytes: bool = False):

@@ -13,7 +13,7 @@ import numpy as np
 
 from aaa_keras.data.check import verify_images
 from aaa_keras.data.names import ImageRecord, load_dataset, record_ids
-from aaa_keras.data.pipeline import eval_dataset
+from aaa_keras.data.pipeline import eval_dataset, is_decode_error, op_error_reason
 from aaa_keras.files import write_json_atomically
 from aaa_keras.evaluation.report import evaluate_features, format_table
 from aaa_keras.model.backbone import build_embedder
@@ -66,7 +66,9 @@ def evaluate_run(run_dir: str, stage: str | None = None, data: str | None = None
         return _evaluate_embedder(embedder, dataset, config, run_dir, stage, root, metrics, rerank,
                                   json_path, log)
     except tf.errors.InvalidArgumentError as error:
-        raise UserError(f"an image of {root} does not decode ({error.message.splitlines()[0]}); "
+        if not is_decode_error(error):  # a shape or dtype problem, not an image: TensorFlow's own error
+            raise
+        raise UserError(f"an image of {root} does not decode ({op_error_reason(error)}); "
                         f"find it with `python cli.py data check {root}` or pass --skip-bad-images") from None
 
 

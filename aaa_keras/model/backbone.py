@@ -89,12 +89,15 @@ def _resnet50(input_shape, weights: str) -> keras.Model:
         try:
             return keras.applications.ResNet50(
                 include_top=False, weights="imagenet", input_shape=input_shape)
-        except Exception as error:  # network errors come in many types
+        except Exception as error:
+            failure = _weights_fetch_failure(error)
+            if failure is None:  # not a download or file problem: a bug to see in full
+                raise
             raise UserError(
-                "--backbone-weights imagenet: could not download the ImageNet weights of "
+                f"--backbone-weights imagenet: {failure} the ImageNet weights of "
                 f"ResNet-50 ({type(error).__name__}: {error}). Offline alternative: fetch "
                 "resnet50_weights_tf_dim_ordering_tf_kernels_notop.h5 on a connected machine "
-                "and pass --backbone-weights PATH (or omit the flag for random init)") from None
+                "and pass --backbone-weights PATH (or omit the flag for random init)") from error
     if weights:
         try:
             return keras.applications.ResNet50(
@@ -105,6 +108,20 @@ def _resnet50(input_shape, weights: str) -> keras.Model:
                 f"file ({error}); expected keras.applications' "
                 "resnet50_weights_tf_dim_ordering_tf_kernels_notop.h5") from None
     return keras.applications.ResNet50(include_top=False, weights=None, input_shape=input_shape)
+
+
+# What keras.utils.get_file raises when a download fails: HTTP and URL errors
+# re-raised as a plain Exception, and a file whose hash does not match.
+_DOWNLOAD_MESSAGES = ("URL fetch failure", "Incomplete or corrupted file")
+
+
+def _weights_fetch_failure(error: Exception) -> str | None:
+    """How fetching keras.applications' weight file failed, or None if ``error`` is something else."""
+    if any(text in str(error) for text in _DOWNLOAD_MESSAGES):
+        return "could not download"
+    if isinstance(error, OSError):  # a dropped connection, a full disk, a truncated cached .h5
+        return "could not download or read"
+    return None
 
 
 def build_backbone(name: str, input_shape, weights: str = "") -> keras.Model:
