@@ -11,6 +11,7 @@ import dataclasses
 import json
 import os
 import re
+import warnings
 
 from aaa_keras.errors import RunDirError, UserError
 from aaa_keras.files import write_json_atomically
@@ -194,6 +195,7 @@ def save_config(config: RunConfig, run_dir: str) -> None:
 
 
 def load_config(run_dir: str) -> RunConfig:
+    """The configuration saved in ``run_dir``; keys RunConfig lacks are dropped with a warning naming them."""
     path = os.path.join(run_dir, CONFIG_FILE)
     if not os.path.isfile(path):
         raise RunDirError(f"--run-dir: {run_dir} has no {CONFIG_FILE}; train a stage there first "
@@ -204,6 +206,11 @@ def load_config(run_dir: str) -> RunConfig:
     except (OSError, json.JSONDecodeError) as error:
         raise RunDirError(f"{path}: cannot read the run configuration ({error})") from None
     known = {f.name for f in dataclasses.fields(RunConfig)}
+    unknown = sorted(k for k in values if k not in known)
+    if unknown:
+        warnings.warn(f"{path}: ignoring setting{'s' if len(unknown) > 1 else ''} this version does "
+                      f"not have: {', '.join(unknown)} (written by another version of aaa-keras?)",
+                      UserWarning, stacklevel=2)
     return RunConfig(**{k: v for k, v in values.items() if k in known})
 
 
