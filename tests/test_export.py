@@ -347,6 +347,98 @@ def test_missed_parity_installs_nothing_and_says_why(run_dir, tmp_path, monkeypa
     assert len(rejected) == 1 and json.loads(open(rejected[0]).read())["passed"] is False
 
 
+def test_broken_uint8_serving_signature_is_caught_and_nothing_installed(run_dir, tmp_path, monkeypatch):
+    """serving_uint8 is measured and gates the install: a SavedModel whose uint8 path inverts the pixels."""
+    import tensorflow as tf
+
+    from aaa_keras.deploy import export_run
+    from aaa_keras.deploy import saved_model
+
+    def inverted(self, images):
+        return self._embed(255.0 - tf.cast(images, tf.float32))
+
+    monkeypatch.setattr(saved_model.EmbedderServing, "_embed_uint8", inverted)
+    with pytest.raises(UserError, match=r"^parity missed: saved_model serving_uint8 cosine to Keras min "
+                                        r"-?\d\.\d+ < 0\.999\. The export was not installed"):
+        export_run(run_dir, str(tmp_path), formats=("saved_model",), log=_quiet)
+    assert not os.path.exists(tmp_path / "aaa_net" / "1")
+    rejected = glob.glob(str(tmp_path / "_rejected" / "aaa_net_v1_*" / "saved_model" / "assets.extra"
+                             / "parity.json"))
+    assert len(rejected) == 1
+    report = json.loads(open(rejected[0]).read())
+    assert report["passed"] is False and len(report["failures"]) == 1
+    assert report["saved_model"]["cosine_min"] >= 0.999  # serving_default is fine
+    assert report["saved_model"]["serve_bytes_cosine_min"] >= 0.999
+    assert report["saved_model"]["serving_uint8_cosine_min"] < 0.999
+
+
+def test_parity_verdict_covers_every_saved_model_signature():
+    from aaa_keras.deploy import parity
+
+    good = {"cosine_min": 0.99995, "cosine_mean": 0.99999, "serving_uint8_cosine_min": 0.9999,
+            "serve_bytes_cosine_min": 0.9999}
+    assert parity.failures({"saved_model": good}) == []
+    for key, signature in (("serving_uint8_cosine_min", "serving_uint8"), ("serve_bytes_cosine_min", "serve_bytes")):
+        for bad in (0.5, float("nan")):
+            problems = parity.failures({"saved_model": {**good, key: bad}})
+            assert len(problems) == 1 and problems[0].startswith(f"saved_model {signature} cosine to Keras min ")
+
+
+# === The versioned install ===
+
+def test_stale_partial_cleanup_removes_only_dead_export_directories(tmp_path):
+    from aaa_keras.deploy.install import partial_dir_name, remove_stale_partials
+    from aaa_keras.files import partial_path
+
+    dead, alive = tmp_path / partial_dir_name(2, 999999999), tmp_path / partial_dir_name(2)
+    per_file = partial_path(str(tmp_path / "2"))  # files.atomic_path's temporary: _partial_<pid>-<hex>_2
+    for directory in (dead, alive):
+        (directory / "variables").mkdir(parents=True)
+    open(per_file, "w").close()
+    (tmp_path / "_partial_3_999999999.txt").write_text("a file, not an export directory")
+    messages = []
+    remove_stale_partials(str(tmp_path), messages.append)
+    assert not dead.exists() and alive.is_dir() and os.path.isfile(per_file)
+    assert (tmp_path / "_partial_3_999999999.txt").is_file()
+    assert messages == [f"Removed {dead}, left by an interrupted export"]
+
+
+def test_versioned_install_commits_in_order_discards_on_error_and_rejects(tmp_path, monkeypatch):
+    from aaa_keras.deploy.install import versioned_install
+
+    parents = {name: str(tmp_path / name) for name in ("a", "b")}
+    renamed = []
+    original = os.rename
+    monkeypatch.setattr(os, "rename", lambda src, dst: renamed.append(dst) or original(src, dst))
+    with versioned_install(1, order=("b", "a"), clean=parents.values(), log=_quiet) as install:
+        for name in ("a", "b"):
+            with open(os.path.join(install.partial(name, parents[name]), "f"), "w") as f:
+                f.write(name)
+    assert renamed == [os.path.join(parents["b"], "1"), os.path.join(parents["a"], "1")]  # in order
+    assert all(os.listdir(parent) == ["1"] for parent in parents.values())
+
+    with pytest.raises(KeyboardInterrupt):
+        with versioned_install(2, log=_quiet) as install:
+            install.partial("a", parents["a"])
+            raise KeyboardInterrupt
+    assert os.listdir(parents["a"]) == ["1"]  # the partial directory removed, version 1 untouched
+
+    os.makedirs(os.path.join(parents["a"], "3", "variables"))  # another export took version 3 meanwhile
+    with pytest.raises(UserError, match=r"a/3: cannot move the finished export into place"):
+        with versioned_install(3, order=("b", "a"), log=_quiet) as install:
+            for name in ("a", "b"):
+                install.partial(name, parents[name])
+    assert sorted(os.listdir(parents["b"])) == ["1"]  # b/3 was moved, then taken back: all or nothing
+    assert sorted(os.listdir(parents["a"])) == ["1", "3"]
+
+    with pytest.raises(UserError, match="rejected"):
+        with versioned_install(4, log=_quiet) as install:
+            install.partial("a", parents["a"])
+            rejected = install.reject(str(tmp_path / "_rejected"), "m_v4")
+            raise UserError(f"rejected to {rejected}")
+    assert os.listdir(rejected) == ["a"] and sorted(os.listdir(parents["a"])) == ["1", "3"]
+
+
 # === Index and search ===
 
 def _protocol_rank1(query_paths, rankings):

@@ -11,9 +11,10 @@ Entry points (``python cli.py export | index | search``):
 
 Modules: ``saved_model`` (the serving signatures), ``tflite`` (conversion,
 checks, LiteRT runner), ``onnx_openvino`` (ONNX and OpenVINO conversion and
-runners), ``parity`` (cosines, mAP, thresholds), ``runtime`` (any exported
-model as an embedder), ``gallery`` (the FAISS + SQLite index), ``export``,
-``search``. ``export_run`` is imported on first use (it imports TensorFlow);
+runners), ``parity`` (the held set, cosines, mAP, thresholds), ``install``
+(the versioned atomic install: partial directories, commit, reject),
+``runtime`` (any exported model as an embedder), ``gallery`` (the FAISS +
+SQLite index), ``export``, ``search``. ``export_run`` is imported on first use (it imports TensorFlow);
 ``import aaa_keras.deploy.gallery`` or ``.search`` does not import TensorFlow
 (the models are loaded inside the functions).
 """

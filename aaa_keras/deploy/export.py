@@ -15,15 +15,17 @@ The version defaults to one more than the highest version under ``out/M``,
 ``out/tflite/M``, ``out/onnx/M`` and ``out/openvino/M``; an existing version is
 never overwritten.
 
-Atomicity: everything is written into ``_partial_V_<pid>`` directories beside
-the targets (TF Serving ignores names that are not integers), verified (the
-SavedModel is loaded back and compared with Keras, every .tflite is run with
-LiteRT, the .onnx with ONNX Runtime, the IR with OpenVINO, parity thresholds
-checked), and only then renamed into place with ``os.rename`` (TFLite, ONNX,
-OpenVINO, the SavedModel last). An exception or
-Ctrl-C removes the partial directories; a killed process leaves only a
-``_partial_*`` directory, which the next export removes. An export that misses
-parity is moved to ``out/_rejected/`` for inspection and raises ``UserError``.
+Atomicity (:mod:`aaa_keras.deploy.install`): everything is written into
+``_partial_V_<pid>`` directories beside the targets (TF Serving ignores names
+that are not integers), verified (the SavedModel is loaded back and compared
+with Keras, every .tflite is run with LiteRT, the .onnx with ONNX Runtime, the
+IR with OpenVINO, parity thresholds checked: :mod:`aaa_keras.deploy.parity`),
+and only then renamed into place with ``os.rename`` (TFLite, ONNX, OpenVINO,
+the SavedModel last). An exception or Ctrl-C removes the partial directories;
+a killed process leaves only a ``_partial_*`` directory, which the next export
+removes. An export that misses parity is moved to ``out/_rejected/`` for
+inspection and raises ``UserError``. Each file is written through
+:func:`aaa_keras.files.atomic_path`.
 """
 
 from __future__ import annotations
@@ -31,7 +33,6 @@ from __future__ import annotations
 import datetime
 import os
 import re
-import shutil
 import time
 
 import numpy as np
@@ -39,9 +40,9 @@ import numpy as np
 from aaa_keras.deploy import onnx_openvino
 from aaa_keras.deploy import parity as parity_lib
 from aaa_keras.deploy import tflite as tflite_lib
+from aaa_keras.deploy.install import versioned_install, versions_in
 from aaa_keras.errors import UserError
-from aaa_keras.files import PARTIAL_PREFIX, write_json_atomically
-from aaa_keras.run_lock import pid_alive
+from aaa_keras.files import write_bytes_atomically, write_json_atomically
 
 FORMATS = ("saved_model", "tflite", "onnx", "openvino")
 QUANTIZATIONS = tflite_lib.QUANTIZATIONS
@@ -51,8 +52,6 @@ OPENVINO_DIR = "openvino"
 COMMIT_ORDER = ("tflite", "onnx", "openvino", "saved_model")  # the SavedModel (TF Serving's) last
 REJECTED_DIR = "_rejected"
 PARITY_FILE = "parity.json"
-SAVED_MODEL_CHECK_IMAGES = 64  # held images the SavedModel's float / uint8 signatures are checked on
-SAVED_MODEL_CHECK_FILES = 16  # held files whose encoded bytes go through serve_bytes
 _MODEL_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,99}")
 
 
@@ -79,69 +78,34 @@ def _check_model_name(model_name: str) -> str:
     return model_name
 
 
-# === Versions and directories ===
-
-def versions_in(directory: str) -> list[int]:
-    """Integer-named subdirectories (TF Serving's versions), sorted."""
-    if not os.path.isdir(directory):
-        return []
-    return sorted(int(name) for name in os.listdir(directory)
-                  if name.isdigit() and os.path.isdir(os.path.join(directory, name)))
-
-
-def remove_stale_partials(directory: str, log=print) -> None:
-    """Remove ``_partial_*`` directories left by a killed export (whose process is gone)."""
-    if not os.path.isdir(directory):
-        return
-    for name in os.listdir(directory):
-        match = re.fullmatch(PARTIAL_PREFIX + r"\d+_(\d+)", name)
-        if match and not pid_alive(int(match.group(1))):
-            shutil.rmtree(os.path.join(directory, name), ignore_errors=True)
-            log(f"Removed {os.path.join(directory, name)}, left by an interrupted export")
+def _check_arguments(run_dir, out, version, representative_count) -> None:
+    if version is not None and (isinstance(version, bool) or int(version) != version or version < 1):
+        raise UserError(f"--version: expected a positive integer, got {version!r}")
+    if representative_count < 1:
+        raise UserError(f"--representative-count: expected a positive integer, got {representative_count}")
+    if os.path.exists(out) and not os.path.isdir(out):
+        raise UserError(f"--out {out}: exists and is not a directory")
+    if not os.path.isdir(run_dir):
+        raise UserError(f"--run-dir {run_dir}: no such directory; train a stage first with "
+                        f"`python cli.py fit --stage baseline --run-dir {run_dir}`")
 
 
-def _partial_dir(parent: str, version: int) -> str:
-    os.makedirs(parent, exist_ok=True)
-    path = os.path.join(parent, f"{PARTIAL_PREFIX}{version}_{os.getpid()}")
-    shutil.rmtree(path, ignore_errors=True)
-    return path
+def _parents(out: str, model_name: str) -> dict[str, str]:
+    """``{format: directory whose integer subdirectories are its versions}``."""
+    return {"saved_model": os.path.join(out, model_name), "tflite": os.path.join(out, TFLITE_DIR, model_name),
+            "onnx": os.path.join(out, ONNX_DIR, model_name), "openvino": os.path.join(out, OPENVINO_DIR, model_name)}
 
 
-def _commit(partial: str, final: str) -> None:
-    try:
-        os.rename(partial, final)
-    except OSError as error:
-        raise UserError(f"{final}: cannot move the finished export into place ({error}); another export "
-                        "may have written this version meanwhile. Nothing was overwritten") from None
-
-
-# === Data used by the checks ===
-
-def _spread(items: list, count: int) -> list:
-    """``count`` items evenly spread over ``items`` (all of them when fewer)."""
-    if count >= len(items):
-        return list(items)
-    indices = np.unique(np.linspace(0, len(items) - 1, count).round().astype(int))
-    return [items[i] for i in indices]
-
-
-def held_set(dataset, max_images: int | None = None) -> tuple[list, list]:
-    """Query and gallery records for parity: the test split, or whole identities of it up to ``max_images``."""
-    query, gallery = list(dataset.query), list(dataset.gallery)
-    total = len(query) + len(gallery)
-    if not max_images or total <= max_images:
-        return query, gallery
-    fraction = max_images / total
-    pids = sorted({r.pid for r in query})
-    keep = set(_spread(pids, max(1, int(round(len(pids) * fraction)))))
-    other = [r for r in gallery if r.pid not in pids]  # distractors, junk, gallery-only ids
-    other_kept = set(id(r) for r in _spread(other, int(round(len(other) * fraction))))
-    return ([r for r in query if r.pid in keep],
-            [r for r in gallery if r.pid in keep or id(r) in other_kept])
-
-
-def _ids(records):
-    return (np.array([r.pid for r in records], np.int64), np.array([r.camid for r in records], np.int64))
+def _choose_version(parents: dict, version: int | None, model_name: str, out: str) -> int:
+    """``version``, or one more than the highest under any format; an existing version is refused."""
+    existing = sorted(set().union(*(versions_in(parent) for parent in parents.values())))
+    if version is None:
+        return (existing[-1] + 1) if existing else 1
+    if version in existing:
+        raise UserError(f"--version {version}: {model_name} version {version} already exists under {out} "
+                        f"(versions: {', '.join(map(str, existing))}); omit --version to write "
+                        f"{existing[-1] + 1}. Nothing was overwritten")
+    return version
 
 
 # === The export ===
@@ -165,173 +129,96 @@ def export_run(run_dir: str, out: str, stage: str | None = None, formats=FORMATS
     when parity is missed (the export is then moved to ``out/_rejected/``).
     """
     from aaa_keras.data.names import load_dataset
+    from aaa_keras.data.synth import resolve_data
     from aaa_keras.evaluation.run import extract_embeddings
     from aaa_keras.model.backbone import build_embedder
-    from aaa_keras.data.synth import resolve_data
     from aaa_keras.run_dir import load_trained
 
     started = time.time()
     formats = _choices(formats, FORMATS, "--format")
     quantizations = _choices(quantizations, QUANTIZATIONS, "--quantize") if "tflite" in formats else ()
     model_name = _check_model_name(model_name)
-    if version is not None and (isinstance(version, bool) or int(version) != version or version < 1):
-        raise UserError(f"--version: expected a positive integer, got {version!r}")
-    if representative_count < 1:
-        raise UserError(f"--representative-count: expected a positive integer, got {representative_count}")
-    if os.path.exists(out) and not os.path.isdir(out):
-        raise UserError(f"--out {out}: exists and is not a directory")
-    if not os.path.isdir(run_dir):
-        raise UserError(f"--run-dir {run_dir}: no such directory; train a stage first with "
-                        f"`python cli.py fit --stage baseline --run-dir {run_dir}`")
+    _check_arguments(run_dir, out, version, representative_count)
 
-    # === The trained embedder and the data for the checks ===
+    # === The trained stage, the held set and its Keras embeddings ===
     trained = load_trained(run_dir, stage)
     config, parts, stage = trained.config, trained.parts, trained.stage
     embedder = build_embedder(parts)
     image_size = config.image_size
     root = resolve_data(data or config.data, log)
     dataset = load_dataset(root)
-    query, gallery = held_set(dataset, parity_max_images)
-    held = query + gallery
-    q_ids, g_ids = _ids(query), _ids(gallery)
+    held = parity_lib.held_set(dataset, parity_max_images)
+    parents = _parents(out, model_name)
+    version = _choose_version(parents, version, model_name, out)
 
-    saved_model_parent = os.path.join(out, model_name)
-    tflite_parent = os.path.join(out, TFLITE_DIR, model_name)
-    portable_parents = {kind: os.path.join(out, directory, model_name)
-                        for kind, directory in (("onnx", ONNX_DIR), ("openvino", OPENVINO_DIR))}
-    parents = (saved_model_parent, tflite_parent, *portable_parents.values())
-    existing = sorted(set().union(*(versions_in(parent) for parent in parents)))
-    if version is None:
-        version = (existing[-1] + 1) if existing else 1
-    elif version in existing:
-        raise UserError(f"--version {version}: {model_name} version {version} already exists under {out} "
-                        f"(versions: {', '.join(map(str, existing))}); omit --version to write "
-                        f"{existing[-1] + 1}. Nothing was overwritten")
-    for parent in parents:
-        remove_stale_partials(parent, log)
+    with versioned_install(version, order=COMMIT_ORDER, clean=parents.values(), log=log) as install:
+        log(f"Exporting stage {stage} of {run_dir} as {model_name} version {version} "
+            f"({', '.join(formats)}{': ' + ', '.join(quantizations) if quantizations else ''}), "
+            f"input {image_size[0]}x{image_size[1]}, embedding {parts.embedding_dim}-d")
+        log(f"Parity held set: {len(held.query)} query + {len(held.gallery)} gallery images of {root}")
+        reference = parity_lib.Reference(held, extract_embeddings(embedder, held.records, image_size))
+        _check_embeddings_usable(reference.embeddings, parts, held.records, image_size, run_dir, stage)
+        report = {
+            "model_name": model_name, "version": version, "run_dir": os.path.abspath(run_dir), "stage": stage,
+            "backbone": config.backbone, "image_size": list(image_size), "embedding_dim": parts.embedding_dim,
+            "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+            "data": root,
+            "held_set": {"source": "test split (query + gallery)", "num_query": len(held.query),
+                         "num_gallery": len(held.gallery), "subset": held.subset},
+            "thresholds": parity_lib.thresholds(),
+            "keras": reference.retrieval,
+        }
+        files = {}  # format -> installed file name(s)
 
-    log(f"Exporting stage {stage} of {run_dir} as {model_name} version {version} "
-        f"({', '.join(formats)}{': ' + ', '.join(quantizations) if quantizations else ''}), "
-        f"input {image_size[0]}x{image_size[1]}, embedding {parts.embedding_dim}-d")
-    log(f"Parity held set: {len(query)} query + {len(gallery)} gallery images of {root}")
-    reference = extract_embeddings(embedder, held, image_size)
-    _check_embeddings_usable(reference, parts, held, image_size, run_dir, stage)
-    report = {
-        "model_name": model_name, "version": version, "run_dir": os.path.abspath(run_dir), "stage": stage,
-        "backbone": config.backbone, "image_size": list(image_size), "embedding_dim": parts.embedding_dim,
-        "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "data": root,
-        "held_set": {"source": "test split (query + gallery)", "num_query": len(query),
-                     "num_gallery": len(gallery),
-                     "subset": len(held) < len(dataset.query) + len(dataset.gallery)},
-        "thresholds": parity_lib.thresholds(),
-        "keras": parity_lib.retrieval(reference[:len(query)], reference[len(query):], q_ids[0], g_ids[0],
-                                      q_ids[1], g_ids[1]),
-    }
-    mean = reference.mean(axis=0)
-
-    partials = []
-    try:
         # === SavedModel ===
         if "saved_model" in formats:
-            partial = _partial_dir(saved_model_parent, version)
-            partials.append(("saved_model", partial, os.path.join(saved_model_parent, str(version))))
-            report["saved_model"] = _export_saved_model(embedder, image_size, partial, held, reference, mean, log)
+            report["saved_model"] = _export_saved_model(
+                embedder, image_size, install.partial("saved_model", parents["saved_model"]), reference, log)
 
-        # === TFLite ===
-        tflite_files = {}
-        if quantizations:
-            partial = _partial_dir(tflite_parent, version)
-            os.makedirs(partial)
-            partials.insert(0, ("tflite", partial, os.path.join(tflite_parent, str(version))))
-            train_records = _spread(list(dataset.train), representative_count)
-            from aaa_keras.deploy.runtime import read_images
-
-            representative = read_images([r.path for r in train_records], image_size)
-            report["representative_set"] = {"source": "training split", "num_images": len(train_records),
-                                            "requested": representative_count}
-            graph = tflite_lib.tflite_graph(parts)
-            _check_same_outputs(graph, embedder, representative[:8])
-            converted = {}
-            if "int8" in quantizations:  # before the int8 calibration, which segfaults on overflowing activations
-                converted["float32"] = tflite_lib.convert(graph, "float32")
-                tflite_lib.check_activation_range(converted["float32"], representative[:8])
-            report["tflite"] = {}
-            for quantization in quantizations:
-                name = tflite_lib.tflite_file_name(model_name, version, quantization)
-                entry, content, embeddings = _export_tflite(
-                    graph, quantization, representative, held, reference, mean, embedder.count_params(),
-                    name, num_threads, converted.get(quantization))
-                tflite_lib.write_bytes_atomically(os.path.join(partial, name), content)
-                entry.update(parity_lib.retrieval(embeddings[:len(query)], embeddings[len(query):],
-                                                  q_ids[0], g_ids[0], q_ids[1], g_ids[1]))
-                report["tflite"][quantization] = entry
-                tflite_files[quantization] = os.path.join(tflite_parent, str(version), name)
-                log(f"  {quantization}: {entry['bytes'] / 1e6:.1f} MB, cosine to Keras min "
-                    f"{entry['cosine_min']:.5f} mean {entry['cosine_mean']:.5f} (centred min "
-                    f"{entry['centred_cosine_min']:.4f}), mAP {entry['mAP']:.2f} "
-                    f"(Keras {report['keras']['mAP']:.2f})")
+        # === TFLite variants ===
+        if "tflite" in formats:
+            report["representative_set"], report["tflite"], files["tflite"] = _export_tflite_variants(
+                parts, embedder, image_size, dataset, representative_count, quantizations, model_name, version,
+                install.partial("tflite", parents["tflite"]), reference, num_threads, log)
             if "int8" in report["tflite"] and "float32" in report["tflite"]:
                 report["int8_map_drop_points"] = round(
                     report["tflite"]["float32"]["mAP"] - report["tflite"]["int8"]["mAP"], 3)
 
         # === ONNX and OpenVINO ===
-        portable_files = {}
         for kind in ("onnx", "openvino"):
-            if kind not in formats:
-                continue
-            partial = _partial_dir(portable_parents[kind], version)
-            os.makedirs(partial)
-            partials.append((kind, partial, os.path.join(portable_parents[kind], str(version))))
-            name = (onnx_openvino.onnx_file_name if kind == "onnx" else onnx_openvino.openvino_file_name)(
-                model_name, version)
-            entry, embeddings = _export_portable(kind, embedder, os.path.join(partial, name), held, reference,
-                                                 mean, num_threads)
-            entry.update(parity_lib.retrieval(embeddings[:len(query)], embeddings[len(query):],
-                                              q_ids[0], g_ids[0], q_ids[1], g_ids[1]))
-            report[kind] = entry
-            portable_files[kind] = os.path.join(portable_parents[kind], str(version), name)
-            precision = f", {entry['inference_precision']} inference" if "inference_precision" in entry else ""
-            log(f"  {kind}: {entry['bytes'] / 1e6:.1f} MB{precision}, cosine to Keras min {entry['cosine_min']:.6f} "
-                f"mean {entry['cosine_mean']:.6f}, mAP {entry['mAP']:.2f} (Keras {report['keras']['mAP']:.2f})")
+            if kind in formats:
+                files[kind] = (onnx_openvino.onnx_file_name if kind == "onnx" else
+                               onnx_openvino.openvino_file_name)(model_name, version)
+                path = os.path.join(install.partial(kind, parents[kind]), files[kind])
+                report[kind] = _export_portable(kind, embedder, path, reference, num_threads, log)
 
-        # === Parity verdict, then the atomic commit ===
+        # === Parity verdict, then the commit (on leaving the block) or the rejection ===
         problems = parity_lib.failures(report)
         report["passed"], report["failures"] = not problems, problems
         report["seconds"] = round(time.time() - started, 1)
-        for kind, partial, _ in partials:
+        for kind, partial in install.partials.items():
             target = os.path.join(partial, "assets.extra") if kind == "saved_model" else partial
             os.makedirs(target, exist_ok=True)
             write_json_atomically(os.path.join(target, PARITY_FILE), report)
         if problems:
-            rejected = _reject(out, model_name, version, partials)
-            partials = []
+            rejected = install.reject(os.path.join(out, REJECTED_DIR), f"{model_name}_v{version}")
             raise UserError(f"parity missed: {'; '.join(problems)}. The export was not installed; it is in "
                             f"{rejected} with its {PARITY_FILE}")
-        committed = []
-        partials.sort(key=lambda item: COMMIT_ORDER.index(item[0]))
-        try:
-            for _, partial, final in partials:
-                _commit(partial, final)
-                committed.append((partial, final))
-        except BaseException:
-            for partial, final in reversed(committed):  # all or nothing: take back what was moved
-                os.rename(final, partial)
-            raise
-        partials = []
-    finally:
-        for _, partial, _ in partials:
-            shutil.rmtree(partial, ignore_errors=True)
+        finals = {kind: install.final(kind) for kind in formats}
+    return _result(finals, files, version, stage, report, model_name, log)
 
+
+def _result(finals: dict, files: dict, version: int, stage: str, report: dict, model_name: str, log) -> dict:
+    """What :func:`export_run` returns, and its closing log lines."""
+    tflite_files = {quantization: os.path.join(finals["tflite"], name)
+                    for quantization, name in files.get("tflite", {}).items()}
+    portable = {kind: os.path.join(finals[kind], files[kind]) for kind in ("onnx", "openvino") if kind in files}
+    first = "tflite" if tflite_files else next(iter(portable), None)
     result = {
-        "version": version, "stage": stage,
-        "saved_model": os.path.join(saved_model_parent, str(version)) if "saved_model" in formats else None,
-        "tflite": tflite_files,
-        "onnx": portable_files.get("onnx"), "openvino": portable_files.get("openvino"),
-        "parity_json": (os.path.join(tflite_parent, str(version), PARITY_FILE) if tflite_files else
-                        os.path.join(os.path.dirname(next(iter(portable_files.values()))), PARITY_FILE)
-                        if portable_files else
-                        os.path.join(saved_model_parent, str(version), "assets.extra", PARITY_FILE)),
+        "version": version, "stage": stage, "saved_model": finals.get("saved_model"), "tflite": tflite_files,
+        "onnx": portable.get("onnx"), "openvino": portable.get("openvino"),
+        "parity_json": (os.path.join(finals[first], PARITY_FILE) if first else
+                        os.path.join(finals["saved_model"], "assets.extra", PARITY_FILE)),
         "report": report,
     }
     log(f"Parity passed; wrote {model_name} version {version} in {report['seconds']:.0f} s:")
@@ -339,13 +226,15 @@ def export_run(run_dir: str, out: str, stage: str | None = None, formats=FORMATS
         log(f"  SavedModel {result['saved_model']} (signatures serving_default, serving_uint8, serve_bytes)")
     for quantization, path in tflite_files.items():
         log(f"  TFLite {quantization}: {path}")
-    for kind, path in portable_files.items():
+    for kind, path in portable.items():
         log(f"  {'ONNX' if kind == 'onnx' else 'OpenVINO IR'}: {path}")
     log(f"  {result['parity_json']}")
     return result
 
 
-def _export_saved_model(embedder, image_size, path, held, reference, mean, log) -> dict:
+# === One format each: write, load back with its own runtime, score against Keras ===
+
+def _export_saved_model(embedder, image_size, path, reference, log) -> dict:
     """Write the SavedModel to ``path``, load it back, and compare its three signatures with Keras."""
     import tensorflow as tf
 
@@ -358,15 +247,14 @@ def _export_saved_model(embedder, image_size, path, held, reference, mean, log) 
     missing = [name for name in saved_model.SIGNATURES if name not in signatures]
     if missing:
         raise UserError(f"{path}: the written SavedModel lacks the signatures {missing}")
-    check = _spread(list(range(len(held))), SAVED_MODEL_CHECK_IMAGES)
+    held = reference.held.records
+    check, files = parity_lib.saved_model_checks(len(held))
     images = read_images([held[i].path for i in check], image_size)
-    entry = parity_lib.compare(reference[check], saved_model.embed_images(
-        signatures[saved_model.SIGNATURE_FLOAT], images), mean)
+    entry = reference.compare(saved_model.embed_images(signatures[saved_model.SIGNATURE_FLOAT], images), check)
     rounded = np.round(images)
-    uint8_entry = parity_lib.compare(
-        np.asarray(embedder.predict(rounded, verbose=0)),
-        saved_model.embed_images(signatures[saved_model.SIGNATURE_UINT8], rounded.astype(np.uint8)), mean)
-    files = _spread(check, SAVED_MODEL_CHECK_FILES)
+    uint8_entry = reference.compare(
+        saved_model.embed_images(signatures[saved_model.SIGNATURE_UINT8], rounded.astype(np.uint8)),
+        reference=np.asarray(embedder.predict(rounded, verbose=0)))
     encoded = []
     for i in files:
         with open(held[i].path, "rb") as f:
@@ -375,7 +263,7 @@ def _export_saved_model(embedder, image_size, path, held, reference, mean, log) 
         from_bytes = saved_model.embed_bytes(signatures[saved_model.SIGNATURE_BYTES], encoded)
     except tf.errors.InvalidArgumentError as error:
         raise UserError(f"{path}: serve_bytes refused the test images ({str(error).splitlines()[0]})") from None
-    bytes_entry = parity_lib.compare(reference[files], from_bytes, mean)
+    bytes_entry = reference.compare(from_bytes, files)
     entry.update({
         "num_images": len(check), "serving_uint8_cosine_min": uint8_entry["cosine_min"],
         "serve_bytes_cosine_min": bytes_entry["cosine_min"], "serve_bytes_num_images": len(files),
@@ -386,6 +274,37 @@ def _export_saved_model(embedder, image_size, path, held, reference, mean, log) 
         f"Keras min {entry['cosine_min']:.6f} (serving_uint8 {entry['serving_uint8_cosine_min']:.6f}, "
         f"serve_bytes {entry['serve_bytes_cosine_min']:.6f})")
     return entry
+
+
+def _export_tflite_variants(parts, embedder, image_size, dataset, representative_count, quantizations, model_name,
+                            version, partial, reference, num_threads, log) -> tuple[dict, dict, dict]:
+    """Convert, check and write each quantization into ``partial``.
+
+    Returns ``(representative set info, {quantization: parity entry}, {quantization: file name})``.
+    """
+    from aaa_keras.deploy.runtime import read_images
+
+    train_records = parity_lib.spread(list(dataset.train), representative_count)
+    representative = read_images([r.path for r in train_records], image_size)
+    info = {"source": "training split", "num_images": len(train_records), "requested": representative_count}
+    graph = tflite_lib.tflite_graph(parts)
+    _check_same_outputs(graph, embedder, representative[:8])
+    converted = {}
+    if "int8" in quantizations:  # before the int8 calibration, which segfaults on overflowing activations
+        converted["float32"] = tflite_lib.convert(graph, "float32")
+        tflite_lib.check_activation_range(converted["float32"], representative[:8])
+    entries, names = {}, {}
+    for quantization in quantizations:
+        name = tflite_lib.tflite_file_name(model_name, version, quantization)
+        entry, content = _export_tflite(graph, quantization, representative, reference, embedder.count_params(),
+                                        name, num_threads, converted.get(quantization))
+        write_bytes_atomically(os.path.join(partial, name), content)
+        entries[quantization], names[quantization] = entry, name
+        log(f"  {quantization}: {entry['bytes'] / 1e6:.1f} MB, cosine to Keras min "
+            f"{entry['cosine_min']:.5f} mean {entry['cosine_mean']:.5f} (centred min "
+            f"{entry['centred_cosine_min']:.4f}), mAP {entry['mAP']:.2f} "
+            f"(Keras {reference.retrieval['mAP']:.2f})")
+    return info, entries, names
 
 
 def _check_embeddings_usable(reference, parts, held, image_size, run_dir, stage) -> None:
@@ -411,11 +330,11 @@ def _check_same_outputs(graph, embedder, images) -> None:
         raise UserError(f"internal: the TFLite graph differs from the embedder by {difference:.2e}")
 
 
-def _export_tflite(graph, quantization, representative, held, reference, mean, num_weights, name,
-                   num_threads, content=None) -> tuple[dict, bytes, np.ndarray]:
+def _export_tflite(graph, quantization, representative, reference, num_weights, name, num_threads,
+                   content=None) -> tuple[dict, bytes]:
     """Convert (unless ``content`` is given), check, run on the held set with LiteRT.
 
-    Returns ``(parity entry, flatbuffer, embeddings of the held set)``.
+    Returns ``(parity entry, flatbuffer)``.
     """
     from aaa_keras.deploy.runtime import embed_files
 
@@ -425,20 +344,18 @@ def _export_tflite(graph, quantization, representative, held, reference, mean, n
     tflite_lib.check_tflite(content, quantization, num_weights, name)
     runner = tflite_lib.TFLiteEmbedder(model_content=content, num_threads=num_threads)
     convert_seconds = time.time() - started
-    embeddings = embed_files(runner, [r.path for r in held])
-    entry = parity_lib.compare(reference, embeddings, mean)
+    embeddings = embed_files(runner, [r.path for r in reference.held.records])
+    entry = reference.compare(embeddings)
     entry.update({"file": name, "bytes": len(content), **runner.io_details(),
                   "convert_seconds": round(convert_seconds, 1)})
     if quantization == "int8":
         entry["embedding_range_headroom"] = tflite_lib.EMBEDDING_HEADROOM
-    return entry, content, embeddings
+    entry.update(reference.held.retrieval(embeddings))
+    return entry, content
 
 
-def _export_portable(kind, embedder, path, held, reference, mean, num_threads) -> tuple[dict, np.ndarray]:
-    """Write the ONNX or OpenVINO model to ``path``, load it with its own runtime, run it on the held set.
-
-    Returns ``(parity entry, embeddings of the held set)``.
-    """
+def _export_portable(kind, embedder, path, reference, num_threads, log) -> dict:
+    """Write the ONNX or OpenVINO model to ``path``, load it with its own runtime, score it on the held set."""
     from aaa_keras.deploy.runtime import embed_files
 
     started = time.time()
@@ -452,21 +369,16 @@ def _export_portable(kind, embedder, path, held, reference, mean, num_threads) -
         files = [path, path[:-len(".xml")] + ".bin"]
         info["inference_precision"] = runner.inference_precision
     convert_seconds = time.time() - started
-    embeddings = embed_files(runner, [r.path for r in held])
-    entry = parity_lib.compare(reference, embeddings, mean)
+    embeddings = embed_files(runner, [r.path for r in reference.held.records])
+    entry = reference.compare(embeddings)
     entry.update({
         "file": os.path.basename(path), "bytes": sum(os.path.getsize(f) for f in files),
         "input": {"name": onnx_openvino.INPUT_NAME, "dtype": "float32", "shape": [-1, *runner.image_size, 3]},
         "output": {"name": onnx_openvino.OUTPUT_NAME, "dtype": "float32", "shape": [-1, runner.embedding_dim]},
         "convert_seconds": round(convert_seconds, 1), "num_threads": num_threads, **info,
     })
-    return entry, embeddings
-
-
-def _reject(out: str, model_name: str, version: int, partials) -> str:
-    stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
-    rejected = os.path.join(out, REJECTED_DIR, f"{model_name}_v{version}_{stamp}")
-    os.makedirs(rejected, exist_ok=True)
-    for kind, partial, _ in partials:
-        os.rename(partial, os.path.join(rejected, kind))
-    return rejected
+    entry.update(reference.held.retrieval(embeddings))
+    precision = f", {entry['inference_precision']} inference" if "inference_precision" in entry else ""
+    log(f"  {kind}: {entry['bytes'] / 1e6:.1f} MB{precision}, cosine to Keras min {entry['cosine_min']:.6f} "
+        f"mean {entry['cosine_mean']:.6f}, mAP {entry['mAP']:.2f} (Keras {reference.retrieval['mAP']:.2f})")
+    return entry

@@ -32,6 +32,7 @@ import warnings
 import numpy as np
 
 from aaa_keras.errors import UserError
+from aaa_keras.files import atomic_path, partial_path
 
 INPUT_NAME = "images"
 OUTPUT_NAME = "embedding"
@@ -58,25 +59,26 @@ def _quiet():
 # === ONNX ===
 
 def save_onnx(embedder, path: str, opset: int | None = None) -> dict:
-    """Write the ONNX model of ``embedder`` to ``path``; returns ``{"opset", "ops"}``."""
+    """Write the ONNX model of ``embedder`` to ``path`` (atomically); returns ``{"opset", "ops"}``."""
     import onnx
 
-    with _quiet():
-        embedder.export(path, format="onnx", verbose=False, opset_version=opset)
-    model = onnx.load(path)
-    graph = model.graph
-    if len(graph.input) != 1 or len(graph.output) != 1:
-        raise UserError(f"{path}: tf2onnx wrote {len(graph.input)} inputs and {len(graph.output)} outputs; "
-                        "expected one image input and one embedding output")
-    renames = {graph.input[0].name: INPUT_NAME, graph.output[0].name: OUTPUT_NAME}
-    for node in graph.node:
-        node.input[:] = [renames.get(name, name) for name in node.input]
-        node.output[:] = [renames.get(name, name) for name in node.output]
-    for value in (graph.input[0], graph.output[0]):
-        value.name = renames[value.name]
-        value.type.tensor_type.shape.dim[0].dim_param = BATCH_DIM
-    onnx.checker.check_model(model)
-    onnx.save(model, path)
+    with atomic_path(path) as tmp:
+        with _quiet():
+            embedder.export(tmp, format="onnx", verbose=False, opset_version=opset)
+        model = onnx.load(tmp)
+        graph = model.graph
+        if len(graph.input) != 1 or len(graph.output) != 1:
+            raise UserError(f"{path}: tf2onnx wrote {len(graph.input)} inputs and {len(graph.output)} outputs; "
+                            "expected one image input and one embedding output")
+        renames = {graph.input[0].name: INPUT_NAME, graph.output[0].name: OUTPUT_NAME}
+        for node in graph.node:
+            node.input[:] = [renames.get(name, name) for name in node.input]
+            node.output[:] = [renames.get(name, name) for name in node.output]
+        for value in (graph.input[0], graph.output[0]):
+            value.name = renames[value.name]
+            value.type.tensor_type.shape.dim[0].dim_param = BATCH_DIM
+        onnx.checker.check_model(model)
+        onnx.save(model, tmp)
     opset_version = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), None)
     return {"opset": opset_version, "ops": sorted({node.op_type for node in graph.node})}
 
@@ -118,13 +120,18 @@ class OnnxEmbedder:
 # === OpenVINO ===
 
 def save_openvino(embedder, path: str) -> dict:
-    """Write the OpenVINO IR (``path`` ``.xml`` + ``.bin``) of ``embedder``; returns ``{"ops"}``."""
+    """Write the OpenVINO IR (``path`` ``.xml`` + ``.bin``) of ``embedder``; returns ``{"ops"}``.
+
+    Both files are written atomically, the ``.bin`` first (OpenVINO finds the
+    weights by the ``.xml``'s name, so a reader never sees an IR without them).
+    """
     import openvino as ov
 
-    raw = path[:-len(".xml")] + "_keras.xml"
-    with _quiet():
-        embedder.export(raw, format="openvino", verbose=False)
+    raw = partial_path(path[:-len(".xml")] + "_keras.xml")  # Keras's own export, a scratch file
+    leftovers = [raw, raw[:-len(".xml")] + ".bin"]
     try:
+        with _quiet():
+            embedder.export(raw, format="openvino", verbose=False)
         model = ov.Core().read_model(raw)
         dim = int(embedder.output.shape[-1])
         # The TensorFlow frontend also returns the classifier logits; the function's output is the Identity.
@@ -137,10 +144,13 @@ def save_openvino(embedder, path: str) -> dict:
         pruned.inputs[0].get_tensor().set_names({INPUT_NAME})
         pruned.get_parameters()[0].set_friendly_name(INPUT_NAME)
         pruned.outputs[0].get_tensor().set_names({OUTPUT_NAME})
-        ov.save_model(pruned, path, compress_to_fp16=False)
+        with atomic_path(path) as xml_tmp, atomic_path(path[:-len(".xml")] + ".bin") as bin_tmp:
+            leftovers.append(xml_tmp[:-len(".xml")] + ".bin")
+            ov.save_model(pruned, xml_tmp, compress_to_fp16=False)
+            os.replace(leftovers[-1], bin_tmp)
         ops = sorted({op.get_type_name() for op in pruned.get_ordered_ops()})
     finally:
-        for leftover in (raw, raw[:-len(".xml")] + ".bin"):
+        for leftover in leftovers:
             if os.path.exists(leftover):
                 os.remove(leftover)
     return {"ops": ops}

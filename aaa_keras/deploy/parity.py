@@ -15,10 +15,21 @@ and gallery, never used for calibration):
 
 Thresholds (SPEC section 4), applied per image: cosine >= 0.999 for float32,
 float16, the SavedModel, ONNX and OpenVINO, >= 0.98 for int8; int8 mAP at most 1 point below
-float32's. Missing one raises ``UserError("parity missed: ...")``.
+float32's. The SavedModel's other two signatures (``serving_uint8``,
+``serve_bytes``) are held to the SavedModel's threshold too. Missing one
+raises ``UserError("parity missed: ...")``.
+
+Which images: :func:`held_set` chooses the held set (the whole test split, or
+whole test identities of it up to a bound); :func:`spread` picks evenly spaced
+items (the SavedModel's signature checks, the int8 calibration images);
+:class:`Reference` holds the Keras embeddings of the held set and scores an
+exported model's embeddings against them.
 """
 
 from __future__ import annotations
+
+import dataclasses
+import functools
 
 import numpy as np
 
@@ -27,6 +38,93 @@ from aaa_keras.errors import UserError
 COSINE_THRESHOLDS = {"saved_model": 0.999, "onnx": 0.999, "openvino": 0.999, "float32": 0.999, "float16": 0.999,
                      "int8": 0.98}
 MAX_INT8_MAP_DROP = 1.0  # percentage points of mAP, int8 vs float32
+SAVED_MODEL_CHECK_IMAGES = 64  # held images the SavedModel's float / uint8 signatures are checked on
+SAVED_MODEL_CHECK_FILES = 16  # held files whose encoded bytes go through serve_bytes
+# The SavedModel's other signatures, checked against the SavedModel's threshold: (report key, signature).
+SIGNATURE_COSINES = (("serving_uint8_cosine_min", "serving_uint8"), ("serve_bytes_cosine_min", "serve_bytes"))
+
+
+# === Which images the checks use ===
+
+def spread(items: list, count: int) -> list:
+    """``count`` items evenly spread over ``items`` (all of them when fewer)."""
+    if count >= len(items):
+        return list(items)
+    indices = np.unique(np.linspace(0, len(items) - 1, count).round().astype(int))
+    return [items[i] for i in indices]
+
+
+@dataclasses.dataclass(frozen=True)
+class HeldSet:
+    """The parity images: query and gallery records of the test split (never used for calibration)."""
+
+    query: list
+    gallery: list
+    subset: bool = False  # whether part of the test split was left out (``max_images``)
+
+    @property
+    def records(self) -> list:
+        return self.query + self.gallery
+
+    def retrieval(self, embeddings: np.ndarray) -> dict:
+        """``{"mAP", "rank1", "num_query"}`` of embeddings of :attr:`records` (query first)."""
+        (q_pids, q_camids), (g_pids, g_camids) = _ids(self.query), _ids(self.gallery)
+        count = len(self.query)
+        return retrieval(embeddings[:count], embeddings[count:], q_pids, g_pids, q_camids, g_camids)
+
+
+def held_set(dataset, max_images: int | None = None) -> HeldSet:
+    """Query and gallery records for parity: the test split, or whole identities of it up to ``max_images``."""
+    query, gallery = list(dataset.query), list(dataset.gallery)
+    total = len(query) + len(gallery)
+    if not max_images or total <= max_images:
+        return HeldSet(query, gallery)
+    fraction = max_images / total
+    pids = sorted({r.pid for r in query})
+    keep = set(spread(pids, max(1, int(round(len(pids) * fraction)))))
+    other = [r for r in gallery if r.pid not in pids]  # distractors, junk, gallery-only ids
+    other_kept = set(id(r) for r in spread(other, int(round(len(other) * fraction))))
+    query = [r for r in query if r.pid in keep]
+    gallery = [r for r in gallery if r.pid in keep or id(r) in other_kept]
+    return HeldSet(query, gallery, subset=len(query) + len(gallery) < total)
+
+
+def saved_model_checks(count: int) -> tuple[list[int], list[int]]:
+    """Indices into a held set of ``count`` images: those the SavedModel's image signatures are run on,
+    and the subset of them whose files go through ``serve_bytes``."""
+    images = spread(list(range(count)), SAVED_MODEL_CHECK_IMAGES)
+    return images, spread(images, SAVED_MODEL_CHECK_FILES)
+
+
+def _ids(records):
+    return (np.array([r.pid for r in records], np.int64), np.array([r.camid for r in records], np.int64))
+
+
+@dataclasses.dataclass(frozen=True)
+class Reference:
+    """The Keras embeddings of a held set, against which every exported model is scored."""
+
+    held: HeldSet
+    embeddings: np.ndarray
+
+    @functools.cached_property
+    def mean(self) -> np.ndarray:
+        return self.embeddings.mean(axis=0)
+
+    @functools.cached_property
+    def retrieval(self) -> dict:
+        """Retrieval (mAP, rank-1) of the Keras embeddings themselves."""
+        return self.held.retrieval(self.embeddings)
+
+    def compare(self, candidate: np.ndarray, indices=None, reference: np.ndarray | None = None) -> dict:
+        """:func:`compare` with the held set's mean; ``indices`` select part of the held set, ``reference``
+        replaces the Keras embeddings (e.g. of rounded pixels)."""
+        if reference is None:
+            reference = self.embeddings if indices is None else self.embeddings[indices]
+        return compare(reference, candidate, self.mean)
+
+
+# === Scores and thresholds ===
 
 
 def _normalized(x: np.ndarray) -> np.ndarray:
@@ -85,9 +183,10 @@ def failures(report: dict) -> list[str]:
         elif entry["cosine_min"] < threshold:
             problems.append(f"{name} per-image cosine to Keras min {entry['cosine_min']:.4f} < {threshold} "
                             f"(mean {entry['cosine_mean']:.4f})")
-        bytes_min = entry.get("serve_bytes_cosine_min")
-        if bytes_min is not None and bytes_min < threshold:
-            problems.append(f"{name} serve_bytes cosine to Keras min {bytes_min:.4f} < {threshold}")
+        for key, signature in SIGNATURE_COSINES:
+            value = entry.get(key)
+            if value is not None and not value >= threshold:  # NaN misses too
+                problems.append(f"{name} {signature} cosine to Keras min {value:.4f} < {threshold}")
     tflite = report.get("tflite", {})
     if "int8" in tflite and "float32" in tflite and "mAP" in tflite["int8"] and "mAP" in tflite["float32"]:
         drop = tflite["float32"]["mAP"] - tflite["int8"]["mAP"]

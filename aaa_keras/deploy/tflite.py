@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import contextlib
 import io
-import os
 import warnings
 
 import keras
@@ -315,11 +314,3 @@ def tflite_file_name(model_name: str, version: int, quantization: str) -> str:
     """``<model_name>_v<version>_<quantization>.tflite``: self-describing once copied to a camera."""
     return f"{model_name}_v{version}_{quantization}.tflite"
 
-
-def write_bytes_atomically(path: str, content: bytes) -> None:
-    tmp = os.path.join(os.path.dirname(path) or ".", f"_partial_{os.getpid()}_{os.path.basename(path)}")
-    with open(tmp, "wb") as f:
-        f.write(content)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
