@@ -1,11 +1,13 @@
-"""evaluate_rank: hand-computed cases, a slow per-query reference, input errors."""
+"""evaluate_rank: hand-computed cases, a slow per-query reference, input errors; the match / junk
+rule (protocol_masks, match_kind) and the top-k ranking (ranked_gallery) shared with the pictures."""
 
 import numpy as np
 import pytest
 
 from aaa_keras.errors import UserError
 from aaa_keras.evaluation import evaluate_rank
-from aaa_keras.evaluation.rank import stable_argsort_rows
+from aaa_keras.evaluation.rank import (evaluate_rank_per_query, match_kind, protocol_masks, ranked_gallery,
+                                       stable_argsort_rows)
 
 
 def reference_evaluate(distmat, q_pids, g_pids, q_camids, g_camids, max_rank):
@@ -224,3 +226,72 @@ def test_bad_distmat_and_parameters_are_named():
         evaluate_rank(np.zeros((1, 2)), *labels, chunk_size=0)
     with pytest.raises(UserError, match="q_pids"):
         evaluate_rank(np.zeros((1, 2)), np.array([1.5]), *labels[1:])
+
+
+# === The match / junk rule and the top-k ranking ===
+
+
+def test_match_kind_follows_the_protocol():
+    query = {"path": "q.jpg", "pid": 5, "camid": 1}
+    assert match_kind(query, {"pid": 5, "camid": 2}) == "match"
+    assert match_kind(query, {"pid": 5, "camid": 1}) == "junk"  # same id, same camera
+    assert match_kind(query, {"pid": -1, "camid": 2}) == "junk"
+    assert match_kind(query, {"pid": 0, "camid": 2}) == "wrong"  # distractor
+    assert match_kind(query, {"pid": 7, "camid": 2}) == "wrong"
+    assert match_kind(query, {"pid": None, "camid": None}) == "unknown"
+    assert match_kind({"path": "x.jpg", "pid": None, "camid": None}, {"pid": 5, "camid": 2}) == "unknown"
+    # Unknown cameras are never the query's camera (as before the rule moved here).
+    assert match_kind({"pid": 5, "camid": None}, {"pid": 5, "camid": None}) == "match"
+    assert match_kind({"pid": None, "camid": None}, {"pid": -1, "camid": 1}) == "junk"
+
+
+def test_protocol_masks_on_arrays_and_scalars():
+    q_pids, q_camids = np.array([[1], [2]]), np.array([[0], [0]])
+    g_pids, g_camids = np.array([1, 1, -1, 0, 2]), np.array([0, 1, 1, 1, 2])
+    matches, junk = protocol_masks(q_pids, q_camids, g_pids, g_camids)
+    np.testing.assert_array_equal(matches, [[0, 1, 0, 0, 0], [0, 0, 0, 0, 1]])
+    np.testing.assert_array_equal(junk, [[1, 0, 1, 0, 0], [0, 0, 1, 0, 0]])
+    assert tuple(map(bool, protocol_masks(3, 1, 3, 2))) == (True, False)
+
+
+def test_ranked_gallery_removes_junk_on_a_hand_made_example():
+    # Sorted: g4 (0.05, id 1 cam 0: junk), g1 (id 2: wrong), g3 (id -1: junk), g0 (id 1 cam 1: match),
+    # g2 (id 1 cam 0: junk).
+    args = (np.array([[0.3, 0.1, 0.5, 0.2, 0.05]], np.float32), np.array([1]), np.array([1, 2, 1, -1, 1]),
+            np.array([0]), np.array([1, 1, 0, 2, 0]))
+    (ranking,) = ranked_gallery(*args)
+    np.testing.assert_array_equal(ranking["indices"], [1, 0])
+    np.testing.assert_array_equal(ranking["matches"], [False, True])
+    assert not ranking["junk"].any()
+    np.testing.assert_array_equal(ranked_gallery(*args, top=1)[0]["indices"], [1])
+    (kept,) = ranked_gallery(*args, keep_junk=True)
+    np.testing.assert_array_equal(kept["indices"], [4, 1, 3, 0, 2])
+    np.testing.assert_array_equal(kept["junk"], [True, False, True, False, True])
+    np.testing.assert_array_equal(kept["matches"], [False, False, False, True, False])
+
+
+@pytest.mark.parametrize("integer_distances", [False, True])
+def test_ranked_gallery_equals_the_stable_argsort_and_the_per_query_reference(integer_distances):
+    distmat, q_pids, g_pids, q_camids, g_camids = random_problem(6, integer_distances=integer_distances)
+    top = 10
+    # keep_junk: what the ranked-list picture showed before (a stable argsort of each row, top 10).
+    kept = ranked_gallery(distmat, q_pids, g_pids, q_camids, g_camids, top, keep_junk=True)
+    expected = np.argsort(distmat, axis=1, kind="stable")[:, :top]
+    np.testing.assert_array_equal([r["indices"] for r in kept], expected)
+    removed = ranked_gallery(distmat, q_pids, g_pids, q_camids, g_camids)
+    for q, ranking in enumerate(removed):  # the loop of reference_evaluate
+        order = np.argsort(distmat[q], kind="stable")
+        remove = ((g_pids[order] == q_pids[q]) & (g_camids[order] == q_camids[q])) | (g_pids[order] == -1)
+        np.testing.assert_array_equal(ranking["indices"], order[~remove])
+        np.testing.assert_array_equal(ranking["matches"], (g_pids[order] == q_pids[q])[~remove])
+    per_query = evaluate_rank_per_query(distmat, q_pids, g_pids, q_camids, g_camids)
+    first = [np.flatnonzero(removed[q]["matches"])[0] + 1 for q in per_query["query_index"]]
+    np.testing.assert_array_equal(first, per_query["first_rank"])
+
+
+def test_ranked_gallery_sorts_nan_last_and_checks_top():
+    labels = (np.array([1]), np.array([1, 2, 3]), np.array([0]), np.array([1, 1, 1]))
+    (ranking,) = ranked_gallery(np.array([[np.nan, 0.2, 0.1]], np.float32), *labels)
+    np.testing.assert_array_equal(ranking["indices"], [2, 1, 0])
+    with pytest.raises(UserError, match="top"):
+        ranked_gallery(np.zeros((1, 3)), *labels, top=-1)

@@ -1,16 +1,19 @@
-"""Pictures: every picture function writes a PNG of its layout's pixel size; visualize_run."""
+"""Pictures: every picture function (aaa_keras.plots) writes a PNG of its layout's pixel size; visualize_run."""
 
 import math
 import os
 import shutil
+import subprocess
+import sys
 
 import matplotlib.image
 import numpy as np
 import pytest
 
-from aaa_keras import visualize
+from aaa_keras import plots, visualize
 from aaa_keras.data.names import ImageRecord, load_dataset
 from aaa_keras.errors import RunDirError, UserError
+from aaa_keras.model.occlusion import grid_cells
 
 
 def _png_shape(path):
@@ -21,10 +24,10 @@ def _png_shape(path):
 
 
 def _assert_size(path, size_inches):
-    """The PNG at ``path`` is ``size_inches`` at visualize.DPI (to the pixel: Agg truncates)."""
+    """The PNG at ``path`` is ``size_inches`` at plots.DPI (to the pixel: Agg truncates)."""
     height, width, channels = _png_shape(path)
     assert channels in (3, 4)
-    expected_w, expected_h = (s * visualize.DPI for s in size_inches)
+    expected_w, expected_h = (s * plots.DPI for s in size_inches)
     assert abs(width - expected_w) <= 1 and abs(height - expected_h) <= 1, (
         f"{path}: {width}x{height} px, expected {expected_w:.0f}x{expected_h:.0f}")
 
@@ -74,16 +77,11 @@ def trained_images(run_dir):
 
 # === Picture functions ===
 
-def test_match_kind_follows_the_protocol():
-    query = {"path": "q.jpg", "pid": 5, "camid": 1}
-    assert visualize.match_kind(query, {"pid": 5, "camid": 2}) == "match"
-    assert visualize.match_kind(query, {"pid": 5, "camid": 1}) == "junk"  # same id, same camera
-    assert visualize.match_kind(query, {"pid": -1, "camid": 2}) == "junk"
-    assert visualize.match_kind(query, {"pid": 0, "camid": 2}) == "wrong"  # distractor
-    assert visualize.match_kind(query, {"pid": 7, "camid": 2}) == "wrong"
-    assert visualize.match_kind(query, {"pid": None, "camid": None}) == "unknown"
-    assert visualize.match_kind({"path": "x.jpg", "pid": None, "camid": None},
-                                {"pid": 5, "camid": 2}) == "unknown"
+def test_plots_imports_without_tensorflow():
+    code = "import sys, aaa_keras.plots; assert 'tensorflow' not in sys.modules, 'tensorflow imported'"
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                            cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    assert result.returncode == 0, result.stderr
 
 
 def test_save_ranked_lists_writes_a_png_of_its_layout_size(tiny_data, tmp_path):
@@ -94,12 +92,12 @@ def test_save_ranked_lists_writes_a_png_of_its_layout_size(tiny_data, tmp_path):
     ranking = [dict(path=g.path, pid=g.pid, camid=g.camid, distance=0.1 * i)
                for i, g in enumerate(gallery[:10])]
     rankings = [ranking, ranking[:4]]  # a short ranking leaves blank panels
-    path = visualize.save_ranked_lists(str(tmp_path / "sub" / "ranks.png"), queries, rankings, top=6)
+    path = plots.save_ranked_lists(str(tmp_path / "sub" / "ranks.png"), queries, rankings, top=6)
     assert path == str(tmp_path / "sub" / "ranks.png")
-    _assert_size(path, visualize.ranked_lists_size(2, 6))
+    _assert_size(path, plots.ranked_lists_size(2, 6))
     assert not [n for n in os.listdir(tmp_path / "sub") if n != "ranks.png"]  # no partial file left
     with pytest.raises(UserError, match="2 queries but 1 rankings"):
-        visualize.save_ranked_lists(str(tmp_path / "bad.png"), queries, rankings[:1])
+        plots.save_ranked_lists(str(tmp_path / "bad.png"), queries, rankings[:1])
 
 
 def test_plot_attention_maps_writes_a_png_of_its_layout_size(trained_images, tmp_path):
@@ -108,12 +106,11 @@ def test_plot_attention_maps_writes_a_png_of_its_layout_size(trained_images, tmp
     assert maps.shape == (3, *parts.stem.output.shape[1:3])
     ten = [records[i % 3].path for i in range(10)]  # two blocks of MAP_COLUMNS
     stacked = np.concatenate([maps] * 4)[:10]
-    path = visualize.plot_attention_maps(str(tmp_path / "attention.png"), ten,
-                                         {"stage 2": stacked, "stage 3": -stacked[..., None]},
-                                         captions=[f"image {i}" for i in range(10)])
-    _assert_size(path, visualize.attention_maps_size(10, 2))
-    assert visualize.attention_maps_size(10, 2)[1] == pytest.approx(
-        2 * 3 * visualize.MAP_CELL_H + visualize.TITLE_H)
+    path = plots.plot_attention_maps(str(tmp_path / "attention.png"), ten,
+                                     {"stage 2": stacked, "stage 3": -stacked[..., None]},
+                                     captions=[f"image {i}" for i in range(10)])
+    _assert_size(path, plots.attention_maps_size(10, 2))
+    assert plots.attention_maps_size(10, 2)[1] == pytest.approx(2 * 3 * plots.MAP_CELL_H + plots.TITLE_H)
 
 
 def test_plot_grid_occlusions_uses_the_hardest_occlusion_of_the_frozen_network(trained_images, tmp_path):
@@ -126,10 +123,10 @@ def test_plot_grid_occlusions_uses_the_hardest_occlusion_of_the_frozen_network(t
     np.testing.assert_array_equal(result["hardest_cells"], np.argmin(probabilities, axis=1))
     np.testing.assert_array_equal(result["labels"], labels)
     assert result["feature_shape"] == tuple(parts.stem.output.shape[1:3])
-    path = visualize.plot_grid_occlusions(
+    path = plots.plot_grid_occlusions(
         str(tmp_path / "grid.png"), [r.path for r in records], probabilities, result["hardest_cells"],
-        result["feature_shape"], 4, result["base_probabilities"], captions=["a", "b", "c"])
-    _assert_size(path, visualize.grid_occlusions_size(3, 4))
+        grid_cells(*result["feature_shape"], 4), result["base_probabilities"], captions=["a", "b", "c"])
+    _assert_size(path, plots.grid_occlusions_size(3, 4))
 
 
 def test_plot_occlusion_masks_blacks_out_the_top_third(trained_images, tmp_path):
@@ -139,18 +136,18 @@ def test_plot_occlusion_masks_blacks_out_the_top_third(trained_images, tmp_path)
     assert masks.shape == (3, height, width)
     occluded = (masks == 0).reshape(3, -1).sum(axis=1)
     np.testing.assert_array_equal(occluded, math.ceil(height * width / 3))
-    path = visualize.plot_occlusion_masks(str(tmp_path / "masks.png"), images.astype(np.uint8), masks)
-    _assert_size(path, visualize.occlusion_masks_size(3))
+    path = plots.plot_occlusion_masks(str(tmp_path / "masks.png"), images.astype(np.uint8), masks)
+    _assert_size(path, plots.occlusion_masks_size(3))
 
 
 def test_plot_training_curves_has_a_panel_per_logged_metric(run_dir, tmp_path):
     counts = []
     for stage in ("baseline", "attention", "adversarial"):
         log = visualize.read_log(os.path.join(run_dir, stage, "log.csv"))
-        counts.append(len(visualize._metric_names(log)))
-        assert "loss" in visualize._metric_names(log)
+        counts.append(len(plots.metric_names(log)))
+        assert "loss" in plots.metric_names(log)
     path = visualize.plot_training_curves(run_dir, str(tmp_path / "curves.png"))
-    _assert_size(path, visualize.training_curves_size(counts))
+    _assert_size(path, plots.training_curves_size(counts))
 
 
 def test_read_log_skips_repeated_headers_and_keeps_the_last_row_of_an_epoch(tmp_path):
@@ -160,7 +157,7 @@ def test_read_log_skips_repeated_headers_and_keeps_the_last_row_of_an_epoch(tmp_
     np.testing.assert_array_equal(log["epoch"], [0, 1, 2])
     np.testing.assert_allclose(log["loss"], [2.0, 1.4, 1.0])
     assert np.isnan(log["val_loss"][0]) and log["val_loss"][2] == 1.2
-    assert visualize._metric_names(log) == ["loss"]  # val_loss is drawn on loss' panel
+    assert plots.metric_names(log) == ["loss"]  # val_loss is drawn on loss' panel
 
 
 def test_plot_training_curves_without_logs_says_what_to_train(tmp_path):
@@ -192,10 +189,10 @@ def test_visualize_run_all_writes_every_picture(run_dir, all_pictures):
         assert any(path in line for line in lines)  # each path is logged
         _png_shape(path)
     by_name = {os.path.basename(p): p for p in paths}
-    _assert_size(by_name["ranks_adversarial.png"], visualize.ranked_lists_size(3, 10))
-    _assert_size(by_name["attention_maps.png"], visualize.attention_maps_size(3, 2))  # stages 2 and 3
-    _assert_size(by_name["grid_occlusion_adversarial.png"], visualize.grid_occlusions_size(3, 4))
-    _assert_size(by_name["occlusion_masks_adversarial.png"], visualize.occlusion_masks_size(3))
+    _assert_size(by_name["ranks_adversarial.png"], plots.ranked_lists_size(3, 10))
+    _assert_size(by_name["attention_maps.png"], plots.attention_maps_size(3, 2))  # stages 2 and 3
+    _assert_size(by_name["grid_occlusion_adversarial.png"], plots.grid_occlusions_size(3, 4))
+    _assert_size(by_name["occlusion_masks_adversarial.png"], plots.occlusion_masks_size(3))
 
 
 def test_visualize_attention_draws_the_map_and_the_mask_with_the_hardest_cell(run_dir, tmp_path):
@@ -208,11 +205,11 @@ def test_visualize_attention_draws_the_map_and_the_mask_with_the_hardest_cell(ru
 def test_occlusion_masks_draw_a_red_box_on_the_hardest_cell(trained_images, tmp_path):
     config, parts, attention, records, images = trained_images
     masks = np.ones((len(images), 8, 4), np.float32)  # nothing occluded: only the box is drawn
-    image_shape = visualize.read_image(records[0].path).shape
-    boxes = [visualize._cell_boxes((8, 4), 4, image_shape)[0]] * len(images)  # the top-left cell
-    plain = visualize.plot_occlusion_masks(str(tmp_path / "plain.png"), [r.path for r in records], masks)
-    boxed = visualize.plot_occlusion_masks(str(tmp_path / "boxed.png"), [r.path for r in records], masks,
-                                           hardest_boxes=boxes)
+    image_shape = plots.read_image(records[0].path).shape
+    boxes = [plots.cell_boxes(grid_cells(8, 4, 4), image_shape)[0]] * len(images)  # the top-left cell
+    plain = plots.plot_occlusion_masks(str(tmp_path / "plain.png"), [r.path for r in records], masks)
+    boxed = plots.plot_occlusion_masks(str(tmp_path / "boxed.png"), [r.path for r in records], masks,
+                                       hardest_boxes=boxes)
 
     def red_pixels(path):
         rgb = matplotlib.image.imread(path)[..., :3]

@@ -52,23 +52,22 @@ def list_images(gallery_dir: str) -> list[str]:
     return sorted(files)
 
 
-def _identity(path: str) -> tuple[int, int, bool]:
+def _identity(path: str) -> tuple[int | None, int | None]:
+    """``(pid, camid)`` from a Market-1501 / DukeMTMC-reID file name; ``(None, None)`` for other names."""
     try:
-        pid, camid = parse_name(path)
+        return parse_name(path)
     except DatasetError:
-        return -1, 0, False
-    return pid, camid, True
+        return None, None
 
 
 def _rows(gallery_dir: str, files: list[str]) -> list[dict]:
     rows = []
     for file in files:
         path = os.path.abspath(os.path.join(gallery_dir, file))
-        pid, camid, named = _identity(file)
+        pid, camid = _identity(file)
         mtime = datetime.datetime.fromtimestamp(os.path.getmtime(path), datetime.timezone.utc)
         rows.append({"path": path, "file": file, "gallery_dir": os.path.abspath(gallery_dir),
-                     "pid": pid if named else None, "camid": camid if named else None,
-                     "time": mtime.isoformat(timespec="seconds")})
+                     "pid": pid, "camid": camid, "time": mtime.isoformat(timespec="seconds")})
     return rows
 
 
@@ -174,7 +173,7 @@ def search(index_path: str, model_path: str, image_paths, top: int = 10, batch_s
     "pid", "camid", "time"}`` dicts, nearest first (``pid`` / ``camid`` None
     when the gallery file name carries no id). ``nprobe`` overrides the
     index's stored default (ivf-pq only). With ``picture``, writes the
-    ranked-list PNG there (``aaa_keras.visualize.save_ranked_lists``).
+    ranked-list PNG there (``aaa_keras.plots.save_ranked_lists``).
     """
     from aaa_keras.deploy.runtime import embed_files, load_exported
 
@@ -212,14 +211,18 @@ def query_identities(image_paths) -> list[dict]:
     """``{"path", "pid", "camid"}`` per query (None where the file name carries no id)."""
     queries = []
     for path in image_paths:
-        pid, camid, named = _identity(path)
-        queries.append({"path": path, "pid": pid if named else None, "camid": camid if named else None})
+        pid, camid = _identity(path)
+        queries.append({"path": path, "pid": pid, "camid": camid})
     return queries
 
 
 def save_picture(out_path: str, image_paths, rankings: list[list[dict]], top: int = 10) -> str:
-    """The ranked-list picture of a search (query, then its top matches with distances)."""
-    from aaa_keras.visualize import save_ranked_lists
+    """The ranked-list picture of a search (query, then its top matches with distances).
+
+    Borders follow the protocol's match / junk rule (:func:`aaa_keras.evaluation.rank.match_kind`)
+    where the file names carry ids; the order is the index's (FAISS), not re-ranked here.
+    """
+    from aaa_keras.plots import save_ranked_lists
 
     return save_ranked_lists(out_path, query_identities(image_paths), rankings, top,
                              title=f"Search: top-{top} gallery images per query (exported model)")

@@ -5,6 +5,10 @@ order); entries with the query's person id *and* camera are removed,
 and so is junk (pid ``-1``); distractors (pid ``0``) stay as wrong matches. A
 query with no true match left is skipped. Queries are processed in chunks so
 only ``chunk_size x num_gallery`` sort indices exist at any time.
+
+The rule lives here once, in :func:`protocol_masks`; :func:`match_kind` (one
+gallery entry, for the pictures) and :func:`ranked_gallery` (each query's
+top-k, junk removed or kept and flagged) apply the same rule.
 """
 
 from __future__ import annotations
@@ -13,10 +17,74 @@ import sys
 
 import numpy as np
 
+from aaa_keras.data.names import JUNK_PID
 from aaa_keras.errors import UserError
 
-JUNK_PID = -1
 
+# === The protocol's match / junk rule (the one copy of it) ===
+
+def protocol_masks(q_pids, q_camids, g_pids, g_camids):
+    """``(matches, junk)``: boolean arrays of the broadcast query x gallery pairs.
+
+    Junk (ignored: removed from the ranking) is a gallery image with pid
+    :data:`~aaa_keras.data.names.JUNK_PID` or with the query's pid seen by the
+    query's camera; a true match is the query's pid in another camera, not
+    junk. Distractors (pid 0) are neither: wrong matches. Pass ``(Q, 1)``
+    query ids against ``(G,)`` or ``(Q, G)`` gallery ids; scalars work too.
+    """
+    matches = np.equal(g_pids, q_pids)
+    junk = np.equal(g_camids, q_camids)
+    junk &= matches  # same person seen by the same camera
+    junk |= np.equal(g_pids, JUNK_PID)
+    matches &= ~junk
+    return matches, junk
+
+
+def match_kind(query: dict, entry: dict) -> str:
+    """``match``, ``wrong``, ``junk`` or ``unknown`` for one gallery entry of a query.
+
+    ``query`` / ``entry``: dicts with ``pid`` and ``camid`` (None where the
+    file name carries no id). :func:`protocol_masks` decides; a gallery pid -1
+    is junk even for a query of unknown id, other unknown ids are ``unknown``,
+    and an unknown camera is never the query's camera.
+    """
+    qpid, gpid = query.get("pid"), entry.get("pid")
+    if qpid is None or gpid is None:
+        return "junk" if gpid is not None and gpid == JUNK_PID else "unknown"
+    qcam, gcam = query.get("camid"), entry.get("camid")
+    if qcam is None or gcam is None:
+        qcam, gcam = 0, 1  # cameras that differ
+    matches, junk = protocol_masks(qpid, qcam, gpid, gcam)
+    return "junk" if junk else "match" if matches else "wrong"
+
+
+def ranked_gallery(distmat, q_pids, g_pids, q_camids, g_camids, top: int | None = None,
+                   keep_junk: bool = False) -> list[dict]:
+    """Per query, its gallery sorted by distance (stable) with the protocol applied; top ``top``.
+
+    Returns one dict per query row of ``distmat``: ``indices`` (gallery
+    indices, nearest first, junk removed unless ``keep_junk``), ``matches``
+    (true match per index) and ``junk`` (all False unless ``keep_junk``),
+    each cut to the first ``top`` (None: all). This is the ranking
+    :func:`evaluate_rank` scores. NaN distances sort last instead of raising.
+    """
+    distmat, q_pids, g_pids, q_camids, g_camids = _validated_inputs(
+        distmat, q_pids, g_pids, q_camids, g_camids
+    )
+    if top is not None and (isinstance(top, bool) or not isinstance(top, (int, np.integer)) or top < 0):
+        raise UserError(f"top must be a non-negative integer or None; received {top!r}.")
+    nan = np.isnan(distmat).any() if np.issubdtype(distmat.dtype, np.floating) else False
+    order = np.argsort(distmat, axis=1, kind="stable") if nan else stable_argsort_rows(distmat)
+    matches, junk = protocol_masks(q_pids[:, None], q_camids[:, None], g_pids[order], g_camids[order])
+    rankings = []
+    for row in range(len(order)):
+        keep = np.ones(order.shape[1], bool) if keep_junk else ~junk[row]
+        rankings.append({"indices": order[row][keep][:top], "matches": matches[row][keep][:top],
+                         "junk": junk[row][keep][:top]})
+    return rankings
+
+
+# === Scores ===
 
 def evaluate_rank(
     distmat,
@@ -73,14 +141,8 @@ def _evaluate_chunk(distances, q_pids, q_camids, g_pids, g_camids) -> dict:
     if np.isnan(distances).any():
         raise UserError("distmat contains NaN values; distances must be numbers (inf is allowed).")
     order = stable_argsort_rows(distances)
-    ranked_pids = g_pids[order]
-    matches = ranked_pids == q_pids[:, None]
-    removed = g_camids[order] == q_camids[:, None]
+    matches, removed = protocol_masks(q_pids[:, None], q_camids[:, None], g_pids[order], g_camids[order])
     del order
-    removed &= matches  # same person seen by the same camera
-    removed |= ranked_pids == JUNK_PID
-    del ranked_pids
-    np.logical_and(matches, np.logical_not(removed), out=matches)
     removed_so_far = np.cumsum(removed, axis=1, dtype=np.int32)
     del removed
 
@@ -205,8 +267,7 @@ def evaluate_rank_per_query(distmat, q_pids, g_pids, q_camids, g_camids, chunk_s
             distmat[start:stop], q_pids[start:stop], q_camids[start:stop], g_pids, g_camids
         )
         # The rows _evaluate_chunk keeps: a true match in another camera that is not junk.
-        true_match = (g_pids[None, :] == q_pids[start:stop, None]) & (g_pids[None, :] != JUNK_PID)
-        true_match &= g_camids[None, :] != q_camids[start:stop, None]
+        true_match, _ = protocol_masks(q_pids[start:stop, None], q_camids[start:stop, None], g_pids, g_camids)
         indices.append(start + np.flatnonzero(true_match.any(axis=1)))
         first_ranks.append(chunk["first_rank"])
         average_precisions.append(chunk["average_precision"])
