@@ -44,14 +44,14 @@ from aaa_keras.data.synth import BUILTIN_PREFIX
 from aaa_keras.errors import UserError
 from aaa_keras.evaluation import ablation_stats
 from aaa_keras.files import write_json_atomically, write_text_atomically
-from aaa_keras.vocabulary import METRICS
+from aaa_keras.vocabulary import ABLATION_TABLES, METRICS
 
 EVAL_FILE = "ablation_eval.json"
 GRID_FILE = "grid.json"
 RESULTS_FILE = "results.json"
 REPORT_FILE = "results.md"
 FIGURE_FILE = "claims.png"
-TABLES = ("3", "4", "5", "controls")
+TABLES = ABLATION_TABLES
 ABLATE_DATA = BUILTIN_PREFIX + "ablate"  # 250 test ids, ~1,600 queries (data/synth.py)
 # The training budget when neither --epochs nor --baseline-epochs is given, per preset:
 # (epochs of stages 2 and 3, epochs of stage 1, stage 1's lr decay interval). With the
@@ -256,7 +256,8 @@ def evaluate_per_query(run_dir: str, stage: str, metrics, log=print) -> dict:
     from aaa_keras.evaluation.distance import euclidean_distance, l2_normalize
     from aaa_keras.evaluation.rank import evaluate_rank_per_query
     from aaa_keras.evaluation.report import _fitted_metric, _training_data
-    from aaa_keras.evaluation.run import _dataset_key, _ids, extract_embeddings
+    from aaa_keras.data.names import record_ids as _ids
+    from aaa_keras.evaluation.run import _dataset_key, extract_embeddings
     from aaa_keras.model.backbone import build_embedder
     from aaa_keras.data.synth import resolve_data
     from aaa_keras.run_dir import load_trained

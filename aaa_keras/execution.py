@@ -8,6 +8,7 @@ from __future__ import annotations
 import contextlib
 import os
 
+from aaa_keras.config import DISTRIBUTE_STRATEGIES
 from aaa_keras.errors import UserError
 
 LOGICAL_CPUS_ENV = "AAA_KERAS_LOGICAL_CPUS"
@@ -54,7 +55,7 @@ def distribution_strategy(name: str):
 
         patch_keras_symbolic_build()  # Keras 3's fit cannot start under this strategy without it
         return tf.distribute.MultiWorkerMirroredStrategy()
-    raise UserError(f"--distribute: got {name!r}; expected none, mirrored or multiworker")
+    raise UserError(f"--distribute: got {name!r}; expected one of {', '.join(DISTRIBUTE_STRATEGIES)}")
 
 
 @contextlib.contextmanager

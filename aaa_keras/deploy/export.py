@@ -43,9 +43,9 @@ from aaa_keras.deploy import tflite as tflite_lib
 from aaa_keras.deploy.install import versioned_install, versions_in
 from aaa_keras.errors import UserError
 from aaa_keras.files import write_bytes_atomically, write_json_atomically
+from aaa_keras.vocabulary import EXPORT_FORMATS, QUANTIZATIONS
 
-FORMATS = ("saved_model", "tflite", "onnx", "openvino")
-QUANTIZATIONS = tflite_lib.QUANTIZATIONS
+FORMATS = EXPORT_FORMATS
 TFLITE_DIR = "tflite"
 ONNX_DIR = "onnx"
 OPENVINO_DIR = "openvino"

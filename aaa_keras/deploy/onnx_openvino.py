@@ -96,9 +96,14 @@ class OnnxEmbedder:
         options.intra_op_num_threads = num_threads
         options.inter_op_num_threads = 1
         options.log_severity_level = 3
+        from onnxruntime.capi import onnxruntime_pybind11_state as ort_errors
+
+        load_errors = (OSError, RuntimeError, ValueError, ort_errors.InvalidProtobuf, ort_errors.Fail,
+                       ort_errors.InvalidArgument, ort_errors.NoSuchFile, ort_errors.InvalidGraph,
+                       ort_errors.NoModel)
         try:
             self.session = ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
-        except Exception as error:  # onnxruntime's own exception types (InvalidProtobuf, Fail, ...)
+        except load_errors as error:  # onnxruntime's own types derive from Exception directly
             raise UserError(f"--model {path}: not an ONNX model ONNX Runtime can load "
                             f"({_one_line(error)})") from None
         inputs, outputs = self.session.get_inputs(), self.session.get_outputs()

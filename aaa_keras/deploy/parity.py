@@ -33,6 +33,7 @@ import functools
 
 import numpy as np
 
+from aaa_keras.data.names import record_ids
 from aaa_keras.errors import UserError
 
 COSINE_THRESHOLDS = {"saved_model": 0.999, "onnx": 0.999, "openvino": 0.999, "float32": 0.999, "float16": 0.999,
@@ -68,7 +69,7 @@ class HeldSet:
 
     def retrieval(self, embeddings: np.ndarray) -> dict:
         """``{"mAP", "rank1", "num_query"}`` of embeddings of :attr:`records` (query first)."""
-        (q_pids, q_camids), (g_pids, g_camids) = _ids(self.query), _ids(self.gallery)
+        (q_pids, q_camids), (g_pids, g_camids) = record_ids(self.query), record_ids(self.gallery)
         count = len(self.query)
         return retrieval(embeddings[:count], embeddings[count:], q_pids, g_pids, q_camids, g_camids)
 
@@ -94,10 +95,6 @@ def saved_model_checks(count: int) -> tuple[list[int], list[int]]:
     and the subset of them whose files go through ``serve_bytes``."""
     images = spread(list(range(count)), SAVED_MODEL_CHECK_IMAGES)
     return images, spread(images, SAVED_MODEL_CHECK_FILES)
-
-
-def _ids(records):
-    return (np.array([r.pid for r in records], np.int64), np.array([r.camid for r in records], np.int64))
 
 
 @dataclasses.dataclass(frozen=True)

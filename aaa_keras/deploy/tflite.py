@@ -37,7 +37,7 @@ from keras import layers
 from aaa_keras.errors import UserError
 from aaa_keras.model.backbone import IMAGENET_BGR_MEAN, ImageNetPreprocessing, ReidParts, build_embedder
 
-QUANTIZATIONS = ("float32", "float16", "int8")
+from aaa_keras.vocabulary import QUANTIZATIONS
 # Bytes per weight of each quantisation; a model far below it holds no weights.
 BYTES_PER_WEIGHT = {"float32": 4, "float16": 2, "int8": 1}
 # Ops that mean the weights were not frozen into the model (the 0.2 MB NaN trap).

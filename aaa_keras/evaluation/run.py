@@ -30,7 +30,6 @@ def extract_embeddings(embedder, records: list[ImageRecord], image_size, batch_s
     return np.asarray(embedder.predict(dataset, verbose=verbose), np.float32)
 
 
-_ids = record_ids  # the name aaa_keras/ablate.py imports
 
 
 def evaluate_run(run_dir: str, stage: str | None = None, data: str | None = None,

@@ -95,8 +95,6 @@ def top_fraction_mask(attention_map, fraction: float = 1.0 / 3.0):
     return tf.stop_gradient(mask)
 
 
-MASKS = ("attention", "response", "random")
-
 
 def feature_response(features):
     """The channel mean of ``f``, ``(B, H, W, 1)`` float32: Table 4's "highest response"."""
