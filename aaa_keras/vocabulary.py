@@ -25,7 +25,7 @@ QUANTIZATIONS = ("float32", "float16", "int8")
 # Gallery index types of `index --index-type` (aaa_keras/deploy/gallery.py).
 INDEX_TYPES = ("exact", "ivf-pq")
 
-# Tables of `ablate --table` (aaa_keras/ablate.py).
+# Tables of `ablate --table` (aaa_keras/ablate/).
 ABLATION_TABLES = ("3", "4", "5", "controls")
 
 ALL = "all"  # the choice that stands for every value of a list above

@@ -272,23 +272,21 @@ def _query_warnings(dataset: ReidDataset, query_dir: str) -> list[str]:
         warnings.append(
             f"{query_dir}: {len(unmatched)} of {num_query_ids} query ids have no gallery image "
             f"of the same id from another camera: {examples}{more}; evaluation skips them")
-    not_identities = [r for r in dataset.query if not r.is_identity]
-    if not_identities:
-        warnings.append(
-            f"{query_dir}: {len(not_identities)} query images are junk (-1) or distractors "
-            "(0000), e.g. " + os.path.basename(not_identities[0].path)
-            + "; evaluation skips them")
+    warnings += _non_identity_warning(dataset.query, query_dir, "query images", "evaluation skips them")
     return warnings
 
 
+def _non_identity_warning(records, directory: str, what: str, consequence: str) -> list[str]:
+    """A warning naming junk (-1) / distractor (0000) images where identities are expected."""
+    not_identities = [r for r in records if not r.is_identity]
+    if not not_identities:
+        return []
+    return [f"{directory}: {len(not_identities)} {what} are junk (-1) or distractors (0000), e.g. "
+            f"{os.path.basename(not_identities[0].path)}; {consequence}"]
+
+
 def _train_warnings(dataset: ReidDataset, train_dir: str) -> list[str]:
-    warnings = []
-    not_identities = [r for r in dataset.train if not r.is_identity]
-    if not_identities:
-        warnings.append(
-            f"{train_dir}: {len(not_identities)} training images are junk (-1) or distractors "
-            "(0000), e.g. " + os.path.basename(not_identities[0].path)
-            + "; training ignores them")
+    warnings = _non_identity_warning(dataset.train, train_dir, "training images", "training ignores them")
     train_ids = {r.pid for r in dataset.train_identities()}
     test_ids = {r.pid for r in dataset.query + dataset.gallery if r.is_identity}
     shared = train_ids & test_ids

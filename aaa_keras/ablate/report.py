@@ -1,0 +1,270 @@
+"""The grid's statistics (intervals, verdicts, seed spread) and its report: results.md, claims.png."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import shutil
+
+import numpy as np
+
+from aaa_keras.ablate.grid import (CLAIMS, FIGURE_FILE, REPORT_FILE, RESULTS_FILE, TABLE_LAYOUT, VARIANT_BY_NAME,
+                                   VARIANTS)
+from aaa_keras.errors import UserError
+from aaa_keras.evaluation import ablation_stats
+from aaa_keras.files import write_text_atomically
+
+
+def _read_json(path):
+    """A JSON file's content, or None when it is missing or unreadable (an interrupted grid)."""
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except (OSError, json.JSONDecodeError):
+        return None
+
+
+def _epochs_text(settings: dict) -> str:
+    baseline = settings.get("baseline_epochs", settings["epochs_per_stage"])
+    if baseline == settings["epochs_per_stage"]:
+        return f"{baseline} epochs per stage"
+    return f"stage 1 {baseline} epochs, stages 2 and 3 {settings['epochs_per_stage']} each"
+
+
+def _machine() -> str:
+    return f"{platform.platform()}, {platform.machine()}, {os.cpu_count()} CPUs, Python {platform.python_version()}"
+
+
+def build_results(records, settings, table, seeds, metrics, wall_seconds, n_boot=10000) -> dict:
+    results = {
+        "settings": settings, "table": table, "seeds": list(range(seeds)), "metrics": list(metrics),
+        "machine": _machine(), "wall_seconds": round(wall_seconds, 1),
+        "bootstrap": {"replicates": n_boot, "design": "crossed", "confidence": 0.95, "alpha": 0.05},
+        "runs": [{k: v for k, v in r.items() if k != "cached"} for r in records],
+    }
+    results.update(analyse(results))
+    return results
+
+
+def per_query_data(runs, metrics) -> dict:
+    """``{config: {metric: {measure: (seeds, queries) array}}}`` from the run records."""
+    by_config = {}
+    for run in sorted(runs, key=lambda r: r["seed"]):
+        by_config.setdefault(run["config"], []).append(run)
+    reference = {}
+    data = {}
+    for name, config_runs in by_config.items():
+        data[name] = {}
+        for metric in metrics:
+            rows = {"rank1": [], "mAP": [], "mINP": []}
+            for run in config_runs:
+                per_query = run["metrics"][metric]["per_query"]
+                index = tuple(per_query["query_index"])
+                if reference.setdefault(metric, index) != index:
+                    raise UserError(f"{name}, seed {run['seed']}: evaluated on other queries than the "
+                                    "rest of the grid; the runs are not paired")
+                rows["rank1"].append(100.0 * (np.asarray(per_query["first_rank"]) == 1))
+                rows["mAP"].append(per_query["ap"])
+                rows["mINP"].append(per_query["inp"])
+            data[name][metric] = {m: ablation_stats.per_query_matrix(v) for m, v in rows.items()}
+    seeds_of = {name: [r["seed"] for r in rs] for name, rs in by_config.items()}
+    if len({tuple(s) for s in seeds_of.values()}) > 1:
+        raise UserError(f"the configurations have different seeds ({seeds_of}); finish the grid first")
+    return data
+
+
+def analyse(results: dict) -> dict:
+    """Per-configuration intervals and per-claim verdicts, from the per-query values."""
+    boot = results["bootstrap"]
+    metrics = results["metrics"]
+    data = per_query_data(results["runs"], metrics)
+    summary, claims = {}, {}
+    for metric in metrics:
+        summary[metric] = {
+            name: {measure: ablation_stats.mean_interval(data[name][metric][measure], boot["confidence"],
+                                                         boot["replicates"], 0, boot["design"])
+                   for measure in ablation_stats.MEASURES}
+            for name in data}
+        claims[metric] = {
+            measure: ablation_stats.judge_claims(CLAIMS, data, measure, metric, boot["alpha"],
+                                                 boot["confidence"], boot["replicates"], 0, boot["design"])
+            for measure in ablation_stats.MEASURES}
+    stage1 = {}
+    for run in results["runs"]:
+        if VARIANT_BY_NAME[run["config"]].from_baseline or run["config"] == "baseline":
+            stage1.setdefault(str(run["seed"]), set()).add(run["stage1_digest"])
+    paired = all(len(d) == 1 for d in stage1.values())
+    spread = None
+    if len(results["seeds"]) > 1:  # seed-to-seed spread of mAP, seeds for a 1-point difference
+        spread = {metric: ablation_stats.seed_spread(data, CLAIMS, metric, "mAP", delta=1.0,
+                                                     alpha=boot["alpha"])
+                  for metric in metrics}
+    return {"summary": summary, "claims": claims, "stage1_shared_within_seed": paired,
+            "seed_spread": spread}
+
+
+def load_results(out: str, n_boot: int | None = None) -> dict:
+    """OUT/results.json with its statistics recomputed (with ``n_boot`` replicates if given)."""
+    path = os.path.join(out, RESULTS_FILE)
+    results = _read_json(path)
+    if results is None:
+        raise UserError(f"--out {out}: no readable {RESULTS_FILE}; run `python cli.py ablate --out {out}` "
+                        "first (without --report-only)")
+    if n_boot:
+        results["bootstrap"]["replicates"] = n_boot
+    results.update(analyse(results))  # recomputed from the per-query values
+    return results
+
+
+def _cell(entry: dict) -> str:
+    return f"{entry['mean']:.1f} [{entry['low']:.1f}, {entry['high']:.1f}]"
+
+
+def _diff_cell(row: dict) -> str:
+    return f"{row['mean']:+.2f} [{row['low']:+.2f}, {row['high']:+.2f}]"
+
+
+def _p(value) -> str:
+    return "-" if value is None else (f"{value:.4f}" if value >= 0.0001 else "<0.0001")
+
+
+def report_markdown(results: dict, command: str = "") -> str:
+    settings = results["settings"]
+    metrics = results["metrics"]
+    primary = metrics[0]
+    runs = results["runs"]
+    num_queries = runs[0]["metrics"][primary]["num_query"] if runs else 0
+    seeds = results["seeds"]
+    boot = results["bootstrap"]
+    present = {r["config"] for r in runs}
+    overrides = ", ".join(f"{k}={v}" for k, v in settings["overrides"].items()) or "none"
+    lines = [
+        f"Command: `{command or 'python cli.py ablate'}`. Machine: {results['machine']}. "
+        f"Wall time of the invocation that wrote results.json: {results['wall_seconds'] / 60:.1f} min "
+        f"(reused runs are not re-timed); training time summed over runs: "
+        f"{sum(r['train_seconds'] for r in runs) / 60:.1f} min.",
+        "",
+        f"Settings: `{settings['preset']}` preset, {_epochs_text(settings)}, "
+        f"overrides: {overrides}; data: {settings['data'] or 'the built-in synthetic data'}; "
+        f"seeds {', '.join(map(str, seeds))}; {num_queries} queries. Cells: mean over seeds and "
+        f"queries [95 % bootstrap interval, {boot['replicates']} replicates resampling seeds and "
+        "queries]. Stage-1 weights shared by every AAA-Net configuration of a seed: "
+        f"{'yes' if results.get('stage1_shared_within_seed') else 'NO (the runs are not paired)'}.",
+    ]
+    for metric in metrics:
+        summary = results["summary"][metric]
+        lines += ["", f"### Configurations ({metric})"]
+        for title, rows in TABLE_LAYOUT:
+            rows = [r for r in rows if r in present]
+            if len(rows) < 2:
+                continue
+            lines += ["", f"**{title}**", "", "| configuration | Rank-1 (%) | mAP (%) | mINP (%) |",
+                      "|---|---|---|---|"]
+            for name in rows:
+                entry = summary[name]
+                lines.append(f"| {VARIANT_BY_NAME[name].label} | {_cell(entry['rank1'])} | "
+                             f"{_cell(entry['mAP'])} | {_cell(entry['mINP'])} |")
+        for measure in ablation_stats.MEASURES:
+            claims = results["claims"][metric][measure]
+            if not claims:
+                continue
+            lines += ["", f"### Verdicts: {measure}, {metric}", "",
+                      f"| claim | Δ {measure} (points) [95 % CI] | p (one-sided) | p (Holm) | "
+                      "seed-level Wilcoxon p | verdict |", "|---|---|---|---|---|---|"]
+            for row in claims:
+                lines.append(f"| {row['claim']} | {_diff_cell(row)} | {_p(row['p_value'])} | "
+                             f"{_p(row['p_holm'])} | {_p(row['wilcoxon_p'])} | **{row['verdict']}** |")
+    spread = (results.get("seed_spread") or {}).get(primary)
+    if spread:
+        lines += ["", f"### Seed-to-seed spread of mAP ({primary}) and seeds for a 1-point difference", "",
+                  "Per configuration, the standard deviation over seeds of its mAP: "
+                  + ", ".join(f"{name} {entry['sd']:.2f}" for name, entry in spread["configs"].items())
+                  + " points. Per claim, the standard deviation over seeds of the paired mAP "
+                  "difference (same seed, same stage-1 weights), what it would be if the two sides "
+                  "were independent runs, and the seeds a one-sided paired t-test needs to detect a "
+                  f"true 1-point difference with {spread['power']:.0%} power at {spread['alpha']} "
+                  "(before multiple-comparison correction):", "",
+                  "| claim | SD of paired Δ mAP | SD if unpaired | seeds for 1 point |", "|---|---|---|---|"]
+        for row in spread["claims"]:
+            needed = row["seeds_needed"] if row["seeds_needed"] is not None else "> 10000"
+            lines.append(f"| {row['claim']} | {row['paired_sd']:.2f} | {row['unpaired_sd']:.2f} | {needed} |")
+    lines += ["", "### Per seed", "", "| configuration | seed | Rank-1 | mAP | mINP | train s | stage-1 digest |",
+              "|---|---|---|---|---|---|---|"]
+    for run in sorted(runs, key=lambda r: ([v.name for v in VARIANTS].index(r["config"]), r["seed"])):
+        entry = run["metrics"][primary]
+        lines.append(f"| {run['config']} | {run['seed']} | {entry['rank1']:.1f} | {entry['mAP']:.1f} | "
+                     f"{entry['mINP']:.1f} | {run['train_seconds']:.0f} | {run['stage1_digest'][:12]} |")
+    return "\n".join(lines) + "\n"
+
+
+def plot_claims(results: dict, path: str) -> str | None:
+    """Per-claim paired differences with their 95 % intervals, one panel per measure (primary metric)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    metric = results["metrics"][0]
+    claims = results["claims"][metric]
+    if not claims["mAP"]:
+        return None
+    colours = {"holds": "tab:green", "not shown": "tab:gray", "reversed": "tab:red"}
+    figure, axes = plt.subplots(1, 3, figsize=(13, 0.6 * len(claims["mAP"]) + 1.6), sharey=True)
+    for axis, measure in zip(axes, ablation_stats.MEASURES):
+        rows = claims[measure]
+        for y, row in enumerate(rows):
+            axis.errorbar(row["mean"], y, xerr=[[row["mean"] - row["low"]], [row["high"] - row["mean"]]],
+                          fmt="o", color=colours[row["verdict"]], capsize=3)
+        axis.axvline(0, color="black", linewidth=0.8)
+        axis.set_title(f"Δ {measure} (points), {metric}")
+        axis.set_yticks(range(len(rows)), [r["claim"] for r in rows])
+        axis.invert_yaxis()
+        axis.grid(axis="x", alpha=0.3)
+    figure.suptitle("Paired differences with 95 % bootstrap intervals "
+                    "(green: holds, grey: not shown, red: reversed; Holm-corrected)", fontsize=10)
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
+    return path
+
+
+def write_report(results: dict, out: str, write: str | None = None, command: str = "") -> list[str]:
+    """OUT/results.md and OUT/claims.png; with ``write``, also that markdown file (e.g. docs/results.md)."""
+    body = report_markdown(results, command)
+    written = []
+    path = os.path.join(out, REPORT_FILE)
+    write_text_atomically(path, "# Ablation (`cli.py ablate`)\n\n" + body)
+    written.append(path)
+    figure = plot_claims(results, os.path.join(out, FIGURE_FILE))
+    if figure:
+        written.append(figure)
+    if write:
+        written.append(update_results_doc(write, body, figure))
+    return written
+
+
+BEGIN = "<!-- ablate:begin (written by `python cli.py ablate --report-only --write`; do not edit) -->"
+END = "<!-- ablate:end -->"
+
+
+def update_results_doc(path: str, body: str, figure: str | None) -> str:
+    """Replace the generated block of ``path`` (between the ablate markers) with ``body``."""
+    if os.path.isdir(path):
+        raise UserError(f"--write {path} is a directory; give a markdown file such as docs/results.md")
+    text = ""
+    if os.path.isfile(path):
+        with open(path) as f:
+            text = f.read()
+    if figure:
+        target = os.path.join(os.path.dirname(os.path.abspath(path)), "ablation_claims.png")
+        shutil.copy(figure, target)
+        body += f"\n![per-claim differences]({os.path.basename(target)})\n"
+    block = f"{BEGIN}\n{body}{END}"
+    if BEGIN in text and END in text:
+        head, rest = text.split(BEGIN, 1)
+        text = head + block + rest.split(END, 1)[1]
+    else:
+        text = (text.rstrip() + "\n\n" if text else "") + block + "\n"
+    write_text_atomically(path, text)
+    return path
