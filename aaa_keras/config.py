@@ -21,7 +21,7 @@ ATTENTION_LOSSES = ("l1", "bce", "soft")  # readings of eq. 2 (model/losses.py)
 MASKS = ("attention", "response", "random")  # what stage 3 ranks to occlude (model/occlusion.py)
 OCCLUDED_BATCHNORM = ("batch", "moving")
 OCCLUSION_POINTS = ("conv2", "conv3", "conv4", "conv5")
-BACKBONES = ("resnet50", "tiny_resnet")
+BACKBONES = ("resnet50", "mobilenet_v3_large", "efficientnet_b0", "tiny_resnet")
 DISTRIBUTE_STRATEGIES = ("none", "mirrored", "multiworker")  # tf.distribute (execution.py)
 MIXED_PRECISIONS = ("mixed_float16", "mixed_bfloat16")  # Keras dtype policies; "" = float32
 CONFIG_FILE = "config.json"
