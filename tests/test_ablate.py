@@ -152,10 +152,18 @@ def test_report_shows_a_planted_reversal_and_regenerates_the_docs_block(tmp_path
     (out / ablate.RESULTS_FILE).write_text(json.dumps(results))
     doc = tmp_path / "results.md"
     doc.write_text("# Results\n\nOld table, kept.\n")
+    readme = tmp_path / "README.md"
+    readme.write_text(f"# Project\n\n{ablate.SUMMARY_BEGIN}\nold\n{ablate.SUMMARY_END}\n\nMore text.\n")
     for _ in range(2):  # the second run replaces the block instead of adding one
         outcome = CliRunner().invoke(cli, ["ablate", "--out", str(out), "--report-only", "--write", str(doc),
-                                           "--bootstrap", "1000"], catch_exceptions=False)
+                                           "--write", str(readme), "--bootstrap", "1000"],
+                                     catch_exceptions=False)
         assert outcome.exit_code == 0, outcome.output
+    summary = readme.read_text()  # the short form, between the README's own markers
+    assert summary.startswith("# Project\n\n") and summary.endswith("\n\nMore text.\n")
+    assert summary.count(ablate.SUMMARY_BEGIN) == 1 and ablate.BEGIN not in summary and "\nold\n" not in summary
+    assert "| AAA-Net, occlusion after conv3 (with fine-tuning) |" in summary
+    assert "| fine-tuning > without (Table 4) |" in summary and "**reversed**" in summary
     text = doc.read_text()
     assert text.startswith("# Results\n\nOld table, kept.") and text.count(ablate.BEGIN) == 1
     assert "| fine-tuning > without (Table 4) |" in text and "**reversed**" in text

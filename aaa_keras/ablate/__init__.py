@@ -33,8 +33,8 @@ from aaa_keras.ablate.grid import (
     RESULTS_FILE, TABLE_LAYOUT, TABLES, VARIANT_BY_NAME, VARIANTS, Variant, grid_settings,
     select_metrics, select_variants)
 from aaa_keras.ablate.report import (
-    BEGIN, END, analyse, build_results, load_results, per_query_data, plot_claims, report_markdown,
-    update_results_doc, write_report)
+    BEGIN, END, SUMMARY_BEGIN, SUMMARY_END, analyse, build_results, load_results, per_query_data, plot_claims, report_markdown,
+    summary_markdown, update_results_doc, write_report)
 from aaa_keras.ablate.run import (
     _stage1_from_baseline, evaluate_per_query, finished_record, run_dir_of, run_grid, run_variant,
     stage1_digest)
@@ -51,6 +51,8 @@ __all__ = [
     "METRICS",
     "REPORT_FILE",
     "RESULTS_FILE",
+    "SUMMARY_BEGIN",
+    "SUMMARY_END",
     "TABLES",
     "TABLE_LAYOUT",
     "VARIANTS",
@@ -72,6 +74,7 @@ __all__ = [
     "select_metrics",
     "select_variants",
     "stage1_digest",
+    "summary_markdown",
     "update_results_doc",
     "write_report",
 ]

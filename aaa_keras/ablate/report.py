@@ -229,8 +229,35 @@ def plot_claims(results: dict, path: str) -> str | None:
     return path
 
 
-def write_report(results: dict, out: str, write: str | None = None, command: str = "") -> list[str]:
-    """OUT/results.md and OUT/claims.png; with ``write``, also that markdown file (e.g. docs/results.md)."""
+def summary_markdown(results: dict, command: str = "") -> str:
+    """The short form for a README: every configuration's Rank-1 / mAP and the mAP verdicts,
+    under the first metric; the full tables are :func:`report_markdown`'s."""
+    metric = results["metrics"][0]
+    summary = results["summary"][metric]
+    runs = results["runs"]
+    settings = results["settings"]
+    lines = [f"`{command or 'python cli.py ablate'}` on {settings['data'] or 'the built-in data'} "
+             f"({_epochs_text(settings)}, `{settings['preset']}` preset; {len(results['seeds'])} seeds x "
+             f"{runs[0]['metrics'][metric]['num_query']} queries; {metric} distance). Mean [95 % bootstrap "
+             "interval over seeds and queries]; full tables, the other distances and the per-seed values "
+             "in [docs/results.md](docs/results.md).", "",
+             "| configuration | Rank-1 (%) | mAP (%) |", "|---|---|---|"]
+    for variant in VARIANTS:
+        if variant.name in summary:
+            entry = summary[variant.name]
+            lines.append(f"| {variant.label} | {_cell(entry['rank1'])} | {_cell(entry['mAP'])} |")
+    lines += ["", "| claim | Δ mAP (points) [95 % CI] | p (Holm) | verdict |", "|---|---|---|---|"]
+    for row in results["claims"][metric]["mAP"]:
+        lines.append(f"| {row['claim']} | {_diff_cell(row)} | {_p(row['p_holm'])} | **{row['verdict']}** |")
+    return "\n".join(lines) + "\n"
+
+
+def write_report(results: dict, out: str, write=(), command: str = "") -> list[str]:
+    """OUT/results.md and OUT/claims.png; with ``write`` (paths), also those markdown files:
+    one holding the summary markers gets :func:`summary_markdown` (a README), any other the
+    full report (e.g. docs/results.md)."""
+    if isinstance(write, str):
+        write = (write,)
     body = report_markdown(results, command)
     written = []
     path = os.path.join(out, REPORT_FILE)
@@ -239,17 +266,30 @@ def write_report(results: dict, out: str, write: str | None = None, command: str
     figure = plot_claims(results, os.path.join(out, FIGURE_FILE))
     if figure:
         written.append(figure)
-    if write:
-        written.append(update_results_doc(write, body, figure))
+    for path in write or ():
+        if _has_block(path, SUMMARY_BEGIN):
+            written.append(update_results_doc(path, summary_markdown(results, command), None,
+                                              SUMMARY_BEGIN, SUMMARY_END))
+        else:
+            written.append(update_results_doc(path, body, figure))
     return written
 
 
 BEGIN = "<!-- ablate:begin (written by `python cli.py ablate --report-only --write`; do not edit) -->"
 END = "<!-- ablate:end -->"
+SUMMARY_BEGIN = "<!-- ablate-summary:begin (written by `python cli.py ablate --report-only --write`; do not edit) -->"
+SUMMARY_END = "<!-- ablate-summary:end -->"
 
 
-def update_results_doc(path: str, body: str, figure: str | None) -> str:
-    """Replace the generated block of ``path`` (between the ablate markers) with ``body``."""
+def _has_block(path: str, begin: str) -> bool:
+    if not os.path.isfile(path):
+        return False
+    with open(path) as f:
+        return begin in f.read()
+
+
+def update_results_doc(path: str, body: str, figure: str | None, begin: str = BEGIN, end: str = END) -> str:
+    """Replace the generated block of ``path`` (between the ``begin`` / ``end`` markers) with ``body``."""
     if os.path.isdir(path):
         raise UserError(f"--write {path} is a directory; give a markdown file such as docs/results.md")
     text = ""
@@ -260,10 +300,10 @@ def update_results_doc(path: str, body: str, figure: str | None) -> str:
         target = os.path.join(os.path.dirname(os.path.abspath(path)), "ablation_claims.png")
         shutil.copy(figure, target)
         body += f"\n![per-claim differences]({os.path.basename(target)})\n"
-    block = f"{BEGIN}\n{body}{END}"
-    if BEGIN in text and END in text:
-        head, rest = text.split(BEGIN, 1)
-        text = head + block + rest.split(END, 1)[1]
+    block = f"{begin}\n{body}{end}"
+    if begin in text and end in text:
+        head, rest = text.split(begin, 1)
+        text = head + block + rest.split(end, 1)[1]
     else:
         text = (text.rstrip() + "\n\n" if text else "") + block + "\n"
     write_text_atomically(path, text)
