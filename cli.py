@@ -415,8 +415,9 @@ def search(index_path, model_path, images, top, nprobe, picture):
 @click.option("--bootstrap", "n_boot", type=click.IntRange(100), default=10000, show_default=True,
               help="Bootstrap replicates for intervals and p-values.")
 @click.option("--report-only", is_flag=True, help="Train nothing: recompute the statistics from OUT/results.json.")
-@click.option("--write", "write_path", default=None, metavar="PATH",
-              help="Also write the tables and verdicts into PATH's generated block (e.g. docs/results.md).")
+@click.option("--write", "write_path", multiple=True, metavar="PATH",
+              help="Also write the tables and verdicts into PATH's generated block (e.g. docs/results.md); "
+                   "a file with the ablate-summary markers (README.md) gets the short form. Repeatable.")
 @user_errors
 def ablate(data_dir, out, table, seeds, epochs, baseline_epochs, preset, metric, backbone, batch_size,
            image_size, steps_per_epoch, n_boot, report_only, write_path):
@@ -429,7 +430,7 @@ def ablate(data_dir, out, table, seeds, epochs, baseline_epochs, preset, metric,
     \b
     Example:
       python cli.py ablate --out runs/ablate --table all --seeds 5 --metric all
-      python cli.py ablate --out runs/ablate --report-only --write docs/results.md
+      python cli.py ablate --out runs/ablate --report-only --write docs/results.md --write README.md
     """
     import shlex
 
