@@ -3,7 +3,8 @@ import pytest
 import tensorflow as tf
 
 from aaa_keras.model.losses import (adversarial_gate, adversarial_loss, attention_bce_loss,
-                                    attention_loss, gated_adversarial_loss, regularization_loss)
+                                    attention_loss, batch_hard_triplet_loss, gated_adversarial_loss,
+                                    label_smoothing_cross_entropy, regularization_loss)
 
 RNG = np.random.default_rng(0)
 M_ATT = RNG.normal(size=(6, 8, 4, 1)).astype(np.float32)
@@ -105,3 +106,47 @@ def test_no_gradient_flows_through_the_gate():
 def test_adversarial_gate(omega, expected):
     gate = adversarial_gate(np.array([0.5, 0.9, 0.2]), np.array([0.45, 0.1, 0.3]), omega)
     np.testing.assert_array_equal(gate, expected)
+
+
+# === The strong recipe's losses ===
+
+def _batch_hard_brute_force(embeddings, labels, margin):
+    """One anchor at a time: farthest positive, closest negative, in float64."""
+    x = embeddings.astype(np.float64)
+    losses = []
+    for a in range(len(x)):
+        distances = [np.linalg.norm(x[a] - x[j]) for j in range(len(x))]
+        positives = [distances[j] for j in range(len(x)) if labels[j] == labels[a]]  # includes a
+        negatives = [distances[j] for j in range(len(x)) if labels[j] != labels[a]]
+        losses.append(max(0.0, margin + max(positives) - min(negatives)) if negatives else 0.0)
+    return np.array(losses)
+
+
+@pytest.mark.parametrize("labels", [[0, 0, 1, 1, 2, 2, 3, 3], [0, 1, 0, 2, 1, 2, 3, 3], [5, 1, 2, 3, 4, 0, 6, 7]])
+@pytest.mark.parametrize("margin", [0.3, 5.0])
+def test_batch_hard_triplet_loss_matches_a_brute_force(labels, margin):
+    embeddings = RNG.normal(size=(8, 5)).astype(np.float32)
+    labels = np.array(labels, np.int32)
+    np.testing.assert_allclose(batch_hard_triplet_loss(embeddings, labels, margin),
+                               _batch_hard_brute_force(embeddings, labels, margin), rtol=1e-4, atol=1e-4)
+
+
+def test_batch_hard_triplet_loss_has_finite_gradients_and_is_zero_without_negatives():
+    embeddings = tf.Variable(RNG.normal(size=(4, 3)).astype(np.float32))
+    with tf.GradientTape() as tape:
+        loss = tf.reduce_sum(batch_hard_triplet_loss(embeddings, np.array([0, 0, 1, 1]), 0.3))
+    assert np.isfinite(tape.gradient(loss, embeddings).numpy()).all()
+    assert np.all(batch_hard_triplet_loss(embeddings, np.zeros(4, np.int32), 0.3).numpy() == 0.0)
+
+
+def test_label_smoothing_cross_entropy_matches_its_formula():
+    logits = RNG.normal(size=(6, 7)).astype(np.float32) * 3
+    labels = RNG.integers(0, 7, 6).astype(np.int32)
+    epsilon = 0.1
+    log_p = logits.astype(np.float64) - np.log(np.exp(logits.astype(np.float64)).sum(-1, keepdims=True))
+    q = np.full((6, 7), epsilon / 7)  # q = (1 - eps) onehot + eps / N
+    q[np.arange(6), labels] += 1 - epsilon
+    np.testing.assert_allclose(label_smoothing_cross_entropy(labels, logits, epsilon),
+                               -(q * log_p).sum(-1), rtol=1e-5)
+    np.testing.assert_allclose(label_smoothing_cross_entropy(labels, logits, 0.0),
+                               -log_p[np.arange(6), labels], rtol=1e-5)

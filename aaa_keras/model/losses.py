@@ -18,6 +18,10 @@ Eq. 2 has several readings (``--attention-loss``, docs/decisions.md,
   every cell by how much occluding it lowers the true-class probability
   (:func:`aaa_keras.model.occlusion.occlusion_target`), so the map learns
   the ranking of all 16 cells and not only the hardest one.
+
+The strong recipe (Bag of Tricks, Luo et al. 2019) adds two losses of the
+network, also one value per sample: :func:`label_smoothing_cross_entropy`
+and :func:`batch_hard_triplet_loss`.
 """
 
 from __future__ import annotations
@@ -89,3 +93,50 @@ def gated_adversarial_loss(attention_map, occlusion_target, p_before, p_after,
     gate = adversarial_gate(p_before, p_after, omega)
     return gate * (lambda1 * regularization_loss(attention_map)
                    + lambda2 * attention_loss(attention_map, occlusion_target, reading))
+
+
+# === The strong recipe's network losses (Bag of Tricks) ===
+
+def label_smoothing_cross_entropy(labels, logits, epsilon: float = 0.1):
+    """Softmax cross-entropy against ``q = (1 - epsilon) onehot(y) + epsilon / N``.
+
+    ``= (1 - epsilon) * (-log p_y) + epsilon * mean_k(-log p_k)`` (Szegedy et
+    al. 2016; Luo et al. 2019 eq. 2 with ``N`` classes).
+    """
+    log_probabilities = ops.log_softmax(ops.cast(logits, "float32"), axis=-1)
+    labels = ops.expand_dims(ops.cast(labels, "int32"), -1)
+    true_class = -ops.squeeze(ops.take_along_axis(log_probabilities, labels, axis=-1), -1)
+    uniform = -ops.mean(log_probabilities, axis=-1)
+    return (1.0 - epsilon) * true_class + epsilon * uniform
+
+
+def pairwise_distances(embeddings):
+    """Euclidean distances ``(B, B)``, the diagonal exactly 0.
+
+    ``|a|^2 - 2 a.b + |b|^2`` leaves rounding noise where ``a = b`` (its
+    square root ~1e-3 in float32), hence the zeroed diagonal; the ``sqrt`` of at
+    least 1e-12 keeps every gradient finite.
+    """
+    embeddings = ops.cast(embeddings, "float32")
+    squared = ops.sum(ops.square(embeddings), axis=-1)
+    dot = ops.matmul(embeddings, ops.transpose(embeddings))
+    distances = ops.sqrt(ops.maximum(squared[:, None] - 2.0 * dot + squared[None, :], 1e-12))
+    return distances * (1.0 - ops.eye(ops.shape(embeddings)[0], dtype="float32"))
+
+
+def batch_hard_triplet_loss(embeddings, labels, margin: float = 0.3):
+    """Batch-hard triplet loss (Hermans et al. 2017): one value per anchor, ``(B,)``.
+
+    ``max(0, margin + max_p d(a, p) - min_n d(a, n))`` over the batch: the
+    farthest image of the anchor's identity and the closest of another. An
+    anchor with no other image of its identity has ``d(a, a)`` (~0) as its
+    hardest positive; one with no negative in the batch gives 0.
+    """
+    distances = pairwise_distances(embeddings)
+    labels = ops.reshape(ops.cast(labels, "int32"), (-1,))
+    same = ops.cast(ops.equal(labels[:, None], labels[None, :]), "float32")
+    hardest_positive = ops.max(distances * same, axis=1)
+    largest = ops.stop_gradient(ops.max(distances))
+    hardest_negative = ops.min(distances + same * (largest + 1.0), axis=1)
+    has_negative = ops.cast(ops.min(same, axis=1) < 1.0, "float32")
+    return ops.relu(hardest_positive - hardest_negative + margin) * has_negative
