@@ -25,6 +25,12 @@ BACKBONE_CHOICE = click.Choice(config_lib.BACKBONES)
 DISTRIBUTE_CHOICE = click.Choice(config_lib.DISTRIBUTE_STRATEGIES)
 MIXED_PRECISION_CHOICE = click.Choice(config_lib.MIXED_PRECISIONS)
 METRIC_CHOICE = click.Choice([*vocabulary.METRICS, vocabulary.ALL])
+RECIPE_CHOICE = click.Choice(config_lib.RECIPES)
+OPTIMIZER_CHOICE = click.Choice(config_lib.OPTIMIZERS)
+LAST_STRIDE_CHOICE = click.Choice([str(s) for s in config_lib.LAST_STRIDES])
+RECIPE_HELP = ("Training recipe: paper = the paper's (softmax CE, SGD); strong = Bag of Tricks: P x K "
+               "batches, label smoothing, batch-hard triplet, BNNeck, Adam with warm-up, random erasing, "
+               "last stride 1 (each also a flag below, which wins). Default: paper.")
 
 
 def user_errors(command):
@@ -166,7 +172,31 @@ def data_check(root, strict):
 @click.option("--occlude-after", type=click.Choice(config_lib.OCCLUSION_POINTS), default=None,
               help="Occlusion point (paper Table 3); default conv3.")
 @click.option("--dropout", type=float, default=None, help="0.5 for Market-1501 (default), 0.6 for Duke.")
-@click.option("--random-erasing", is_flag=True, default=None, help="Baseline with keras.layers.RandomErasing (Table 5).")
+@click.option("--random-erasing/--no-random-erasing", default=None,
+              help="Baseline with keras.layers.RandomErasing (Table 5); on under --recipe strong.")
+@click.option("--recipe", type=RECIPE_CHOICE, default=None, help=RECIPE_HELP)
+@click.option("--ids-per-batch", type=click.IntRange(0), default=None,
+              help="P of identity-balanced P x K batches in stages 1 and 3 (batch = P x K); 0 = shuffled "
+                   "batches. paper: 0, strong: 16.")
+@click.option("--images-per-id", type=click.IntRange(2), default=None, help="K of P x K batches (4).")
+@click.option("--label-smoothing", type=float, default=None,
+              help="Epsilon of the label-smoothing cross-entropy, stages 1 and 3. paper: 0, strong: 0.1.")
+@click.option("--triplet/--no-triplet", default=None,
+              help="Batch-hard triplet loss on the pooled feature (needs --ids-per-batch). strong: on.")
+@click.option("--triplet-margin", type=float, default=None, help="Margin of the triplet loss (0.3).")
+@click.option("--bnneck/--no-bnneck", default=None,
+              help="BatchNorm before a bias-free classifier; retrieval uses the feature after it. strong: on.")
+@click.option("--last-stride", type=LAST_STRIDE_CHOICE, default=None,
+              help="Stride of conv5 (resnet50, tiny_resnet). paper: 2, strong: 1.")
+@click.option("--optimizer", type=OPTIMIZER_CHOICE, default=None,
+              help="The network's optimizer in stages 1 and 3. paper: sgd, strong: adam.")
+@click.option("--baseline-lr", type=float, default=None, help="Stage 1's learning rate (demo 0.05, paper 1e-3, strong 3.5e-4).")
+@click.option("--adversarial-lr", type=float, default=None,
+              help="Stage 3's network learning rate (demo 0.005, paper 1e-4, strong 3.5e-5).")
+@click.option("--weight-decay", type=float, default=None,
+              help="The network's weight decay (sgd: Keras', adam: L2 on the gradient). paper: 0, strong: 5e-4.")
+@click.option("--warmup-epochs", type=click.IntRange(0), default=None,
+              help="Linear warm-up from 0.1x of the network's lr, stages 1 and 3. paper: 0, strong: 1.")
 @click.option("--attention-loss", type=click.Choice(config_lib.ATTENTION_LOSSES), default=None,
               help="Reading of eq. 2 in stages 2-3: l1 = as printed (collapses), bce = per-position "
                    "sigmoid CE as ref. [7] (default), soft = bce on every cell's probability drop.")
@@ -196,7 +226,7 @@ def data_check(root, strict):
 @user_errors
 @locks_run_dir("fit")
 def fit(stage, data_dir, run_dir, preset, image_size, no_finetune, no_take_turns, cells_per_call,
-        evaluate_after, **options):
+        evaluate_after, last_stride, **options):
     """Train a stage (and the stages before it that are not trained yet).
 
     \b
@@ -204,6 +234,7 @@ def fit(stage, data_dir, run_dir, preset, image_size, no_finetune, no_take_turns
       python cli.py fit --stage adversarial --run-dir runs/demo
       python cli.py fit --stage baseline --data ~/Market-1501 --preset paper --run-dir runs/market
       python cli.py fit --stage adversarial --occlude-after conv4 --run-dir runs/conv4
+      python cli.py fit --stage baseline --recipe strong --run-dir runs/strong
     An interrupted run resumes when the same command is run again.
     """
     from aaa_keras.training import fit as fit_stages
@@ -212,6 +243,8 @@ def fit(stage, data_dir, run_dir, preset, image_size, no_finetune, no_take_turns
         options["image_height"], options["image_width"] = config_lib.parse_image_size(image_size)
     if cells_per_call is not None:
         options["cells_per_call"] = int(cells_per_call)
+    if last_stride is not None:
+        options["last_stride"] = int(last_stride)
     if no_finetune:
         if options.get("mask") not in (None, "response"):
             raise UserError(f"--no-finetune is --mask response; it cannot be combined with "
@@ -406,6 +439,7 @@ def search(index_path, model_path, images, top, nprobe, picture):
                    "(default with neither: 4, and 30 for stage 1, with the demo preset; the preset's own otherwise).")
 @click.option("--baseline-epochs", type=click.IntRange(1), default=None, help="Stage 1's epochs.")
 @click.option("--preset", type=PRESET_CHOICE, default="demo", show_default=True)
+@click.option("--recipe", type=RECIPE_CHOICE, default=None, help=RECIPE_HELP)
 @click.option("--metric", type=METRIC_CHOICE, default="euclidean",
               show_default=True, help="Distance(s) to evaluate; the first is the one of the progress lines and the figure.")
 @click.option("--backbone", type=BACKBONE_CHOICE, default=None)
@@ -419,7 +453,7 @@ def search(index_path, model_path, images, top, nprobe, picture):
               help="Also write the tables and verdicts into PATH's generated block (e.g. docs/results.md); "
                    "a file with the ablate-summary markers (README.md) gets the short form. Repeatable.")
 @user_errors
-def ablate(data_dir, out, table, seeds, epochs, baseline_epochs, preset, metric, backbone, batch_size,
+def ablate(data_dir, out, table, seeds, epochs, baseline_epochs, preset, recipe, metric, backbone, batch_size,
            image_size, steps_per_epoch, n_boot, report_only, write_path):
     """The paper's Tables 3-5 and controls over seeds, paired, with intervals and a verdict per claim.
 
@@ -445,7 +479,9 @@ def ablate(data_dir, out, table, seeds, epochs, baseline_epochs, preset, metric,
         import tensorflow as tf
 
         tf.get_logger().setLevel("ERROR")  # "retracing" warnings: dozens of models in one process
-        overrides = dict(backbone=backbone, batch_size=batch_size, steps_per_epoch=steps_per_epoch)
+        # --recipe paper is the default: left out, so a grid made before --recipe existed continues
+        overrides = dict(backbone=backbone, batch_size=batch_size, steps_per_epoch=steps_per_epoch,
+                         recipe=None if recipe == "paper" else recipe)
         if image_size:
             overrides["image_height"], overrides["image_width"] = config_lib.parse_image_size(image_size)
         with hold(out, "ablate"):

@@ -24,6 +24,10 @@ OCCLUSION_POINTS = ("conv2", "conv3", "conv4", "conv5")
 BACKBONES = ("resnet50", "mobilenet_v3_large", "efficientnet_b0", "tiny_resnet")
 DISTRIBUTE_STRATEGIES = ("none", "mirrored", "multiworker")  # tf.distribute (execution.py)
 MIXED_PRECISIONS = ("mixed_float16", "mixed_bfloat16")  # Keras dtype policies; "" = float32
+RECIPES = ("paper", "strong")  # training recipe: the paper's, or the Bag of Tricks (RECIPE_DEFAULTS)
+OPTIMIZERS = ("sgd", "adam")  # the network's optimizer in stages 1 and 3 (training.make_optimizer)
+LAST_STRIDES = (1, 2)  # stride of conv5's first block (model/backbone.py: LAST_STRIDE_LAYERS)
+LAST_STRIDE_BACKBONES = ("resnet50", "tiny_resnet")  # backbones whose last stride can be 1
 CONFIG_FILE = "config.json"
 
 
@@ -39,17 +43,28 @@ class RunConfig:
     seed: int = 0
     random_erasing: bool = False  # paper Table 5 comparison (baseline only)
     random_erasing_probability: float = 0.5
+    ids_per_batch: int = 0  # P of identity-balanced P x K batches (stages 1 and 3); 0 = shuffled batches
+    images_per_id: int = 4  # K of P x K batches
     # === Model ===
     backbone: str = "resnet50"
     backbone_weights: str = ""  # "" = random init, "imagenet", or a path to an .h5 file
     occlude_after: str = "conv3"  # paper Table 3: conv3 is best
     dropout: float = 0.5  # paper 4.2: 0.5 Market-1501, 0.6 DukeMTMC-reID
     attention_filters: int = 256
+    bnneck: bool = False  # BatchNorm between the pooled feature and a bias-free classifier (BoT)
+    last_stride: int = 2  # 1 keeps conv5 at conv4's resolution (BoT)
+    # === Recipe: the paper's or the Bag of Tricks' (RECIPE_DEFAULTS) ===
+    recipe: str = "paper"
+    label_smoothing: float = 0.0  # epsilon of the label-smoothing cross-entropy (stages 1 and 3)
+    triplet: bool = False  # batch-hard triplet loss on the pooled feature (needs P x K batches)
+    triplet_margin: float = 0.3
+    optimizer: str = "sgd"  # the network's optimizer in stages 1 and 3: sgd or adam
+    warmup_epochs: int = 0  # linear warm-up from 0.1x of the network's lr (stages 1 and 3)
     # === Optimisation (paper 4.2) ===
     epochs: int = 10  # per stage
     baseline_epochs: int = 0  # stage 1's own epoch count; 0 = ``epochs``
     momentum: float = 0.9
-    weight_decay: float = 0.0
+    weight_decay: float = 0.0  # the network's (stages 1 and 3); adam: L2 added to the gradient
     baseline_lr: float = 1e-3
     baseline_lr_decay_epochs: int = 2
     attention_lr: float = 1e-4
@@ -116,20 +131,52 @@ PRESETS: dict[str, dict] = {
     "paper": dict(image_height=224, image_width=224, batch_size=32, epochs=10),
 }
 
+# What each recipe changes after the preset (docs/method.md, "Recipes"; docs/decisions.md,
+# "The strong recipe"). ``strong`` is the Bag of Tricks (Luo et al., CVPR-W 2019): P x K
+# batches, label smoothing, batch-hard triplet, BNNeck (no dropout), Adam 3.5e-4 with L2
+# 5e-4, linear warm-up then step decay, random erasing and last stride 1, scaled to 10
+# epochs per stage: one warm-up epoch (BoT: 10 of 120) and x0.1 every 4 epochs (BoT: at
+# 40 and 70 of 120). Stage 3 fine-tunes at 0.1x stage 1's lr, the paper's ratio.
+RECIPE_DEFAULTS: dict[str, dict] = {
+    "paper": {},
+    "strong": dict(ids_per_batch=16, images_per_id=4, label_smoothing=0.1, triplet=True,
+                   triplet_margin=0.3, bnneck=True, dropout=0.0, last_stride=1, random_erasing=True,
+                   optimizer="adam", weight_decay=5e-4, warmup_epochs=1,
+                   baseline_lr=3.5e-4, baseline_lr_decay_epochs=4,
+                   adversarial_lr=3.5e-5, adversarial_lr_decay_epochs=4),
+}
+
 # Settings that decide the shape or meaning of the weights: a run directory
 # made with other values cannot be continued.
 WEIGHT_DEFINING_KEYS = (
     "image_height", "image_width", "backbone", "occlude_after", "attention_filters",
-    "num_classes", "dataset_fingerprint",
+    "num_classes", "dataset_fingerprint", "bnneck", "last_stride",
 )
 
 
-def make_config(preset: str = "demo", **overrides) -> RunConfig:
-    """Presets first, then explicit overrides (``None`` values are ignored)."""
+def make_config(preset: str = "demo", recipe: str | None = None, **overrides) -> RunConfig:
+    """The preset, then the recipe's defaults, then explicit overrides (``None`` values are ignored).
+
+    ``recipe`` None is ``"paper"``, which changes nothing. With P x K batches
+    (``ids_per_batch`` > 0) the batch size is ``ids_per_batch * images_per_id``.
+    """
     if preset not in PRESETS:
         raise UserError(f"--preset: unknown preset {preset!r}; expected one of {sorted(PRESETS)}")
+    recipe = recipe or "paper"
+    if recipe not in RECIPES:
+        raise UserError(f"--recipe: got {recipe!r}; expected {_one_of(RECIPES)}")
     values = dict(PRESETS[preset], preset=preset)
-    values.update({k: v for k, v in overrides.items() if v is not None})
+    values.update(RECIPE_DEFAULTS[recipe], recipe=recipe)
+    explicit = {k: v for k, v in overrides.items() if v is not None}
+    values.update(explicit)
+    if values.get("ids_per_batch"):
+        pk = values["ids_per_batch"] * values.get("images_per_id", RunConfig.images_per_id)
+        if "batch_size" in explicit and explicit["batch_size"] != pk:
+            raise UserError(
+                f"--batch-size {explicit['batch_size']} with --ids-per-batch {values['ids_per_batch']} "
+                f"x --images-per-id {values.get('images_per_id', RunConfig.images_per_id)} = {pk}: "
+                "a P x K batch holds P * K images; drop --batch-size or set --ids-per-batch 0")
+        values["batch_size"] = pk
     config = RunConfig(**values)
     validate(config)
     return config
@@ -175,6 +222,36 @@ def validate(config: RunConfig) -> None:
     if config.mixed_precision not in ("", *MIXED_PRECISIONS):
         raise UserError(f"--mixed-precision: got {config.mixed_precision!r}; expected "
                         f"{_one_of(MIXED_PRECISIONS)}")
+    _validate_recipe(config)
+
+
+def _validate_recipe(config: RunConfig) -> None:
+    """The settings of the strong recipe (each also a flag of its own)."""
+    for name, choices in (("recipe", RECIPES), ("optimizer", OPTIMIZERS), ("last_stride", LAST_STRIDES)):
+        if getattr(config, name) not in choices:
+            raise UserError(f"--{name.replace('_', '-')}: got {getattr(config, name)!r}; expected "
+                            f"{_one_of(tuple(str(c) for c in choices))}")
+    if config.last_stride == 1 and config.backbone not in LAST_STRIDE_BACKBONES:
+        raise UserError(f"--last-stride 1 with --backbone {config.backbone}: only "
+                        f"{_one_of(LAST_STRIDE_BACKBONES)} have a conv5 stride to change; use --last-stride 2")
+    if config.ids_per_batch < 0 or config.ids_per_batch == 1:
+        raise UserError(f"--ids-per-batch must be 0 (shuffled batches) or at least 2, got {config.ids_per_batch}")
+    if config.ids_per_batch and config.images_per_id < 2:
+        raise UserError(f"--images-per-id must be at least 2 in a P x K batch, got {config.images_per_id}")
+    if not 0.0 <= config.label_smoothing < 1.0:
+        raise UserError(f"--label-smoothing must be in [0, 1), got {config.label_smoothing}")
+    if config.triplet_margin < 0:
+        raise UserError(f"--triplet-margin must be >= 0, got {config.triplet_margin}")
+    if config.triplet and not config.ids_per_batch:
+        raise UserError("--triplet needs identity-balanced batches so that every anchor has a "
+                        "positive: set --ids-per-batch (e.g. 16) or use --no-triplet")
+    if config.warmup_epochs < 0:
+        raise UserError(f"--warmup-epochs must be >= 0, got {config.warmup_epochs}")
+    if config.weight_decay < 0:
+        raise UserError(f"--weight-decay must be >= 0, got {config.weight_decay}")
+    for name in ("baseline_lr", "attention_lr", "adversarial_lr"):
+        if getattr(config, name) <= 0:
+            raise UserError(f"--{name.replace('_', '-')} must be positive, got {getattr(config, name)}")
 
 
 def _one_of(choices) -> str:

@@ -35,10 +35,14 @@ TENSORBOARD_DIR = "tensorboard"
 # them in done.json, and a later `fit` asking for other values is refused
 # instead of silently reusing the stage.
 STAGE_SETTINGS = {
-    "baseline": ("dropout", "random_erasing", "random_erasing_probability", "backbone_weights"),
+    "baseline": ("dropout", "random_erasing", "random_erasing_probability", "backbone_weights",
+                 "ids_per_batch", "images_per_id", "label_smoothing", "triplet", "triplet_margin",
+                 "optimizer", "weight_decay", "warmup_epochs"),
     "attention": ("grid_size", "attention_loss"),
     "adversarial": ("mask", "attention_loss", "occluded_batchnorm", "take_turns", "lambda1",
-                    "lambda2", "omega", "occluded_fraction", "grid_size"),
+                    "lambda2", "omega", "occluded_fraction", "grid_size",
+                    "ids_per_batch", "images_per_id", "label_smoothing", "triplet", "triplet_margin",
+                    "optimizer", "weight_decay", "warmup_epochs"),
 }
 
 
@@ -133,7 +137,8 @@ def build_stage_parts(config: RunConfig, seed_offset: int = 0):
 
     keras.utils.set_random_seed(config.seed + seed_offset)
     parts = build_parts(config.num_classes, config.image_size, config.backbone,
-                        config.occlude_after, config.dropout, config.backbone_weights)
+                        config.occlude_after, config.dropout, config.backbone_weights,
+                        bnneck=config.bnneck, last_stride=config.last_stride)
     attention = build_attention_branch(parts.stem.output.shape[1:], config.attention_filters,
                                        seed=config.seed + 1000 + seed_offset)
     return parts, attention

@@ -16,11 +16,12 @@ from aaa_keras.config import STAGES, RunConfig
 from aaa_keras.data.check import verify_images
 from aaa_keras.data.names import SPLITS, ReidDataset, dataset_fingerprint, load_dataset
 from aaa_keras.data.pipeline import train_dataset
+from aaa_keras.data.sampler import batches_per_epoch
 from aaa_keras.data.synth import resolve_data
 from aaa_keras.errors import UserError
 from aaa_keras.execution import distribution_strategy, precision_policy
 from aaa_keras.files import write_json_atomically
-from aaa_keras.model.stages import AdversarialModel, AttentionAssignmentModel, BaselineModel
+from aaa_keras.model.stages import AdversarialModel, AttentionAssignmentModel, BaselineModel, NetworkLoss
 from aaa_keras.run_dir import (
     ATTENTION_WEIGHTS, BACKUP_DIR, DONE_FILE, LOG_FILE, NETWORK_WEIGHTS, TENSORBOARD_DIR,
     build_stage_parts, check_finished_stages, load_stage_weights, required_stages, stage_dir,
@@ -60,6 +61,56 @@ def start_run(config: RunConfig, run_dir: str, log=print, stages=STAGES,
 
 # === Building the models of a stage ===
 
+@keras.saving.register_keras_serializable(package="aaa_keras")
+class WarmupStepDecay(keras.optimizers.schedules.LearningRateSchedule):
+    """Linear warm-up from ``warmup_start`` x the rate, then x``decay_rate`` every ``decay_steps``.
+
+    The step decay counts from step 0, as Bag of Tricks' milestones do; during
+    the first ``warmup_steps`` the rate is also scaled by
+    ``warmup_start + (1 - warmup_start) * step / warmup_steps``.
+    """
+
+    def __init__(self, initial_learning_rate: float, decay_steps: int, decay_rate: float,
+                 warmup_steps: int, warmup_start: float = 0.1):
+        self.initial_learning_rate, self.decay_steps = float(initial_learning_rate), int(decay_steps)
+        self.decay_rate, self.warmup_steps = float(decay_rate), int(warmup_steps)
+        self.warmup_start = float(warmup_start)
+
+    def __call__(self, step):
+        step = tf.cast(step, tf.float32)
+        rate = self.initial_learning_rate * self.decay_rate ** tf.floor(step / max(self.decay_steps, 1))
+        if self.warmup_steps:
+            rate *= tf.minimum(1.0, self.warmup_start + (1.0 - self.warmup_start) * step / self.warmup_steps)
+        return rate
+
+    def get_config(self):
+        return {"initial_learning_rate": self.initial_learning_rate, "decay_steps": self.decay_steps,
+                "decay_rate": self.decay_rate, "warmup_steps": self.warmup_steps,
+                "warmup_start": self.warmup_start}
+
+
+@keras.saving.register_keras_serializable(package="aaa_keras")
+class AdamL2(keras.optimizers.Adam):
+    """Adam with ``l2 * w`` added to each gradient: ``torch.optim.Adam(weight_decay=l2)``, as in Bag of Tricks.
+
+    Added in ``update_step``, after the gradients of the replicas are summed,
+    so it counts once under ``tf.distribute``. (Keras' own ``weight_decay`` is
+    decoupled, AdamW's: a different regulariser.)
+    """
+
+    def __init__(self, l2: float = 0.0, **kwargs):
+        super().__init__(**kwargs)
+        self.l2 = float(l2)
+
+    def update_step(self, gradient, variable, learning_rate):
+        if self.l2:
+            gradient = gradient + tf.cast(self.l2, variable.dtype) * variable
+        super().update_step(gradient, variable, learning_rate)
+
+    def get_config(self):
+        return {**super().get_config(), "l2": self.l2}
+
+
 def make_optimizer(config: RunConfig, stage: str, steps_per_epoch: int,
                    player: str = "network") -> keras.optimizers.Optimizer:
     """SGD with momentum, learning rate x``lr_decay_rate`` every few epochs (paper 4.2).
@@ -67,12 +118,23 @@ def make_optimizer(config: RunConfig, stage: str, steps_per_epoch: int,
     Stage 3 has two players: the network (``adversarial_lr``, ``momentum``)
     and the attention branch (``player="attention"``: stage 2's ``attention_lr``
     with ``adversarial_attention_momentum``, on stage 3's decay schedule).
+
+    The network of stages 1 and 3 (not stage 2, not the attention player)
+    takes the recipe's ``optimizer`` (``adam``: :class:`AdamL2`),
+    ``weight_decay`` and ``warmup_epochs`` (:class:`WarmupStepDecay`).
     """
     rate_of = "attention" if player == "attention" else stage
-    learning_rate = keras.optimizers.schedules.ExponentialDecay(
-        getattr(config, f"{rate_of}_lr"),
-        decay_steps=getattr(config, f"{stage}_lr_decay_epochs") * steps_per_epoch,
-        decay_rate=config.lr_decay_rate, staircase=True)
+    network = player == "network" and stage != "attention"
+    rate = getattr(config, f"{rate_of}_lr")
+    decay_steps = getattr(config, f"{stage}_lr_decay_epochs") * steps_per_epoch
+    if network and config.warmup_epochs:
+        learning_rate = WarmupStepDecay(rate, decay_steps, config.lr_decay_rate,
+                                        warmup_steps=config.warmup_epochs * steps_per_epoch)
+    else:
+        learning_rate = keras.optimizers.schedules.ExponentialDecay(
+            rate, decay_steps=decay_steps, decay_rate=config.lr_decay_rate, staircase=True)
+    if network and config.optimizer == "adam":
+        return AdamL2(learning_rate=learning_rate, l2=config.weight_decay, epsilon=1e-8)
     if player == "attention":
         momentum = config.adversarial_attention_momentum
     elif stage == "attention":
@@ -80,14 +142,15 @@ def make_optimizer(config: RunConfig, stage: str, steps_per_epoch: int,
     else:
         momentum = config.momentum
     return keras.optimizers.SGD(learning_rate=learning_rate, momentum=momentum,
-                                weight_decay=config.weight_decay or None)
+                                weight_decay=(config.weight_decay if network else 0.0) or None)
 
 
 def build_stage_model(stage: str, config: RunConfig, run_dir: str, log=print) -> keras.Model:
     """The stage model, initialised from the stage before it (paper 3.2, 3.3)."""
     parts, attention = build_stage_parts(config)
+    loss = NetworkLoss(config.label_smoothing, config.triplet_margin if config.triplet else None)
     if stage == "baseline":
-        return BaselineModel(parts, name="baseline")
+        return BaselineModel(parts, loss, name="baseline")
     if stage == "attention":
         load_stage_weights(parts, attention, run_dir, "baseline")
         return AttentionAssignmentModel(parts, attention, config.grid_size, config.cells_per_call,
@@ -106,7 +169,7 @@ def build_stage_model(stage: str, config: RunConfig, run_dir: str, log=print) ->
                             config.lambda1, config.lambda2, config.omega, config.take_turns,
                             mask=config.mask, attention_loss=config.attention_loss,
                             occluded_batchnorm=config.occluded_batchnorm, seed=config.seed,
-                            name="adversarial")
+                            loss=loss, name="adversarial")
 
 
 def diagnostics_callback(stage: str, config: RunConfig, dataset: ReidDataset, log=print):
@@ -134,8 +197,18 @@ def diagnostics_callback(stage: str, config: RunConfig, dataset: ReidDataset, lo
 
 # === Training ===
 
-def _steps_per_epoch(config: RunConfig, num_images: int) -> int:
-    return config.steps_per_epoch or max(1, num_images // config.batch_size)
+def identity_batches(config: RunConfig, stage: str) -> bool:
+    """Whether ``stage`` trains on P x K batches: stages 1 and 3 with ``ids_per_batch`` set."""
+    return bool(config.ids_per_batch) and stage != "attention"
+
+
+def _steps_per_epoch(config: RunConfig, num_images: int, labels=None, stage: str = "baseline") -> int:
+    """``--steps-per-epoch``, else one pass: over the identities (P x K batches) or over the images."""
+    if config.steps_per_epoch:
+        return config.steps_per_epoch
+    if labels is not None and identity_batches(config, stage):
+        return batches_per_epoch(labels, config.ids_per_batch)
+    return max(1, num_images // config.batch_size)
 
 
 def train_stage(stage: str, config: RunConfig, dataset: ReidDataset, run_dir: str, log=print,
@@ -149,10 +222,12 @@ def train_stage(stage: str, config: RunConfig, dataset: ReidDataset, run_dir: st
     os.makedirs(directory, exist_ok=True)
     records = dataset.train_identities()
     labels, _ = dataset.relabel(records)
-    steps = _steps_per_epoch(config, len(records))
+    steps = _steps_per_epoch(config, len(records), labels, stage)
     erasing = config.random_erasing_probability if (config.random_erasing and stage == "baseline") else 0.0
+    pk = dict(ids_per_batch=config.ids_per_batch, images_per_id=config.images_per_id) \
+        if identity_batches(config, stage) else {}
     data = train_dataset([r.path for r in records], labels, config.image_size, config.batch_size,
-                         seed=config.seed, random_erasing_probability=erasing)
+                         seed=config.seed, random_erasing_probability=erasing, **pk)
 
     strategy = strategy or distribution_strategy(config.distribute)
     with precision_policy(config.mixed_precision):
@@ -169,8 +244,10 @@ def _train_stage(stage, config, dataset, run_dir, directory, steps, data, log, c
         model.compile(optimizer=make_optimizer(config, stage, steps), jit_compile=config.jit_compile,
                       **compile_options)
         model(tf.zeros((1, *config.image_size, 3)))  # build before BackupAndRestore
+    batch = (f"P x K = {config.ids_per_batch} ids x {config.images_per_id} images"
+             if identity_batches(config, stage) else f"batch {config.batch_size}")
     log(f"Stage {stage}: {len(model.trainable_variables)} trainable variables, "
-        f"{steps} steps x {config.stage_epochs(stage)} epochs, batch {config.batch_size}")
+        f"{steps} steps x {config.stage_epochs(stage)} epochs, {batch}")
     diagnostics = diagnostics_callback(stage, config, dataset, log)
     callbacks = [
         *([diagnostics] if diagnostics else []),  # first: the loggers below record its values

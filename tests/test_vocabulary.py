@@ -36,6 +36,9 @@ def test_the_cli_choices_are_the_vocabulary():
         ("fit", "occluded_batchnorm"): config.OCCLUDED_BATCHNORM,
         ("fit", "distribute"): config.DISTRIBUTE_STRATEGIES,
         ("fit", "mixed_precision"): config.MIXED_PRECISIONS,
+        ("fit", "recipe"): config.RECIPES,
+        ("fit", "optimizer"): config.OPTIMIZERS,
+        ("fit", "last_stride"): tuple(str(s) for s in config.LAST_STRIDES),
         ("evaluate", "stage"): config.STAGES,
         ("evaluate", "metric"): (*vocabulary.METRICS, ALL),
         ("evaluate", "distribute"): config.DISTRIBUTE_STRATEGIES,
@@ -48,6 +51,7 @@ def test_the_cli_choices_are_the_vocabulary():
         ("ablate", "preset"): tuple(config.PRESETS),
         ("ablate", "metric"): (*vocabulary.METRICS, ALL),
         ("ablate", "backbone"): config.BACKBONES,
+        ("ablate", "recipe"): config.RECIPES,
     }
     for (command, option), values in expected.items():
         assert _choices(commands[command], option) == list(values), (command, option)

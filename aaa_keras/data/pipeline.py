@@ -14,6 +14,7 @@ import numpy as np
 import tensorflow as tf
 import keras
 
+from aaa_keras.data.sampler import check_pk, index_dataset
 from aaa_keras.errors import DatasetError
 
 AUTOTUNE = tf.data.AUTOTUNE
@@ -67,23 +68,39 @@ def _pad_crop_flip(image, seed, image_size, padding):
 
 
 def train_dataset(paths, labels, image_size, batch_size: int, seed: int = 0,
-                  random_erasing_probability: float = 0.0, repeat: bool = True) -> tf.data.Dataset:
+                  random_erasing_probability: float = 0.0, repeat: bool = True,
+                  ids_per_batch: int = 0, images_per_id: int = 0) -> tf.data.Dataset:
     """Shuffled, augmented, batched training pairs ``(images, labels)``.
 
     Augmentation: random flip and pad-crop (padding 1/16 of the height, 16 px
     at 256x128 as in common re-ID baselines); with
     ``random_erasing_probability`` > 0, ``keras.layers.RandomErasing`` at that
     fixed probability (paper Table 5's comparison).
+
+    With ``ids_per_batch`` P > 0 the batches are identity-balanced, P
+    identities x ``images_per_id`` K images in the order of
+    ``data/sampler.py``'s plan (``batch_size`` must be P * K; ``repeat=False``
+    gives one epoch of the plan), with the same augmentation.
     """
-    if len(paths) < batch_size:
-        raise DatasetError(
-            f"the training split has {len(paths)} images, fewer than --batch-size {batch_size}; "
-            "lower --batch-size or add images")
     padding = max(1, image_size[0] // 16)
-    pairs = tf.data.Dataset.from_tensor_slices((np.asarray(paths), np.asarray(labels, np.int32)))
-    pairs = pairs.shuffle(len(paths), seed=seed, reshuffle_each_iteration=True)
-    if repeat:
-        pairs = pairs.repeat()
+    if ids_per_batch:
+        if batch_size != ids_per_batch * images_per_id:
+            raise ValueError(f"batch_size {batch_size} is not ids_per_batch {ids_per_batch} x "
+                             f"images_per_id {images_per_id}")
+        check_pk(labels, ids_per_batch, images_per_id)
+        path_table = tf.constant(np.asarray(paths))
+        label_table = tf.constant(np.asarray(labels, np.int32))
+        pairs = index_dataset(labels, ids_per_batch, images_per_id, seed, repeat).map(
+            lambda i: (tf.gather(path_table, i), tf.gather(label_table, i)))
+    else:
+        if len(paths) < batch_size:
+            raise DatasetError(
+                f"the training split has {len(paths)} images, fewer than --batch-size {batch_size}; "
+                "lower --batch-size or add images")
+        pairs = tf.data.Dataset.from_tensor_slices((np.asarray(paths), np.asarray(labels, np.int32)))
+        pairs = pairs.shuffle(len(paths), seed=seed, reshuffle_each_iteration=True)
+        if repeat:
+            pairs = pairs.repeat()
     seeds = tf.data.Dataset.random(seed=seed).batch(2)
     dataset = tf.data.Dataset.zip((pairs, seeds)).map(
         lambda pair, s: (_pad_crop_flip(decode_image(pair[0], image_size), s, image_size, padding),

@@ -7,7 +7,8 @@ Each step keeps the shape of Keras' default TensorFlow step: forward under a
 Per-sample losses are summed and divided by the *global* batch size
 (:func:`global_batch_mean`): under ``tf.distribute`` gradients are summed
 across replicas, so this gives the same update as one device on the same
-global batch.
+global batch. The batch-hard triplet loss of the strong recipe mines its
+positives and negatives within each replica's part of the batch.
 """
 
 from __future__ import annotations
@@ -17,7 +18,8 @@ import tensorflow as tf
 
 from aaa_keras.model.backbone import ReidParts
 from aaa_keras.model.losses import (adversarial_gate, adversarial_loss, attention_loss,
-                                    gated_adversarial_loss, regularization_loss)
+                                    batch_hard_triplet_loss, gated_adversarial_loss,
+                                    label_smoothing_cross_entropy, regularization_loss)
 from aaa_keras.model.occlusion import (feature_response, hardest_occlusion, occlusion_target,
                                        random_scores, top_fraction_mask, true_class_probability)
 
@@ -29,10 +31,34 @@ def global_batch_mean(per_sample):
     return tf.reduce_sum(per_sample) / tf.cast(tf.shape(per_sample)[0] * replicas, tf.float32)
 
 
-def cross_entropy(labels, logits):
-    """Per-sample softmax cross-entropy, in float32."""
+def cross_entropy(labels, logits, label_smoothing: float = 0.0):
+    """Per-sample softmax cross-entropy, in float32; label-smoothed when ``label_smoothing`` > 0."""
+    if label_smoothing:
+        return label_smoothing_cross_entropy(labels, logits, label_smoothing)
     return keras.losses.sparse_categorical_crossentropy(
         labels, tf.cast(logits, tf.float32), from_logits=True)
+
+
+class NetworkLoss:
+    """The network's classification loss: cross-entropy (label-smoothed or not) + batch-hard triplet.
+
+    The paper's recipe is the plain cross-entropy; the strong recipe smooths
+    the labels and, with ``triplet_margin`` not None, adds the triplet loss on
+    the pooled feature before the BNNeck (``ReidParts.triplet_tail``).
+    """
+
+    def __init__(self, label_smoothing: float = 0.0, triplet_margin: float | None = None):
+        self.label_smoothing, self.triplet_margin = label_smoothing, triplet_margin
+
+    @property
+    def triplet(self) -> bool:
+        return self.triplet_margin is not None
+
+    def cross_entropy(self, labels, logits):
+        return cross_entropy(labels, logits, self.label_smoothing)
+
+    def triplet_loss(self, triplet_feature, labels):
+        return batch_hard_triplet_loss(triplet_feature, labels, self.triplet_margin)
 
 
 class _StageModel(keras.Model):
@@ -81,25 +107,39 @@ class _StageModel(keras.Model):
 
 
 class BaselineModel(_StageModel):
-    """Stage 1 (paper 3.1): ``tail(stem(x))`` trained with softmax cross-entropy."""
+    """Stage 1 (paper 3.1): ``tail(stem(x))`` trained with softmax cross-entropy.
 
-    tracker_names = ("loss", "accuracy")
+    ``loss`` (a :class:`NetworkLoss`) adds the strong recipe's label smoothing
+    and batch-hard triplet term; the default is the paper's plain cross-entropy.
+    """
 
-    def __init__(self, parts: ReidParts, **kwargs):
+    def __init__(self, parts: ReidParts, loss: NetworkLoss | None = None, **kwargs):
         super().__init__(**kwargs)
         self.parts = parts  # a plain dataclass: not tracked, so no variable is counted twice
         self.stem, self.tail = parts.stem, parts.tail
+        self.network_loss = loss or NetworkLoss()
+        self.tracker_names = ("loss", "accuracy") + (
+            ("cross_entropy", "triplet_loss") if self.network_loss.triplet else ())
         self._make_trackers()
 
     def call(self, images, training=False):
         return self.tail(self.stem(images, training=training), training=training)[1]
 
     def _step(self, images, labels, training):
-        logits = self(images, training=training)
-        per_sample = cross_entropy(labels, logits)
+        if self.network_loss.triplet:
+            triplet_feature, _, logits = self.parts.triplet_tail(
+                self.stem(images, training=training), training=training)
+        else:
+            logits = self(images, training=training)
+        per_sample = self.network_loss.cross_entropy(labels, logits)
+        values = {}
+        if self.network_loss.triplet:
+            triplet = self.network_loss.triplet_loss(triplet_feature, labels)
+            values = {"cross_entropy": per_sample, "triplet_loss": triplet}
+            per_sample = per_sample + triplet
         correct = tf.cast(tf.argmax(logits, axis=-1, output_type=tf.int32) == tf.cast(labels, tf.int32),
                           tf.float32)
-        return per_sample, {"loss": per_sample, "accuracy": correct}
+        return per_sample, {"loss": per_sample, "accuracy": correct, **values}
 
 
 class AttentionAssignmentModel(_StageModel):
@@ -149,7 +189,9 @@ class AdversarialModel(_StageModel):
     Two players, as in a Keras GAN ``train_step``:
 
     - the **network** (stem, tail, classifier; ``optimizer``) minimises the
-      cross-entropy on ``tail(f)`` and on ``tail(f * B)``;
+      cross-entropy on ``tail(f)`` and on ``tail(f * B)`` (``loss``: label-
+      smoothed under the strong recipe, plus the batch-hard triplet loss on
+      the unoccluded pooled feature);
     - the **attention branch** (``attention_optimizer``) minimises the gated
       adversarial loss of eq. 4. ``M_att`` is computed from
       ``stop_gradient(f)``, so its loss never reaches the stem, and the branch
@@ -178,11 +220,13 @@ class AdversarialModel(_StageModel):
                  cells_per_call: int = 16, occluded_fraction: float = 1.0 / 3.0,
                  lambda1: float = 0.3, lambda2: float = 1.7, omega: float = 0.04,
                  take_turns: bool = True, mask: str = "attention", attention_loss: str = "bce",
-                 occluded_batchnorm: str = "batch", seed: int | None = None, **kwargs):
+                 occluded_batchnorm: str = "batch", seed: int | None = None,
+                 loss: NetworkLoss | None = None, **kwargs):
         super().__init__(**kwargs)
         if mask == "attention" and attention is None:
             raise ValueError("mask='attention' needs an attention branch")
         self.parts = parts
+        self.network_loss = loss or NetworkLoss()
         self.stem, self.tail = parts.stem, parts.tail
         self.attention = attention if mask == "attention" else None
         self.grid_size, self.cells_per_call = grid_size, cells_per_call
@@ -198,7 +242,8 @@ class AdversarialModel(_StageModel):
                                                     name="random_mask_seed")
         self.occluded_names = ("ce_after", "p_bf", "p_af") + (
             self._adversarial_names if self.attention is not None else ())
-        self.tracker_names = ("loss", "accuracy", "ce_before") + self.occluded_names
+        self.tracker_names = ("loss", "accuracy", "ce_before") + (
+            ("triplet_loss",) if self.network_loss.triplet else ()) + self.occluded_names
         self.attention_optimizer = None
         self._make_trackers()
 
@@ -245,7 +290,8 @@ class AdversarialModel(_StageModel):
         logits_after = self._classify(embedding_after, keep)
         p_bf = true_class_probability(logits_before, labels)  # Alg. 2, l. 3
         p_af = true_class_probability(logits_after, labels)
-        terms = {"ce_after": cross_entropy(labels, logits_after), "p_bf": p_bf, "p_af": p_af}
+        terms = {"ce_after": self.network_loss.cross_entropy(labels, logits_after), "p_bf": p_bf,
+                 "p_af": p_af}
         if self.attention is None:
             return terms
         _, cell_probabilities, hardest_cell = hardest_occlusion(
@@ -269,23 +315,31 @@ class AdversarialModel(_StageModel):
         ``occluded`` is a scalar bool tensor.
         """
         features = self.stem(images, training=training)
-        embedding_before, _ = self.tail(features, training=training)
+        if self.network_loss.triplet:
+            triplet_feature, embedding_before, _ = self.parts.triplet_tail(features, training=training)
+        else:
+            embedding_before, _ = self.tail(features, training=training)
         keep = self._dropout_keep(embedding_before, training)
         logits_before = self._classify(embedding_before, keep)
-        ce_before = cross_entropy(labels, logits_before)
+        ce_before = self.network_loss.cross_entropy(labels, logits_before)
         zeros = tf.zeros_like(ce_before)
+        extra = {}
+        if self.network_loss.triplet:  # on the unoccluded feature only
+            extra["triplet_loss"] = self.network_loss.triplet_loss(triplet_feature, labels)
 
         terms = tf.cond(
             occluded,
             lambda: self._occluded_terms(features, logits_before, keep, labels, training),
             lambda: {name: zeros for name in self.occluded_names})
         network_loss = ce_before + terms["ce_after"]
+        if "triplet_loss" in extra:
+            network_loss = network_loss + extra["triplet_loss"]
         attention_player_loss = terms.get("adversarial_loss", zeros)
         correct = tf.cast(
             tf.argmax(logits_before, axis=-1, output_type=tf.int32) == tf.cast(labels, tf.int32),
             tf.float32)
         values = dict(terms, loss=network_loss + attention_player_loss, accuracy=correct,
-                      ce_before=ce_before)
+                      ce_before=ce_before, **extra)
         return network_loss, attention_player_loss, values
 
     def _is_occluded_step(self):
