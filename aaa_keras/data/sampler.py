@@ -6,8 +6,10 @@ every anchor. One epoch visits every identity at least once: the identities
 are shuffled and cut into groups of ``P``; the last group is filled up with
 identities drawn from the other groups. An identity with fewer than ``K``
 images is drawn with replacement. The plan of epoch ``e`` depends only on
-``(seed, e)``, so a run is reproducible and a resumed one sees the same
-batches for the epochs it still trains.
+``(seed, e)``, so the batches of a run are reproducible. A stage resumed from
+its backup starts a new stream at the plan of epoch 0 (as the shuffled
+pipeline restarts its shuffle): the resumed epochs see other batches than
+the interrupted run would have.
 """
 
 from __future__ import annotations
