@@ -22,9 +22,17 @@ FORCE_FP16 flag on the float32 model, the representative-set size, and the
 Default: ResNet-50 at 256x128 with random weights (freshly initialised);
 ``--run-dir`` uses a trained stage instead.
 
+``--backbones`` instead compares backbones for a camera: LiteRT float32 and
+int8 latency at batch 1 and throughput at batch --batch of each, as ratios to
+the first (ResNet-50), with model sizes and the cosine to Keras. Random
+weights, BatchNorm moving statistics set from one batch of synthetic crops
+(at initialisation MobileNetV3 embeds at ~1e-10, which is no test of int8).
+
     python benchmarks/bench_export.py                       # about 8 minutes on 2 cores
     python benchmarks/bench_export.py --run-dir runs/demo --stage adversarial
     python benchmarks/bench_export.py --backbone tiny_resnet --image-size 64x32 --quick
+    python benchmarks/bench_export.py --backbones resnet50,mobilenet_v3_large,efficientnet_b0 \
+        --repeats 10 --batch-repeats 2 --representative 32    # camera backbones, ~10 minutes
 """
 
 from __future__ import annotations
@@ -47,13 +55,18 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import numpy as np  # noqa: E402
 
+from aaa_keras.config import BACKBONES  # noqa: E402
+
 
 def parse_args():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
     parser.add_argument("--run-dir", default=None, help="a trained run (default: random ResNet-50 weights)")
     parser.add_argument("--stage", default=None)
-    parser.add_argument("--backbone", default="resnet50", choices=["resnet50", "tiny_resnet"])
+    parser.add_argument("--backbone", default="resnet50", choices=BACKBONES)
+    parser.add_argument("--backbones", default=None, metavar="A,B,...",
+                        help="compare these backbones' LiteRT float32 / int8 speed and size (first = reference)")
+    parser.add_argument("--occlude-after", default="conv3", help="split point of --backbones' models")
     parser.add_argument("--image-size", default="256x128", help="HxW (ignored with --run-dir)")
     parser.add_argument("--threads", type=int, default=2, help="CPU threads for every variant")
     parser.add_argument("--batch", type=int, default=32, help="batch of the throughput measurement")
@@ -220,6 +233,8 @@ def directory_bytes(path):
 
 def main():
     args = parse_args()
+    if args.backbones:
+        return compare_backbones(args)
     import tensorflow as tf
 
     tf.config.threading.set_intra_op_parallelism_threads(args.threads)
@@ -408,6 +423,92 @@ def investigate(args, graph, contents, representative, held, reference, images1,
         print(f"  converted '{name}' in {time.time() - tick:.0f} s", flush=True)
         run(name, interpreter_runner(content, args.threads), content_bytes=len(content))
     return rows
+
+
+# === Camera backbones: LiteRT float32 / int8 speed and size against ResNet-50 ===
+
+def settle_batchnorm(parts, images):
+    """BatchNorm moving statistics := the batch statistics of one training-mode pass over ``images``."""
+    import keras
+
+    norms = [layer for layer in parts.network._flatten_layers() if isinstance(layer, keras.layers.BatchNormalization)]
+    momenta = [layer.momentum for layer in norms]
+    for layer in norms:
+        layer.momentum = 0.0
+    parts.network(images, training=True)
+    for layer, momentum in zip(norms, momenta):
+        layer.momentum = momentum
+
+
+def compare_backbones(args):
+    import tensorflow as tf
+
+    tf.config.threading.set_intra_op_parallelism_threads(args.threads)
+    tf.config.threading.set_inter_op_parallelism_threads(1)
+    import keras
+
+    from aaa_keras.data.synth import synthesize_market
+    from aaa_keras.deploy import tflite as tflite_lib
+    from aaa_keras.deploy.runtime import read_images
+    from aaa_keras.model.backbone import build_embedder, build_parts
+
+    names = [name.strip() for name in args.backbones.split(",") if name.strip()]
+    unknown = [name for name in names if name not in BACKBONES]
+    if unknown:
+        raise SystemExit(f"--backbones: unknown {unknown}; expected names from {BACKBONES}")
+    started = time.time()
+    height, width = (int(v) for v in args.image_size.lower().split("x"))
+    image_size = (height, width)
+    workdir = tempfile.mkdtemp(prefix="bench_backbones_")
+    data = os.path.join(workdir, "synth")
+    synthesize_market(data, num_ids=8, num_cams=3, seed=0)
+    train = sorted(os.path.join(data, "bounding_box_train", f) for f in os.listdir(os.path.join(data, "bounding_box_train")))
+    test = sorted(os.path.join(data, d, f) for d in ("query", "bounding_box_test") for f in os.listdir(os.path.join(data, d)))
+    representative = read_images(train[:: max(1, len(train) // args.representative)][: args.representative], image_size)
+    held = read_images(test[:: max(1, len(test) // 32)][:32], image_size)
+    images_batch = read_images((test * (args.batch // len(test) + 1))[: args.batch], image_size)
+    shutil.rmtree(workdir, ignore_errors=True)
+    print(f"Machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs visible; "
+          f"{args.threads} LiteRT threads; TF {tf.__version__}, {package_versions()}")
+    print(f"Backbones {', '.join(names)} at {height}x{width}, split after {args.occlude_after}; random weights "
+          f"(seed 0), BatchNorm statistics from {min(16, len(representative))} training crops; int8 calibrated "
+          f"on {len(representative)} training crops", flush=True)
+    rows = {}
+    for backbone in names:
+        keras.utils.set_random_seed(0)
+        parts = build_parts(100, image_size, backbone, args.occlude_after)
+        settle_batchnorm(parts, representative[:16])
+        embedder = build_embedder(parts)
+        reference = np.asarray(embedder.predict(held, verbose=0))
+        graph = tflite_lib.tflite_graph(parts)
+        for quantization in ("float32", "int8"):
+            tick = time.time()
+            content = tflite_lib.convert(graph, quantization, representative)
+            runner = interpreter_runner(content, args.threads)
+            entry = measure(runner, held[:1], images_batch, args.repeats, args.batch_repeats)
+            entry.update(cosine_stats(reference, runner(len(held))(held)))
+            entry.update(bytes=len(content), params=embedder.count_params(), dim=parts.embedding_dim,
+                         convert_s=time.time() - tick)
+            rows[f"{backbone} {quantization}"] = entry
+            print(f"  {backbone} {quantization}: {len(content) / 1e6:.1f} MB, {entry['latency_ms']:.1f} ms at "
+                  f"batch 1, {entry['throughput']:.1f} img/s at batch {args.batch}, cos min to Keras "
+                  f"{entry['cos_min']:.4f}", flush=True)
+    first = names[0]
+    print(f"\n## LiteRT speed of the camera backbones, {height}x{width}, {args.threads} threads "
+          f"(x {first}: higher is better)\n")
+    print(f"| backbone | TFLite | params M | embedding | size MB | batch 1 ms | x {first} | "
+          f"batch {args.batch} img/s | x {first} | cos min to Keras |")
+    print("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|")
+    for name, entry in rows.items():
+        backbone, quantization = name.split()
+        base = rows[f"{first} {quantization}"]
+        print(f"| {backbone} | {quantization} | {entry['params'] / 1e6:.1f} | {entry['dim']} | "
+              f"{entry['bytes'] / 1e6:.1f} | {entry['latency_ms']:.1f} | {base['latency_ms'] / entry['latency_ms']:.2f} | "
+              f"{entry['throughput']:.1f} | {entry['throughput'] / base['throughput']:.2f} | {entry['cos_min']:.4f} |")
+    print(f"\nTotal benchmark time: {(time.time() - started) / 60:.1f} min")
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({"backbones": rows, "image_size": [height, width], "threads": args.threads}, f, indent=2)
 
 
 def print_report(args, results, sizes, notes, investigation, seconds):

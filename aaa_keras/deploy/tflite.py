@@ -18,6 +18,15 @@ its input while the kernel only copies bytes, so every pixel reaches the
 first convolution as ``1.46 * x - 117`` instead of ``x`` (measured with TF
 2.21 / LiteRT 2.3; int8 cosine to Keras 0.955 instead of 0.9997 on a tiny
 model). :func:`check_tflite` refuses any model that still has such an op.
+The camera backbones (mobilenet_v3_large, efficientnet_b0) normalise 0-255
+RGB themselves with per-channel multiply / add (keras.applications'
+``Rescaling`` / ``Normalization``; no channel flip, no ``REVERSE_V2``), so
+their graph is ``build_embedder``'s unchanged. In their int8 models every
+backbone op is int8, as in ResNet-50's: MobileNetV3's hard-swish is LiteRT's
+int8 ``HARD_SWISH``, its squeeze-excite blocks ``MEAN`` / ``CONV_2D`` /
+``MUL``; EfficientNet's swish is ``LOGISTIC`` + ``MUL`` (in every backbone the
+L2 normalisation's ``SQUARE`` runs in float between a ``DEQUANTIZE`` and a
+``QUANTIZE``).
 
 Every model is run with ``ai_edge_litert.interpreter.Interpreter``
 (``tf.lite.Interpreter`` is deprecated).
@@ -52,7 +61,9 @@ def tflite_graph(parts: ReidParts) -> keras.Model:
     Same weights (shared layers), same outputs in float32 (the permutation and
     mean subtraction are exact), but no ``REVERSE_V2`` op for the converter to
     mis-quantise. Falls back to ``build_embedder`` when the stem is not
-    ``Input -> ImageNetPreprocessing -> backbone`` (the int8 check still runs).
+    ``Input -> ImageNetPreprocessing -> backbone``: the camera backbones,
+    whose stem is ``Input -> backbone`` with their own preprocessing inside
+    (the int8 check still runs).
     """
     stem_layers = [layer for layer in parts.stem.layers if not isinstance(layer, layers.InputLayer)]
     if len(stem_layers) != 2 or not isinstance(stem_layers[0], ImageNetPreprocessing):

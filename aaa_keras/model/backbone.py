@@ -162,10 +162,12 @@ def _keras_application(name: str, input_shape, weights: str) -> keras.Model:
             raise UserError(
                 f"--backbone-weights {weights}: cannot load {title} no-top weights from this "
                 f"file ({error}); expected keras.applications' {weight_file}") from None
-        if name == "efficientnet_b0":
-            _fold_efficientnet_imagenet_scale(model)
     else:
         model = build(None)
+    if name == "efficientnet_b0":
+        model = _with_variable_normalization(model)
+        if weights and weights != "imagenet":
+            _fold_efficientnet_imagenet_scale(model)
     if name == "mobilenet_v3_large":
         # Its BatchNorm momentum is 0.999 (ImageNet-length training); 0.99, as in the other
         # backbones, lets the moving statistics settle within a re-ID training run.
@@ -173,6 +175,39 @@ def _keras_application(name: str, input_shape, weights: str) -> keras.Model:
             if isinstance(layer, layers.BatchNormalization):
                 layer.momentum = 0.99
     return model
+
+
+@keras.saving.register_keras_serializable(package="aaa_keras")
+class VariableNormalization(layers.Normalization):
+    """``keras.layers.Normalization`` that reads its mean / variance variables at every call.
+
+    The stock layer computes constant tensors from them when it is built or
+    its weights are loaded (``finalize_state``): a traced function captures
+    those as external tensors, which tf2onnx turns into two extra ONNX graph
+    inputs (EfficientNet's ONNX export then has 3 inputs), and ``set_weights``
+    leaves them stale. Same weights, same arithmetic.
+    """
+
+    def call(self, inputs):
+        if self.input_mean is not None or self.invert:
+            return super().call(inputs)
+        inputs = keras.ops.cast(inputs, self.compute_dtype)
+        mean = keras.ops.cast(keras.ops.reshape(self.adapt_mean, self._broadcast_shape), self.compute_dtype)
+        variance = keras.ops.cast(keras.ops.reshape(self.adapt_variance, self._broadcast_shape),
+                                  self.compute_dtype)
+        return (inputs - mean) / keras.ops.maximum(keras.ops.sqrt(variance), keras.config.epsilon())
+
+
+def _with_variable_normalization(model: keras.Model) -> keras.Model:
+    """A copy of ``model`` (same layer names and weights) with :class:`VariableNormalization` layers."""
+
+    def clone(layer):
+        kind = VariableNormalization if type(layer) is layers.Normalization else layer.__class__
+        return kind.from_config(layer.get_config())
+
+    copy = keras.models.clone_model(model, clone_function=clone)
+    copy.set_weights(model.get_weights())
+    return copy
 
 
 def _fold_efficientnet_imagenet_scale(model: keras.Model) -> None:
