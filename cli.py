@@ -166,7 +166,7 @@ def data_check(root, strict):
 @click.option("--batch-size", type=click.IntRange(1), default=None)
 @click.option("--image-size", default=None, metavar="HxW", help="Input size, e.g. 256x128.")
 @click.option("--backbone", type=BACKBONE_CHOICE, default=None,
-              help="resnet50 (default) or tiny_resnet (tests and smoke runs).")
+              help="resnet50 (paper preset), mobilenet_v3_large / efficientnet_b0 (cameras), tiny_resnet (demo preset, tests).")
 @click.option("--backbone-weights", default=None, metavar="imagenet|PATH",
               help="Initial backbone weights; default random init (offline).")
 @click.option("--occlude-after", type=click.Choice(config_lib.OCCLUSION_POINTS), default=None,

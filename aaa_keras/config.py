@@ -169,6 +169,9 @@ def make_config(preset: str = "demo", recipe: str | None = None, **overrides) ->
     values.update(RECIPE_DEFAULTS[recipe], recipe=recipe)
     explicit = {k: v for k, v in overrides.items() if v is not None}
     values.update(explicit)
+    if values.get("last_stride") == 1 and "last_stride" not in explicit and \
+            values.get("backbone", RunConfig.backbone) not in LAST_STRIDE_BACKBONES:
+        values["last_stride"] = 2  # the recipe's last stride 1 where the backbone has it (BoT's ResNet)
     if values.get("ids_per_batch"):
         pk = values["ids_per_batch"] * values.get("images_per_id", RunConfig.images_per_id)
         if "batch_size" in explicit and explicit["batch_size"] != pk:

@@ -264,3 +264,12 @@ def test_fit_trains_a_strong_baseline_on_pk_batches(tiny_data, tmp_path):
     assert done["settings"]["triplet"] is True and done["settings"]["optimizer"] == "adam"
     assert "triplet_loss" in done["final_metrics"]
     assert any("P x K = 2 ids x 2 images" in str(m) for m in messages)
+
+
+def test_strong_recipe_keeps_last_stride_two_where_the_backbone_has_no_stride_one():
+    """BoT's last stride 1 is a ResNet change: the strong recipe applies it to resnet50 and
+    tiny_resnet only, and an explicit --last-stride 1 on another backbone is still refused."""
+    assert make_config("demo", recipe="strong").last_stride == 1
+    assert make_config("demo", recipe="strong", backbone="mobilenet_v3_large").last_stride == 2
+    with pytest.raises(UserError, match="last"):
+        make_config("demo", recipe="strong", backbone="efficientnet_b0", last_stride=1)
