@@ -231,6 +231,20 @@ def directory_bytes(path):
 
 # === The benchmark ===
 
+def benchmark_images(data: str, image_size, representative_count: int, batch: int):
+    """A tiny built-in dataset at ``data``: (int8 calibration images, 32 held-out images, one batch)."""
+    from aaa_keras.data.synth import synthesize_market
+    from aaa_keras.deploy.runtime import read_images
+
+    synthesize_market(data, num_ids=8, num_cams=3, seed=0)
+    train = sorted(os.path.join(data, "bounding_box_train", f) for f in os.listdir(os.path.join(data, "bounding_box_train")))
+    test = sorted(os.path.join(data, d, f) for d in ("query", "bounding_box_test") for f in os.listdir(os.path.join(data, d)))
+    representative = read_images(train[:: max(1, len(train) // representative_count)][:representative_count],
+                                 image_size)
+    held = read_images(test[:: max(1, len(test) // 32)][:32], image_size)
+    return representative, held, read_images((test * (batch // len(test) + 1))[:batch], image_size)
+
+
 def main():
     args = parse_args()
     if args.backbones:
@@ -241,10 +255,8 @@ def main():
     tf.config.threading.set_inter_op_parallelism_threads(1)
     import keras
 
-    from aaa_keras.data.synth import synthesize_market
     from aaa_keras.deploy import saved_model as saved_model_lib
     from aaa_keras.deploy import tflite as tflite_lib
-    from aaa_keras.deploy.runtime import read_images
     from aaa_keras.model.backbone import build_embedder, build_parts
 
     started = time.time()
@@ -262,12 +274,7 @@ def main():
         parts = build_parts(100, image_size, args.backbone)
     embedder = build_embedder(parts)
     data = os.path.join(workdir, "synth")
-    synthesize_market(data, num_ids=8, num_cams=3, seed=0)
-    train = sorted(os.path.join(data, "bounding_box_train", f) for f in os.listdir(os.path.join(data, "bounding_box_train")))
-    test = sorted(os.path.join(data, d, f) for d in ("query", "bounding_box_test") for f in os.listdir(os.path.join(data, d)))
-    representative = read_images(train[:: max(1, len(train) // args.representative)][: args.representative], image_size)
-    held = read_images(test[:: max(1, len(test) // 32)][:32], image_size)
-    images_batch = read_images((test * (args.batch // len(test) + 1))[: args.batch], image_size)
+    representative, held, images_batch = benchmark_images(data, image_size, args.representative, args.batch)
     images1 = images_batch[:1]
     reference = np.asarray(embedder.predict(held, verbose=0))
     print(f"Machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs visible; "
@@ -427,19 +434,6 @@ def investigate(args, graph, contents, representative, held, reference, images1,
 
 # === Camera backbones: LiteRT float32 / int8 speed and size against ResNet-50 ===
 
-def settle_batchnorm(parts, images):
-    """BatchNorm moving statistics := the batch statistics of one training-mode pass over ``images``."""
-    import keras
-
-    norms = [layer for layer in parts.network._flatten_layers() if isinstance(layer, keras.layers.BatchNormalization)]
-    momenta = [layer.momentum for layer in norms]
-    for layer in norms:
-        layer.momentum = 0.0
-    parts.network(images, training=True)
-    for layer, momentum in zip(norms, momenta):
-        layer.momentum = momentum
-
-
 def compare_backbones(args):
     import tensorflow as tf
 
@@ -447,10 +441,8 @@ def compare_backbones(args):
     tf.config.threading.set_inter_op_parallelism_threads(1)
     import keras
 
-    from aaa_keras.data.synth import synthesize_market
     from aaa_keras.deploy import tflite as tflite_lib
-    from aaa_keras.deploy.runtime import read_images
-    from aaa_keras.model.backbone import build_embedder, build_parts
+    from aaa_keras.model.backbone import build_embedder, build_parts, settle_batchnorm
 
     names = [name.strip() for name in args.backbones.split(",") if name.strip()]
     unknown = [name for name in names if name not in BACKBONES]
@@ -461,12 +453,7 @@ def compare_backbones(args):
     image_size = (height, width)
     workdir = tempfile.mkdtemp(prefix="bench_backbones_")
     data = os.path.join(workdir, "synth")
-    synthesize_market(data, num_ids=8, num_cams=3, seed=0)
-    train = sorted(os.path.join(data, "bounding_box_train", f) for f in os.listdir(os.path.join(data, "bounding_box_train")))
-    test = sorted(os.path.join(data, d, f) for d in ("query", "bounding_box_test") for f in os.listdir(os.path.join(data, d)))
-    representative = read_images(train[:: max(1, len(train) // args.representative)][: args.representative], image_size)
-    held = read_images(test[:: max(1, len(test) // 32)][:32], image_size)
-    images_batch = read_images((test * (args.batch // len(test) + 1))[: args.batch], image_size)
+    representative, held, images_batch = benchmark_images(data, image_size, args.representative, args.batch)
     shutil.rmtree(workdir, ignore_errors=True)
     print(f"Machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs visible; "
           f"{args.threads} LiteRT threads; TF {tf.__version__}, {package_versions()}")
@@ -477,7 +464,7 @@ def compare_backbones(args):
     for backbone in names:
         keras.utils.set_random_seed(0)
         parts = build_parts(100, image_size, backbone, args.occlude_after)
-        settle_batchnorm(parts, representative[:16])
+        settle_batchnorm(parts, representative[:16])  # a random network with a trained one's scale
         embedder = build_embedder(parts)
         reference = np.asarray(embedder.predict(held, verbose=0))
         graph = tflite_lib.tflite_graph(parts)

@@ -10,7 +10,7 @@ import pytest
 
 from aaa_keras.errors import UserError
 from aaa_keras.model.backbone import (OCCLUSION_LAYERS, ImageNetPreprocessing, VariableNormalization, build_backbone,
-                                      build_embedder, build_parts)
+                                      build_embedder, build_parts, settle_batchnorm)
 
 # conv2..conv5 downsample a 128x128 input by 4, 8, 16 and 32 (4x4 at conv5: the attention grid's minimum)
 SIZE = (128, 128)
@@ -174,24 +174,6 @@ def _cosines(a, b):
     a = a / np.linalg.norm(a, axis=1, keepdims=True)
     b = b / np.linalg.norm(b, axis=1, keepdims=True)
     return (a * b).sum(axis=1)
-
-
-def settle_batchnorm(parts, images):
-    """Moving statistics := one training-mode pass's batch statistics (momentum 0 for that pass).
-
-    At initialisation (moving mean 0, variance 1) a randomly initialised
-    MobileNetV3 embeds at ~1e-10 and EfficientNet at ~1e-5 in inference mode;
-    settled, every layer sees activations of a trained network's scale.
-    """
-    import keras
-
-    norms = [layer for layer in parts.network._flatten_layers() if isinstance(layer, keras.layers.BatchNormalization)]
-    momenta = [layer.momentum for layer in norms]
-    for layer in norms:
-        layer.momentum = 0.0
-    parts.network(images, training=True)
-    for layer, momentum in zip(norms, momenta):
-        layer.momentum = momentum
 
 
 @pytest.fixture(scope="module")
