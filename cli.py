@@ -471,7 +471,13 @@ def ablate(data_dir, out, table, seeds, epochs, baseline_epochs, preset, recipe,
     from aaa_keras import ablate as ablate_lib
     from aaa_keras.run_lock import hold
 
-    command = "python cli.py " + " ".join(shlex.quote(a) for a in sys.argv[1:] if a != "--report-only")
+    arguments, skip = [], False
+    for argument in sys.argv[1:]:  # the grid's command: without --report-only and --write PATH
+        if skip or argument == "--report-only" or argument.startswith("--write"):
+            skip = argument == "--write"
+            continue
+        arguments.append(argument)
+    command = "python cli.py " + " ".join(shlex.quote(a) for a in arguments)
     if report_only:
         results = ablate_lib.load_results(out, n_boot)
     else:
