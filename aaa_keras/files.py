@@ -83,6 +83,10 @@ def write_text_atomically(path: str, text: str) -> None:
         f.write(text)
 
 
+def json_text(payload, sort_keys: bool = False) -> str:
+    """The project's JSON file format: indented, newline-terminated."""
+    return json.dumps(payload, indent=2, sort_keys=sort_keys) + "\n"
+
+
 def write_json_atomically(path: str, payload, sort_keys: bool = False) -> None:
-    """``json.dump`` (indented, newline-terminated) through :func:`atomic_path`."""
-    write_text_atomically(path, json.dumps(payload, indent=2, sort_keys=sort_keys) + "\n")
+    write_text_atomically(path, json_text(payload, sort_keys))

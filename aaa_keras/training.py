@@ -20,12 +20,17 @@ from aaa_keras.data.sampler import batches_per_epoch
 from aaa_keras.data.synth import resolve_data
 from aaa_keras.errors import UserError
 from aaa_keras.execution import distribution_strategy, precision_policy
-from aaa_keras.files import write_json_atomically
+from aaa_keras.files import json_text
 from aaa_keras.model.stages import AdversarialModel, AttentionAssignmentModel, BaselineModel, NetworkLoss
 from aaa_keras.run_dir import (
     ATTENTION_WEIGHTS, BACKUP_DIR, DONE_FILE, LOG_FILE, NETWORK_WEIGHTS, TENSORBOARD_DIR,
     build_stage_parts, check_finished_stages, load_stage_weights, required_stages, stage_dir,
     stage_is_done, stage_settings)
+
+
+def _write_text(path: str, text: str) -> None:
+    with open(path, "w") as f:
+        f.write(text)
 
 
 def _save_weights_atomically(model: keras.Model, path: str) -> None:
@@ -230,56 +235,52 @@ def train_stage(stage: str, config: RunConfig, dataset: ReidDataset, run_dir: st
                          seed=config.seed, random_erasing_probability=erasing, **pk)
 
     strategy = strategy or distribution_strategy(config.distribute)
-    with precision_policy(config.mixed_precision):
-        return _train_stage(stage, config, dataset, run_dir, directory, steps, data, log, callbacks,
-                            strategy)
+    with precision_policy(config.mixed_precision):  # restored afterwards, also on error
+        with strategy.scope():
+            model = build_stage_model(stage, config, run_dir, log)
+            compile_options = {}
+            if stage == "adversarial" and config.mask == "attention":  # the second player
+                compile_options["attention_optimizer"] = make_optimizer(config, stage, steps, "attention")
+            model.compile(optimizer=make_optimizer(config, stage, steps), jit_compile=config.jit_compile,
+                          **compile_options)
+            model(tf.zeros((1, *config.image_size, 3)))  # build before BackupAndRestore
+        batch = (f"P x K = {config.ids_per_batch} ids x {config.images_per_id} images"
+                 if identity_batches(config, stage) else f"batch {config.batch_size}")
+        log(f"Stage {stage}: {len(model.trainable_variables)} trainable variables, "
+            f"{steps} steps x {config.stage_epochs(stage)} epochs, {batch}")
+        diagnostics = diagnostics_callback(stage, config, dataset, log)
+        callbacks = [
+            *([diagnostics] if diagnostics else []),  # first: the loggers below record its values
+            # double_checkpoint: a kill -9 while the backup is written leaves a corrupt file; Keras then
+            # restores the previous epoch's copy instead of failing the rerun
+            keras.callbacks.BackupAndRestore(os.path.join(directory, BACKUP_DIR), double_checkpoint=True),
+            keras.callbacks.CSVLogger(os.path.join(directory, LOG_FILE), append=True),
+            keras.callbacks.TensorBoard(os.path.join(directory, TENSORBOARD_DIR), write_graph=False),
+            *callbacks,
+        ]
+        guard.check_free_space(directory, model, stage)  # two checkpoints + logs, before any work
+        guard.keep_backup_until_saved(callbacks)  # removed below, once the weights are saved
+        started = time.time()
+        with guard.guarded_training(run_dir, stage, directory):  # NaN loss, full disk -> one line
+            history = model.fit(data, epochs=config.stage_epochs(stage), steps_per_epoch=steps, shuffle=False,
+                                callbacks=[*callbacks, guard.StopOnNonFiniteLoss(stage)],
+                                verbose=config_verbosity())
+        seconds = time.time() - started
 
-
-def _train_stage(stage, config, dataset, run_dir, directory, steps, data, log, callbacks, strategy) -> dict:
-    with strategy.scope():
-        model = build_stage_model(stage, config, run_dir, log)
-        compile_options = {}
-        if stage == "adversarial" and config.mask == "attention":  # the second player
-            compile_options["attention_optimizer"] = make_optimizer(config, stage, steps, "attention")
-        model.compile(optimizer=make_optimizer(config, stage, steps), jit_compile=config.jit_compile,
-                      **compile_options)
-        model(tf.zeros((1, *config.image_size, 3)))  # build before BackupAndRestore
-    batch = (f"P x K = {config.ids_per_batch} ids x {config.images_per_id} images"
-             if identity_batches(config, stage) else f"batch {config.batch_size}")
-    log(f"Stage {stage}: {len(model.trainable_variables)} trainable variables, "
-        f"{steps} steps x {config.stage_epochs(stage)} epochs, {batch}")
-    diagnostics = diagnostics_callback(stage, config, dataset, log)
-    callbacks = [
-        *([diagnostics] if diagnostics else []),  # first: the loggers below record its values
-        # double_checkpoint: a kill -9 while the backup is written leaves a corrupt file; Keras then
-        # restores the previous epoch's copy instead of failing the rerun
-        keras.callbacks.BackupAndRestore(os.path.join(directory, BACKUP_DIR), double_checkpoint=True),
-        keras.callbacks.CSVLogger(os.path.join(directory, LOG_FILE), append=True),
-        keras.callbacks.TensorBoard(os.path.join(directory, TENSORBOARD_DIR), write_graph=False),
-        *callbacks,
-    ]
-    guard.check_free_space(directory, model, stage)  # two checkpoints + logs, before any work
-    guard.keep_backup_until_saved(callbacks)  # removed below, once the weights are saved
-    started = time.time()
-    with guard.guarded_training(run_dir, stage, directory):  # NaN loss, full disk -> one line
-        history = model.fit(data, epochs=config.stage_epochs(stage), steps_per_epoch=steps, shuffle=False,
-                            callbacks=[*callbacks, guard.StopOnNonFiniteLoss(stage)],
-                            verbose=config_verbosity())
-    seconds = time.time() - started
-
-    _save_weights_atomically(model.parts.network, os.path.join(directory, NETWORK_WEIGHTS))
-    if getattr(model, "attention", None) is not None:
-        _save_weights_atomically(model.attention, os.path.join(directory, ATTENTION_WEIGHTS))
-    summary = {
-        "stage": stage, "epochs": config.stage_epochs(stage), "steps_per_epoch": steps,
-        "seconds": round(seconds, 1), "mask": config.mask,
-        "settings": stage_settings(config, stage),
-        "final_metrics": {k: float(v[-1]) for k, v in history.history.items() if v},
-    }
-    guard.save_or_fail(lambda tmp: write_json_atomically(tmp, summary),
-                       os.path.join(directory, DONE_FILE), run_dir, stage)
-    guard.remove_backup(directory)
-    return summary
+        _save_weights_atomically(model.parts.network, os.path.join(directory, NETWORK_WEIGHTS))
+        if getattr(model, "attention", None) is not None:
+            _save_weights_atomically(model.attention, os.path.join(directory, ATTENTION_WEIGHTS))
+        summary = {
+            "stage": stage, "epochs": config.stage_epochs(stage), "steps_per_epoch": steps,
+            "seconds": round(seconds, 1), "mask": config.mask,
+            "settings": stage_settings(config, stage),
+            "final_metrics": {k: float(v[-1]) for k, v in history.history.items() if v},
+        }
+        # save_or_fail is the atomic step: the lambda writes its temporary file plainly
+        guard.save_or_fail(lambda tmp: _write_text(tmp, json_text(summary)),
+                           os.path.join(directory, DONE_FILE), run_dir, stage)
+        guard.remove_backup(directory)
+        return summary
 
 
 def config_verbosity() -> int:

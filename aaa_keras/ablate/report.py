@@ -16,7 +16,7 @@ from aaa_keras.evaluation import ablation_stats
 from aaa_keras.files import write_text_atomically
 
 
-def _read_json(path):
+def read_json(path):
     """A JSON file's content, or None when it is missing or unreadable (an interrupted grid)."""
     try:
         with open(path) as f:
@@ -25,7 +25,7 @@ def _read_json(path):
         return None
 
 
-def _epochs_text(settings: dict) -> str:
+def epochs_text(settings: dict) -> str:
     baseline = settings.get("baseline_epochs", settings["epochs_per_stage"])
     if baseline == settings["epochs_per_stage"]:
         return f"{baseline} epochs per stage"
@@ -107,7 +107,7 @@ def analyse(results: dict) -> dict:
 def load_results(out: str, n_boot: int | None = None) -> dict:
     """OUT/results.json with its statistics recomputed (with ``n_boot`` replicates if given)."""
     path = os.path.join(out, RESULTS_FILE)
-    results = _read_json(path)
+    results = read_json(path)
     if results is None:
         raise UserError(f"--out {out}: no readable {RESULTS_FILE}; run `python cli.py ablate --out {out}` "
                         "first (without --report-only)")
@@ -145,7 +145,7 @@ def report_markdown(results: dict, command: str = "") -> str:
         f"(reused runs are not re-timed); training time summed over runs: "
         f"{sum(r['train_seconds'] for r in runs) / 60:.1f} min.",
         "",
-        f"Settings: `{settings['preset']}` preset, {_epochs_text(settings)}, "
+        f"Settings: `{settings['preset']}` preset, {epochs_text(settings)}, "
         f"overrides: {overrides}; data: {settings['data'] or 'the built-in synthetic data'}; "
         f"seeds {', '.join(map(str, seeds))}; {num_queries} queries. Cells: mean over seeds and "
         f"queries [95 % bootstrap interval, {boot['replicates']} replicates resampling seeds and "
@@ -237,7 +237,7 @@ def summary_markdown(results: dict, command: str = "") -> str:
     runs = results["runs"]
     settings = results["settings"]
     lines = [f"`{command or 'python cli.py ablate'}` on {settings['data'] or 'the built-in data'} "
-             f"({_epochs_text(settings)}, `{settings['preset']}` preset; {len(results['seeds'])} seeds x "
+             f"({epochs_text(settings)}, `{settings['preset']}` preset; {len(results['seeds'])} seeds x "
              f"{runs[0]['metrics'][metric]['num_query']} queries; {metric} distance). Mean [95 % bootstrap "
              "interval over seeds and queries]; full tables, the other distances and the per-seed values "
              "in [docs/results.md](docs/results.md).", "",

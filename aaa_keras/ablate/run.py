@@ -13,7 +13,7 @@ import numpy as np
 
 from aaa_keras.ablate.grid import (ABLATE_DATA, EVAL_FILE, GRID_FILE, RESULTS_FILE, VARIANT_BY_NAME, VARIANTS,
                                    Variant, grid_settings, select_metrics, select_variants)
-from aaa_keras.ablate.report import _epochs_text, _read_json, build_results, write_report
+from aaa_keras.ablate.report import epochs_text, read_json, build_results, write_report
 from aaa_keras.data.synth import BUILTIN_PREFIX
 from aaa_keras.errors import UserError
 from aaa_keras.files import write_json_atomically
@@ -40,7 +40,7 @@ def run_dir_of(out: str, seed: int, name: str) -> str:
 
 def finished_record(run_dir: str, metrics) -> dict | None:
     """The saved evaluation of a finished run, if it covers ``metrics``."""
-    record = _read_json(os.path.join(run_dir, EVAL_FILE))
+    record = read_json(os.path.join(run_dir, EVAL_FILE))
     if record is None or not all(m in record.get("metrics", {}) for m in metrics):
         return None
     return record
@@ -177,7 +177,7 @@ def run_variant(out: str, seed: int, variant: Variant, settings: dict, metrics, 
         baseline_epochs += settings["epochs_per_stage"]  # + stage 3's network epochs
     config = make_config(settings["preset"], data=settings["data"], seed=seed,
                          epochs=settings["epochs_per_stage"], baseline_epochs=baseline_epochs, **overrides)
-    previous = _read_json(os.path.join(run_dir, EVAL_FILE)) or {}
+    previous = read_json(os.path.join(run_dir, EVAL_FILE)) or {}
     with run_lock.hold(run_dir, "ablate", log):
         if variant.from_baseline:
             _stage1_from_baseline(out, seed, run_dir, config.occlude_after, log)
@@ -246,7 +246,7 @@ def run_grid(out: str, table: str = "all", seeds: int = 5, epochs: int | None = 
                 f.write(str(message) + "\n")
     plan = [(seed, v) for seed in range(seeds) for v in variants]
     progress(f"ablate: {len(variants)} configurations x {seeds} seeds = {len(plan)} runs in {out} "
-             f"({_epochs_text(settings)}, {preset} preset); log: {log_path}")
+             f"({epochs_text(settings)}, {preset} preset); log: {log_path}")
     started = time.time()
     records, seconds_by_name = [], {v.name: [] for v in variants}
     for number, (seed, variant) in enumerate(plan, 1):
