@@ -208,11 +208,11 @@ def identity_batches(config: RunConfig, stage: str) -> bool:
 
 
 def _steps_per_epoch(config: RunConfig, num_images: int, labels=None, stage: str = "baseline") -> int:
-    """``--steps-per-epoch``, else one pass: over the identities (P x K batches) or over the images."""
+    """``--steps-per-epoch``, else one pass over the images (P x K batches: BoT's epoch, data/sampler.py)."""
     if config.steps_per_epoch:
         return config.steps_per_epoch
     if labels is not None and identity_batches(config, stage):
-        return batches_per_epoch(labels, config.ids_per_batch)
+        return batches_per_epoch(labels, config.ids_per_batch, config.images_per_id)
     return max(1, num_images // config.batch_size)
 
 

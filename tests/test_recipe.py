@@ -64,10 +64,15 @@ def test_recipe_paper_is_exactly_the_config_without_a_recipe(preset):
 def test_strong_comes_after_the_preset_and_before_explicit_overrides():
     config = make_config("demo", recipe="strong")
     assert config.image_size == (128, 64) and config.backbone == "tiny_resnet"  # the preset's
-    assert (config.optimizer, config.baseline_lr, config.weight_decay) == ("adam", 3.5e-4, 5e-4)
+    # From random init: 10x BoT's lr; with ImageNet weights BoT's own (3.5e-4, 3.5e-5 in stage 3).
+    assert (config.optimizer, config.baseline_lr, config.weight_decay) == ("adam", 3.5e-3, 5e-4)
+    assert config.adversarial_lr == 3.5e-4
+    pretrained = make_config("paper", recipe="strong", backbone_weights="imagenet")
+    assert (pretrained.baseline_lr, pretrained.adversarial_lr) == (3.5e-4, 3.5e-5)
     assert (config.bnneck, config.last_stride, config.dropout, config.triplet) == (True, 1, 0.0, True)
     assert (config.label_smoothing, config.random_erasing, config.warmup_epochs) == (0.1, True, 1)
-    assert config.batch_size == 16 * 4  # P x K
+    assert config.batch_size == 4 * 4  # P x K: the demo preset's batch of 16
+    assert pretrained.batch_size == 16 * 4  # BoT's
     explicit = make_config("demo", recipe="strong", baseline_lr=1e-3, ids_per_batch=8, bnneck=False,
                            random_erasing=False)
     assert (explicit.baseline_lr, explicit.batch_size, explicit.bnneck, explicit.random_erasing) == \
@@ -260,7 +265,7 @@ def test_fit_trains_a_strong_baseline_on_pk_batches(tiny_data, tmp_path):
     messages = []
     training.fit("baseline", config, str(tmp_path), log=messages.append)
     done = read_done(str(tmp_path), "baseline")
-    assert done["steps_per_epoch"] == 2  # 4 training ids / P = 2: one pass over the identities
+    assert done["steps_per_epoch"] == 10  # 40 training images in chunks of K = 2, P = 2 a batch: one pass
     assert done["settings"]["triplet"] is True and done["settings"]["optimizer"] == "adam"
     assert "triplet_loss" in done["final_metrics"]
     assert any("P x K = 2 ids x 2 images" in str(m) for m in messages)

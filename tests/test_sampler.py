@@ -15,7 +15,7 @@ LABELS = np.repeat(np.arange(7), np.arange(1, 8))
 @pytest.mark.parametrize("epoch", [0, 1, 5])
 def test_every_batch_is_p_ids_times_k_images_and_an_epoch_covers_every_id(epoch):
     plan = sampler.epoch_plan(LABELS, 3, 4, seed=1, epoch=epoch)
-    assert plan.shape == (sampler.batches_per_epoch(LABELS, 3), 12) == (3, 12)
+    assert plan.shape == (sampler.batches_per_epoch(LABELS, 3, 4), 12) == (3, 12)
     for row in plan:
         counts = collections.Counter(LABELS[row].tolist())
         assert len(counts) == 3 and set(counts.values()) == {4}
@@ -28,6 +28,16 @@ def test_every_batch_is_p_ids_times_k_images_and_an_epoch_covers_every_id(epoch)
             block = row[start:start + 4]
             if np.count_nonzero(LABELS == LABELS[block[0]]) >= 4:
                 assert len(set(block)) == 4
+
+
+def test_an_epoch_shows_about_every_image_once_like_bots_sampler():
+    labels = np.repeat(np.arange(6), [20, 18, 22, 20, 21, 19])  # 120 images: 28 chunks of K = 4
+    plan = sampler.epoch_plan(labels, 2, 4, seed=0, epoch=0)
+    assert plan.shape == (14, 8)  # 28 chunks // P = 2 batches: 112 of the 120 images
+    drawn = collections.Counter(labels[plan[:, ::4].ravel()].tolist())  # one draw per (batch, id)
+    assert set(drawn) == set(range(6)) and max(drawn.values()) - min(drawn.values()) <= 1
+    # Few images per identity: still at least one batch per P identities.
+    assert sampler.batches_per_epoch(np.repeat(np.arange(9), 2), 3, 4) == 3
 
 
 def test_the_plan_is_deterministic_under_a_seed_and_changes_with_epoch_and_seed():

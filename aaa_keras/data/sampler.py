@@ -2,10 +2,16 @@
 
 A batch holds ``P`` identities with ``K`` images each, so a batch-hard
 triplet loss always finds ``K - 1`` positives and ``(P - 1) K`` negatives for
-every anchor. One epoch visits every identity at least once: the identities
-are shuffled and cut into groups of ``P``; the last group is filled up with
-identities drawn from the other groups. An identity with fewer than ``K``
-images is drawn with replacement. The plan of epoch ``e`` depends only on
+every anchor. One epoch shows about every training image once, as BoT's
+``RandomIdentitySampler`` (an identity with ``n`` images gives ``n // K``
+chunks of ``K``; an epoch is the chunks' count over ``P`` batches), and at
+least one batch per ``P`` identities. The batches are built from passes over
+the identities: each pass shuffles them and cuts them into groups of ``P``,
+the last group filled up with identities drawn from the others in that pass,
+so the first pass visits every identity and every identity is drawn about
+equally often (BoT draws an identity in proportion to its chunks; the
+difference is small when identities have similar image counts). An identity
+with fewer than ``K`` images is drawn with replacement. The plan of epoch ``e`` depends only on
 ``(seed, e)``, so the batches of a run are reproducible. A stage resumed from
 its backup starts a new stream at the plan of epoch 0 (as the shuffled
 pipeline restarts its shuffle): the resumed epochs see other batches than
@@ -32,9 +38,12 @@ def check_pk(labels, ids_per_batch: int, images_per_id: int) -> None:
                            f"{ids_per_batch}; lower it")
 
 
-def batches_per_epoch(labels, ids_per_batch: int) -> int:
-    """``ceil(identities / P)``: the batches that visit every identity once."""
-    return math.ceil(len(np.unique(labels)) / ids_per_batch)
+def batches_per_epoch(labels, ids_per_batch: int, images_per_id: int) -> int:
+    """The batches of one epoch: BoT's ``sum(n_id // K) // P`` (about every image once), and at
+    least ``ceil(identities / P)`` (every identity once)."""
+    _, counts = np.unique(np.asarray(labels), return_counts=True)
+    chunks = int(np.maximum(counts // images_per_id, 1).sum())
+    return max(chunks // ids_per_batch, math.ceil(len(counts) / ids_per_batch))
 
 
 def epoch_plan(labels, ids_per_batch: int, images_per_id: int, seed: int, epoch: int) -> np.ndarray:
@@ -45,14 +54,19 @@ def epoch_plan(labels, ids_per_batch: int, images_per_id: int, seed: int, epoch:
     labels = np.asarray(labels)
     check_pk(labels, ids_per_batch, images_per_id)
     rng = np.random.default_rng([int(seed), int(epoch), 0x5045])  # "PK"
-    ids = rng.permutation(np.unique(labels))
-    short = (-len(ids)) % ids_per_batch
-    if short:  # fill the last group with identities it does not hold yet
-        last = len(ids) - (len(ids) % ids_per_batch)
-        ids = np.concatenate([ids, rng.choice(ids[:last], short, replace=False)])
-    images_of = {label: np.flatnonzero(labels == label) for label in np.unique(labels)}
+    unique = np.unique(labels)
+    num_batches = batches_per_epoch(labels, ids_per_batch, images_per_id)
+    groups = []
+    while len(groups) < num_batches:  # one pass over the identities
+        ids = rng.permutation(unique)
+        short = (-len(ids)) % ids_per_batch
+        if short:  # fill the last group with identities it does not hold yet
+            last = len(ids) - (len(ids) % ids_per_batch)
+            ids = np.concatenate([ids, rng.choice(ids[:last], short, replace=False)])
+        groups.extend(ids.reshape(-1, ids_per_batch))
+    images_of = {label: np.flatnonzero(labels == label) for label in unique}
     rows = []
-    for group in ids.reshape(-1, ids_per_batch):
+    for group in groups[:num_batches]:
         row = [rng.choice(images_of[label], images_per_id, replace=len(images_of[label]) < images_per_id)
                for label in group]
         rows.append(np.concatenate(row))
