@@ -449,12 +449,15 @@ def search(index_path, model_path, images, top, nprobe, picture):
 @click.option("--bootstrap", "n_boot", type=click.IntRange(100), default=10000, show_default=True,
               help="Bootstrap replicates for intervals and p-values.")
 @click.option("--report-only", is_flag=True, help="Train nothing: recompute the statistics from OUT/results.json.")
+@click.option("--compare-with", "other_out", default=None, metavar="OUT2",
+              help="Another finished grid of the other recipe (same data and seeds): adds the table baseline vs "
+                   "AAA-Net under both recipes, with verdicts, to OUT/recipes.md and every --write file.")
 @click.option("--write", "write_path", multiple=True, metavar="PATH",
               help="Also write the tables and verdicts into PATH's generated block (e.g. docs/results.md); "
                    "a file with the ablate-summary markers (README.md) gets the short form. Repeatable.")
 @user_errors
 def ablate(data_dir, out, table, seeds, epochs, baseline_epochs, preset, recipe, metric, backbone, batch_size,
-           image_size, steps_per_epoch, n_boot, report_only, write_path):
+           image_size, steps_per_epoch, n_boot, report_only, other_out, write_path):
     """The paper's Tables 3-5 and controls over seeds, paired, with intervals and a verdict per claim.
 
     Every configuration is a normal run dir under OUT/seed<S>/<config>/; within a seed the
@@ -465,6 +468,8 @@ def ablate(data_dir, out, table, seeds, epochs, baseline_epochs, preset, recipe,
     Example:
       python cli.py ablate --out runs/ablate --table all --seeds 5 --metric all
       python cli.py ablate --out runs/ablate --report-only --write docs/results.md --write README.md
+      python cli.py ablate --out runs/ablate-strong --recipe strong --table controls
+      python cli.py ablate --out runs/ablate-strong --report-only --compare-with runs/ablate --write docs/results.md
     """
     import shlex
 
@@ -473,8 +478,8 @@ def ablate(data_dir, out, table, seeds, epochs, baseline_epochs, preset, recipe,
 
     arguments, skip = [], False
     for argument in sys.argv[1:]:  # the grid's command: without --report-only and --write PATH
-        if skip or argument == "--report-only" or argument.startswith("--write"):
-            skip = argument == "--write"
+        if skip or argument == "--report-only" or argument.startswith(("--write", "--compare-with")):
+            skip = argument in ("--write", "--compare-with")
             continue
         arguments.append(argument)
     command = "python cli.py " + " ".join(shlex.quote(a) for a in arguments)
@@ -496,6 +501,12 @@ def ablate(data_dir, out, table, seeds, epochs, baseline_epochs, preset, recipe,
                                           baseline_epochs=baseline_epochs)
     for path in ablate_lib.write_report(results, out, write_path, command):
         click.echo(f"Wrote {path}")
+    if other_out:
+        compare_command = (f"python cli.py ablate --out {shlex.quote(out)} --report-only "
+                           f"--compare-with {shlex.quote(other_out)}")
+        for path in ablate_lib.write_comparison(results, ablate_lib.load_results(other_out, n_boot), out,
+                                                write_path, compare_command):
+            click.echo(f"Wrote {path}")
     for row in results["claims"][results["metrics"][0]]["mAP"]:
         click.echo(f"  {row['claim']}: Δ mAP {row['mean']:+.2f} [{row['low']:+.2f}, {row['high']:+.2f}], "
                    f"Holm p {row['p_holm']:.4f} -> {row['verdict']}")

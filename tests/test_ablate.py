@@ -117,8 +117,10 @@ def test_rerun_after_a_kill_trains_only_the_unfinished_run(grid, tiny_data):
         run_tiny(out, tiny_data, [], epochs=2)
 
 
-def planted_results(difference_by_config, seeds=4, queries=300):
-    """A results dict of planted per-query AP values (no training): config -> mean AP shift."""
+def planted_results(difference_by_config, seeds=4, queries=300, recipe=None):
+    """A results dict of planted per-query AP values (no training): config -> mean AP shift.
+
+    The same configurations give the same draws, whatever the shifts and the recipe."""
     rng = np.random.default_rng(1)
     base = rng.uniform(10, 90, queries)
     runs = []
@@ -135,7 +137,7 @@ def planted_results(difference_by_config, seeds=4, queries=300):
                              "per_query": {"query_index": list(range(queries)),
                                            "first_rank": first_rank.tolist(), "ap": ap.tolist(),
                                            "inp": ap.tolist()}}}})
-    settings = {"preset": "demo", "epochs_per_stage": 1, "data": "", "overrides": {}}
+    settings = {"preset": "demo", "epochs_per_stage": 1, "data": "", "overrides": {"recipe": recipe} if recipe else {}}
     return ablate.build_results(runs, settings, "all", seeds, ("euclidean",), 1.0, n_boot=1000)
 
 
@@ -170,6 +172,41 @@ def test_report_shows_a_planted_reversal_and_regenerates_the_docs_block(tmp_path
     assert (out / ablate.FIGURE_FILE).stat().st_size > 1000
     assert (tmp_path / "ablation_claims.png").is_file()
     assert "fine-tuning > without (Table 4): Δ mAP" in outcome.output and "reversed" in outcome.output
+
+
+def test_compare_with_judges_baseline_and_aaa_under_both_recipes_and_keeps_each_grids_block(tmp_path):
+    from cli import cli
+
+    grids = {}
+    for recipe, shifts in (("paper", {"baseline": 0.0, "aaa_conv3": 0.0}),
+                           ("strong", {"baseline": 8.0, "aaa_conv3": 4.0})):
+        grids[recipe] = tmp_path / recipe
+        grids[recipe].mkdir()
+        results = planted_results(shifts, recipe=None if recipe == "paper" else recipe)
+        (grids[recipe] / ablate.RESULTS_FILE).write_text(json.dumps(results))
+    comparison = ablate.compare_recipes(ablate.load_results(str(grids["strong"]), 1000),
+                                        ablate.load_results(str(grids["paper"]), 1000))
+    verdicts = {row["claim"]: row["verdict"] for row in comparison["claims"]["euclidean"]}
+    assert verdicts == {"strong baseline > paper baseline": "holds",
+                        "AAA-Net > baseline, paper recipe": "not shown",
+                        "AAA-Net > baseline, strong recipe": "reversed",
+                        "strong AAA-Net > paper AAA-Net": "holds"}
+    doc = tmp_path / "results.md"
+    for out, other in (("paper", None), ("strong", "paper"), ("strong", "paper")):
+        arguments = ["ablate", "--out", str(grids[out]), "--report-only", "--write", str(doc), "--bootstrap", "1000"]
+        outcome = CliRunner().invoke(cli, arguments + (["--compare-with", str(grids[other])] if other else []),
+                                     catch_exceptions=False)
+        assert outcome.exit_code == 0, outcome.output
+    text = doc.read_text()
+    strong_begin, _ = ablate.markers("ablate", "strong")
+    recipes_begin, _ = ablate.markers("ablate-recipes")
+    assert text.count(ablate.BEGIN) == text.count(strong_begin) == text.count(recipes_begin) == 1
+    assert "| strong baseline > paper baseline |" in text and "| strong | Baseline (stage 1) |" in text
+    assert (grids["strong"] / ablate.COMPARISON_FILE).is_file()
+    assert (tmp_path / "ablation_claims.png").is_file() and (tmp_path / "ablation_claims_strong.png").is_file()
+    same = CliRunner().invoke(cli, ["ablate", "--out", str(grids["paper"]), "--report-only",
+                                    "--compare-with", str(grids["paper"])])
+    assert same.exit_code == 2 and "both grids use the paper recipe" in same.output
 
 
 def test_report_only_without_results_is_a_user_error(tmp_path):

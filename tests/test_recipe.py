@@ -256,6 +256,24 @@ def test_the_pk_training_dataset_yields_p_ids_times_k_images_per_batch(tiny_data
         train_dataset([r.path for r in records], labels, (64, 32), 8, ids_per_batch=2, images_per_id=3)
 
 
+def test_random_erasing_fills_with_the_mean_colour_inside_the_pixel_range(tiny_data):
+    """keras' default fill is N(0, 1) x 255: pixels far outside [0, 255] that skewed BatchNorm."""
+    from aaa_keras.data.names import load_dataset
+    from aaa_keras.data.pipeline import ERASING_FILL, train_dataset
+
+    dataset = load_dataset(tiny_data)
+    records = dataset.train_identities()
+    labels, _ = dataset.relabel(records)
+    paths = [r.path for r in records]
+    erased = next(iter(train_dataset(paths, labels, (64, 32), 8, seed=3, random_erasing_probability=1.0)))[0]
+    plain = next(iter(train_dataset(paths, labels, (64, 32), 8, seed=3)))[0]
+    erased, plain = np.asarray(erased), np.asarray(plain)
+    assert erased.min() >= 0.0 and erased.max() <= 255.0
+    changed = np.any(erased != plain, axis=-1)  # (batch, H, W): the erased pixels
+    assert changed.reshape(8, -1).any(axis=1).all()  # probability 1: every image has a rectangle
+    assert np.allclose(erased[changed], ERASING_FILL, atol=1e-3)
+
+
 def test_fit_trains_a_strong_baseline_on_pk_batches(tiny_data, tmp_path):
     from aaa_keras import training
     from aaa_keras.run_dir import read_done

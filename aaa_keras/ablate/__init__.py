@@ -32,8 +32,9 @@ from aaa_keras.ablate.grid import (
     ABLATE_DATA, CLAIMS, DEFAULT_EPOCHS, EVAL_FILE, FIGURE_FILE, GRID_FILE, METRICS, REPORT_FILE,
     RESULTS_FILE, TABLE_LAYOUT, TABLES, VARIANT_BY_NAME, VARIANTS, Variant, grid_settings,
     select_metrics, select_variants)
+from aaa_keras.ablate.compare import COMPARISON_FILE, compare_recipes, comparison_markdown, write_comparison
 from aaa_keras.ablate.report import (
-    BEGIN, END, SUMMARY_BEGIN, SUMMARY_END, analyse, build_results, load_results, per_query_data, plot_claims, report_markdown,
+    BEGIN, END, SUMMARY_BEGIN, SUMMARY_END, analyse, grid_recipe, markers, build_results, load_results, per_query_data, plot_claims, report_markdown,
     summary_markdown, update_results_doc, write_report)
 from aaa_keras.ablate.run import (
     _stage1_from_baseline, evaluate_per_query, finished_record, run_dir_of, run_grid, run_variant,
@@ -43,6 +44,7 @@ __all__ = [
     "ABLATE_DATA",
     "BEGIN",
     "CLAIMS",
+    "COMPARISON_FILE",
     "DEFAULT_EPOCHS",
     "END",
     "EVAL_FILE",
@@ -61,10 +63,14 @@ __all__ = [
     "_stage1_from_baseline",
     "analyse",
     "build_results",
+    "compare_recipes",
+    "comparison_markdown",
     "evaluate_per_query",
     "finished_record",
+    "grid_recipe",
     "grid_settings",
     "load_results",
+    "markers",
     "per_query_data",
     "plot_claims",
     "report_markdown",
@@ -76,5 +82,6 @@ __all__ = [
     "stage1_digest",
     "summary_markdown",
     "update_results_doc",
+    "write_comparison",
     "write_report",
 ]

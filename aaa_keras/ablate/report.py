@@ -252,10 +252,16 @@ def summary_markdown(results: dict, command: str = "") -> str:
     return "\n".join(lines) + "\n"
 
 
+def grid_recipe(results: dict) -> str:
+    """The training recipe of a grid (``paper`` for a grid made before ``--recipe`` existed)."""
+    return results["settings"]["overrides"].get("recipe") or "paper"
+
+
 def write_report(results: dict, out: str, write=(), command: str = "") -> list[str]:
     """OUT/results.md and OUT/claims.png; with ``write`` (paths), also those markdown files:
     one holding the summary markers gets :func:`summary_markdown` (a README), any other the
-    full report (e.g. docs/results.md)."""
+    full report (e.g. docs/results.md). Each recipe has its own blocks (:func:`markers`), so the
+    grids of both recipes can write into one file."""
     if isinstance(write, str):
         write = (write,)
     body = report_markdown(results, command)
@@ -266,19 +272,28 @@ def write_report(results: dict, out: str, write=(), command: str = "") -> list[s
     figure = plot_claims(results, os.path.join(out, FIGURE_FILE))
     if figure:
         written.append(figure)
+    recipe = grid_recipe(results)
     for path in write or ():
         if _has_block(path, SUMMARY_BEGIN):
             written.append(update_results_doc(path, summary_markdown(results, command), None,
-                                              SUMMARY_BEGIN, SUMMARY_END))
+                                              *markers("ablate-summary", recipe)))
         else:
-            written.append(update_results_doc(path, body, figure))
+            written.append(update_results_doc(path, body, figure, *markers("ablate", recipe),
+                                              figure_name=f"ablation_claims{'' if recipe == 'paper' else '_' + recipe}.png"))
     return written
 
 
-BEGIN = "<!-- ablate:begin (written by `python cli.py ablate --report-only --write`; do not edit) -->"
-END = "<!-- ablate:end -->"
-SUMMARY_BEGIN = "<!-- ablate-summary:begin (written by `python cli.py ablate --report-only --write`; do not edit) -->"
-SUMMARY_END = "<!-- ablate-summary:end -->"
+def markers(kind: str, recipe: str = "paper") -> tuple[str, str]:
+    """The begin / end comments of a generated block: ``kind`` is ``ablate`` (the full report),
+    ``ablate-summary`` (a README's short form) or ``ablate-recipes`` (the cross-recipe table);
+    the paper recipe's keep the names they had before ``--recipe`` existed."""
+    name = kind if recipe == "paper" else f"{kind}:{recipe}"
+    return (f"<!-- {name}:begin (written by `python cli.py ablate --report-only --write`; do not edit) -->",
+            f"<!-- {name}:end -->")
+
+
+BEGIN, END = markers("ablate")
+SUMMARY_BEGIN, SUMMARY_END = markers("ablate-summary")
 
 
 def _has_block(path: str, begin: str) -> bool:
@@ -288,8 +303,10 @@ def _has_block(path: str, begin: str) -> bool:
         return begin in f.read()
 
 
-def update_results_doc(path: str, body: str, figure: str | None, begin: str = BEGIN, end: str = END) -> str:
-    """Replace the generated block of ``path`` (between the ``begin`` / ``end`` markers) with ``body``."""
+def update_results_doc(path: str, body: str, figure: str | None, begin: str = BEGIN, end: str = END,
+                       figure_name: str = "ablation_claims.png") -> str:
+    """Replace the generated block of ``path`` (between the ``begin`` / ``end`` markers) with ``body``;
+    a missing block is appended."""
     if os.path.isdir(path):
         raise UserError(f"--write {path} is a directory; give a markdown file such as docs/results.md")
     text = ""
@@ -297,7 +314,7 @@ def update_results_doc(path: str, body: str, figure: str | None, begin: str = BE
         with open(path) as f:
             text = f.read()
     if figure:
-        target = os.path.join(os.path.dirname(os.path.abspath(path)), "ablation_claims.png")
+        target = os.path.join(os.path.dirname(os.path.abspath(path)), figure_name)
         shutil.copy(figure, target)
         body += f"\n![per-claim differences]({os.path.basename(target)})\n"
     block = f"{begin}\n{body}{end}"

@@ -67,6 +67,14 @@ def _pad_crop_flip(image, seed, image_size, padding):
     return tf.image.stateless_random_crop(image, (height, width, 3), seed=seeds[1])
 
 
+# Random erasing fills the erased rectangle with the ImageNet mean colour, as BoT does (its
+# RandomErasing writes the mean into the normalised tensor). keras' default fill, N(0, 1) x 255,
+# puts pixels far outside [0, 255] (about a third beyond +-255): measured, it inflated the
+# BatchNorm variances so that a network evaluated in inference mode saw a fraction of the
+# variance it was trained on (docs/decisions.md, "Random erasing").
+ERASING_FILL = (123.675, 116.28, 103.53)
+
+
 def train_dataset(paths, labels, image_size, batch_size: int, seed: int = 0,
                   random_erasing_probability: float = 0.0, repeat: bool = True,
                   ids_per_batch: int = 0, images_per_id: int = 0) -> tf.data.Dataset:
@@ -75,7 +83,7 @@ def train_dataset(paths, labels, image_size, batch_size: int, seed: int = 0,
     Augmentation: random flip and pad-crop (padding 1/16 of the height, 16 px
     at 256x128 as in common re-ID baselines); with
     ``random_erasing_probability`` > 0, ``keras.layers.RandomErasing`` at that
-    fixed probability (paper Table 5's comparison).
+    fixed probability (paper Table 5's comparison), filled with ``ERASING_FILL``.
 
     With ``ids_per_batch`` P > 0 the batches are identity-balanced, P
     identities x ``images_per_id`` K images in the order of
@@ -110,7 +118,7 @@ def train_dataset(paths, labels, image_size, batch_size: int, seed: int = 0,
     if random_erasing_probability > 0:
         erasing = keras.layers.RandomErasing(
             factor=(random_erasing_probability, random_erasing_probability),
-            value_range=(0, 255), seed=seed)
+            fill_value=list(ERASING_FILL), value_range=(0, 255), seed=seed)
         dataset = dataset.map(lambda x, y: (erasing(x, training=True), y),
                               num_parallel_calls=AUTOTUNE)
     return dataset.prefetch(AUTOTUNE)
