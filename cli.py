@@ -30,7 +30,7 @@ OPTIMIZER_CHOICE = click.Choice(config_lib.OPTIMIZERS)
 LAST_STRIDE_CHOICE = click.Choice([str(s) for s in config_lib.LAST_STRIDES])
 RECIPE_HELP = ("Training recipe: paper = the paper's (softmax CE, SGD); strong = Bag of Tricks: P x K "
                "batches, label smoothing, batch-hard triplet, BNNeck, Adam with warm-up, random erasing, "
-               "last stride 1 (each also a flag below, which wins). Default: paper.")
+               "last stride 1, precise BatchNorm (each also a flag below, which wins). Default: paper.")
 
 
 def user_errors(command):
@@ -177,7 +177,7 @@ def data_check(root, strict):
 @click.option("--recipe", type=RECIPE_CHOICE, default=None, help=RECIPE_HELP)
 @click.option("--ids-per-batch", type=click.IntRange(0), default=None,
               help="P of identity-balanced P x K batches in stages 1 and 3 (batch = P x K); 0 = shuffled "
-                   "batches. paper: 0, strong: 16.")
+                   "batches. paper: 0, strong: 16 (demo preset: 4).")
 @click.option("--images-per-id", type=click.IntRange(2), default=None, help="K of P x K batches (4).")
 @click.option("--label-smoothing", type=float, default=None,
               help="Epsilon of the label-smoothing cross-entropy, stages 1 and 3. paper: 0, strong: 0.1.")
@@ -190,13 +190,15 @@ def data_check(root, strict):
               help="Stride of conv5 (resnet50, tiny_resnet). paper: 2, strong: 1.")
 @click.option("--optimizer", type=OPTIMIZER_CHOICE, default=None,
               help="The network's optimizer in stages 1 and 3. paper: sgd, strong: adam.")
-@click.option("--baseline-lr", type=float, default=None, help="Stage 1's learning rate (demo 0.05, paper 1e-3, strong 3.5e-4).")
+@click.option("--baseline-lr", type=float, default=None, help="Stage 1's learning rate (demo 0.05, paper 1e-3, strong 3.5e-4; 3.5e-3 from random init).")
 @click.option("--adversarial-lr", type=float, default=None,
-              help="Stage 3's network learning rate (demo 0.005, paper 1e-4, strong 3.5e-5).")
+              help="Stage 3's network learning rate (demo 0.005, paper 1e-4, strong 3.5e-5; 3.5e-4 from random init).")
 @click.option("--weight-decay", type=float, default=None,
               help="The network's weight decay (sgd: Keras', adam: L2 on the gradient). paper: 0, strong: 5e-4.")
 @click.option("--warmup-epochs", type=click.IntRange(0), default=None,
               help="Linear warm-up from 0.1x of the network's lr, stages 1 and 3. paper: 0, strong: 1.")
+@click.option("--precise-bn-batches", type=click.IntRange(0), default=None,
+              help="After stages 1 and 3, BatchNorm statistics recomputed over N training batches. paper: 0, strong: 50.")
 @click.option("--attention-loss", type=click.Choice(config_lib.ATTENTION_LOSSES), default=None,
               help="Reading of eq. 2 in stages 2-3: l1 = as printed (collapses), bce = per-position "
                    "sigmoid CE as ref. [7] (default), soft = bce on every cell's probability drop.")

@@ -60,6 +60,7 @@ class RunConfig:
     triplet_margin: float = 0.3
     optimizer: str = "sgd"  # the network's optimizer in stages 1 and 3: sgd or adam
     warmup_epochs: int = 0  # linear warm-up from 0.1x of the network's lr (stages 1 and 3)
+    precise_bn_batches: int = 0  # after stages 1 and 3: BatchNorm statistics over this many training batches
     # === Optimisation (paper 4.2) ===
     epochs: int = 10  # per stage
     baseline_epochs: int = 0  # stage 1's own epoch count; 0 = ``epochs``
@@ -136,12 +137,13 @@ PRESETS: dict[str, dict] = {
 # batches, label smoothing, batch-hard triplet, BNNeck (no dropout), Adam 3.5e-4 with L2
 # 5e-4, linear warm-up then step decay, random erasing and last stride 1, scaled to 10
 # epochs per stage: one warm-up epoch (BoT: 10 of 120) and x0.1 every 4 epochs (BoT: at
-# 40 and 70 of 120). Stage 3 fine-tunes at 0.1x stage 1's lr, the paper's ratio.
+# 40 and 70 of 120). Stage 3 fine-tunes at 0.1x stage 1's lr, the paper's ratio. Not BoT's:
+# precise BatchNorm after stages 1 and 3 (model/backbone.py: recompute_batchnorm).
 RECIPE_DEFAULTS: dict[str, dict] = {
     "paper": {},
     "strong": dict(ids_per_batch=16, images_per_id=4, label_smoothing=0.1, triplet=True,
                    triplet_margin=0.3, bnneck=True, dropout=0.0, last_stride=1, random_erasing=True,
-                   optimizer="adam", weight_decay=5e-4, warmup_epochs=1,
+                   optimizer="adam", weight_decay=5e-4, warmup_epochs=1, precise_bn_batches=50,
                    baseline_lr=3.5e-4, baseline_lr_decay_epochs=4,
                    adversarial_lr=3.5e-5, adversarial_lr_decay_epochs=4),
 }
@@ -247,6 +249,8 @@ def _validate_recipe(config: RunConfig) -> None:
     if config.last_stride == 1 and config.backbone not in LAST_STRIDE_BACKBONES:
         raise UserError(f"--last-stride 1 with --backbone {config.backbone}: only "
                         f"{_one_of(LAST_STRIDE_BACKBONES)} have a conv5 stride to change; use --last-stride 2")
+    if config.precise_bn_batches < 0:
+        raise UserError(f"--precise-bn-batches must be 0 (off) or more, got {config.precise_bn_batches}")
     if config.ids_per_batch < 0 or config.ids_per_batch == 1:
         raise UserError(f"--ids-per-batch must be 0 (shuffled batches) or at least 2, got {config.ids_per_batch}")
     if config.ids_per_batch and config.images_per_id < 2:

@@ -37,12 +37,12 @@ TENSORBOARD_DIR = "tensorboard"
 STAGE_SETTINGS = {
     "baseline": ("dropout", "random_erasing", "random_erasing_probability", "backbone_weights",
                  "ids_per_batch", "images_per_id", "label_smoothing", "triplet", "triplet_margin",
-                 "optimizer", "weight_decay", "warmup_epochs"),
+                 "optimizer", "weight_decay", "warmup_epochs", "precise_bn_batches"),
     "attention": ("grid_size", "attention_loss"),
     "adversarial": ("mask", "attention_loss", "occluded_batchnorm", "take_turns", "lambda1",
                     "lambda2", "omega", "occluded_fraction", "grid_size",
                     "ids_per_batch", "images_per_id", "label_smoothing", "triplet", "triplet_margin",
-                    "optimizer", "weight_decay", "warmup_epochs"),
+                    "optimizer", "weight_decay", "warmup_epochs", "precise_bn_batches"),
 }
 
 

@@ -21,6 +21,7 @@ from aaa_keras.data.synth import resolve_data
 from aaa_keras.errors import UserError
 from aaa_keras.execution import distribution_strategy, precision_policy
 from aaa_keras.files import json_text
+from aaa_keras.model.backbone import recompute_batchnorm
 from aaa_keras.model.stages import AdversarialModel, AttentionAssignmentModel, BaselineModel, NetworkLoss
 from aaa_keras.run_dir import (
     ATTENTION_WEIGHTS, BACKUP_DIR, DONE_FILE, LOG_FILE, NETWORK_WEIGHTS, TENSORBOARD_DIR,
@@ -265,6 +266,7 @@ def train_stage(stage: str, config: RunConfig, dataset: ReidDataset, run_dir: st
             history = model.fit(data, epochs=config.stage_epochs(stage), steps_per_epoch=steps, shuffle=False,
                                 callbacks=[*callbacks, guard.StopOnNonFiniteLoss(stage)],
                                 verbose=config_verbosity())
+        precise_bn = _precise_batchnorm(stage, config, model, data, log)
         seconds = time.time() - started
 
         _save_weights_atomically(model.parts.network, os.path.join(directory, NETWORK_WEIGHTS))
@@ -276,11 +278,26 @@ def train_stage(stage: str, config: RunConfig, dataset: ReidDataset, run_dir: st
             "settings": stage_settings(config, stage),
             "final_metrics": {k: float(v[-1]) for k, v in history.history.items() if v},
         }
+        if precise_bn is not None:
+            summary["precise_bn_variance_ratio"] = round(precise_bn, 4)
         # save_or_fail is the atomic step: the lambda writes its temporary file plainly
         guard.save_or_fail(lambda tmp: _write_text(tmp, json_text(summary)),
                            os.path.join(directory, DONE_FILE), run_dir, stage)
         guard.remove_backup(directory)
         return summary
+
+
+def _precise_batchnorm(stage: str, config: RunConfig, model, data, log) -> float | None:
+    """After a stage that trains the network: its BatchNorm statistics from
+    ``--precise-bn-batches`` batches of the stage's own training pipeline (un-occluded images, as
+    at test time), logged with how far the running averages were off."""
+    if stage == "attention" or not config.precise_bn_batches:
+        return None
+    ratio = recompute_batchnorm(model.parts.network, (images for images, _ in data.take(config.precise_bn_batches)))
+    if ratio is not None:
+        log(f"Stage {stage}: precise BatchNorm over {config.precise_bn_batches} training batches; the running "
+            f"variances were {ratio:.2f}x the recomputed ones (median over channels; 1.00 = already right)")
+    return ratio
 
 
 def config_verbosity() -> int:

@@ -287,6 +287,27 @@ def test_fit_trains_a_strong_baseline_on_pk_batches(tiny_data, tmp_path):
     assert done["settings"]["triplet"] is True and done["settings"]["optimizer"] == "adam"
     assert "triplet_loss" in done["final_metrics"]
     assert any("P x K = 2 ids x 2 images" in str(m) for m in messages)
+    assert any("precise BatchNorm over 50 training batches" in str(m) for m in messages)
+    assert done["precise_bn_variance_ratio"] > 0 and done["settings"]["precise_bn_batches"] == 50
+
+
+def test_precise_batchnorm_sets_the_mean_of_the_batch_statistics_and_reports_how_far_off_they_were():
+    from aaa_keras.model.backbone import recompute_batchnorm
+
+    inputs = keras.Input((4,))
+    network = keras.Model(inputs, keras.layers.BatchNormalization(momentum=0.99)(inputs))
+    norm = network.layers[-1]
+    rng = np.random.default_rng(0)
+    batches = [rng.normal(loc, scale, (32, 4)).astype("float32") for loc, scale in ((0, 1), (2, 3), (-1, 2))]
+    norm.moving_variance.assign(np.full(4, 50.0, "float32"))  # stale running averages
+    ratio = recompute_batchnorm(network, batches)
+    expected_variance = np.mean([b.var(axis=0) for b in batches], axis=0)
+    np.testing.assert_allclose(np.asarray(norm.moving_mean), np.mean([b.mean(axis=0) for b in batches], axis=0),
+                               rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(np.asarray(norm.moving_variance), expected_variance, rtol=1e-4)
+    assert ratio == pytest.approx(float(np.median(50.0 / expected_variance)), rel=1e-4)
+    assert norm.momentum == 0.99  # restored
+    assert recompute_batchnorm(network, []) is None
 
 
 def test_strong_recipe_keeps_last_stride_two_where_the_backbone_has_no_stride_one():

@@ -28,8 +28,6 @@ stem and tail of the current network), for the map stage 3 ranks to occlude
 
 from __future__ import annotations
 
-import math
-
 import keras
 import numpy as np
 import tensorflow as tf
