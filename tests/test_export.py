@@ -144,7 +144,7 @@ def test_onnx_and_openvino_pass_parity_in_their_own_runtimes_without_tensorflow(
         assert report[kind]["cosine_min"] >= 0.999 and abs(report[kind]["mAP"] - report["keras"]["mAP"]) < 0.5
         assert report[kind]["input"]["shape"] == [-1, 64, 32, 3] and report[kind]["output"]["shape"] == [-1, 128]
     assert report["onnx"]["bytes"] > 400_000 and report["openvino"]["bytes"] > 400_000  # float32 weights
-    assert report["openvino"]["inference_precision"] in ("f32", "bf16", "f16")
+    assert report["openvino"]["inference_precision"] == "f32"  # the hint, also on a bf16 CPU
 
     np.save(tmp_path / "images.npy", keras_reference["images"])
     subprocess.run([sys.executable, RUNTIME_SCRIPT, "portable", exported["onnx"], exported["openvino"],
