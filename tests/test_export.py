@@ -128,6 +128,8 @@ def test_export_writes_serving_layout_tflite_files_and_passing_parity(exported):
     assert report["tflite"]["int8"]["output"]["dtype"] == "int8"
     assert report["saved_model"]["serve_bytes_cosine_min"] >= 0.9999
     assert abs(report["tflite"]["float32"]["mAP"] - report["keras"]["mAP"]) < 0.5
+    noise = report["keras"]["pixel_noise"]  # the float network's own sensitivity, beside int8's parity
+    assert noise["sigma"] == 2.0 and 0.9 < noise["cosine_min"] <= noise["cosine_mean"] <= 1.0
     assert not glob.glob(os.path.join(out, "**", "_partial_*"), recursive=True)
 
 
@@ -382,6 +384,18 @@ def test_parity_verdict_covers_every_saved_model_signature():
         for bad in (0.5, float("nan")):
             problems = parity.failures({"saved_model": {**good, key: bad}})
             assert len(problems) == 1 and problems[0].startswith(f"saved_model {signature} cosine to Keras min ")
+
+
+def test_a_missed_int8_cosine_says_whether_the_float_network_itself_is_that_sensitive():
+    from aaa_keras.deploy import parity
+
+    int8 = {"tflite": {"int8": {"cosine_min": 0.71, "cosine_mean": 0.87}}}
+    fragile = parity.failures({**int8, "keras": {"pixel_noise": {"sigma": 2.0, "cosine_min": 0.94}}})
+    assert len(fragile) == 1 and "0.9400 under Gaussian pixel noise of 2 grey levels" in fragile[0]
+    assert "amplifies small perturbations" in fragile[0]
+    robust = parity.failures({**int8, "keras": {"pixel_noise": {"sigma": 2.0, "cosine_min": 0.9990}}})
+    assert "0.9990 under" in robust[0] and "amplifies" not in robust[0]
+    assert "pixel noise" not in parity.failures(int8)[0]
 
 
 # === The versioned install ===

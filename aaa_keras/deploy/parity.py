@@ -179,7 +179,7 @@ def failures(report: dict) -> list[str]:
             problems.append(f"{name} outputs NaN or inf")
         elif entry["cosine_min"] < threshold:
             problems.append(f"{name} per-image cosine to Keras min {entry['cosine_min']:.4f} < {threshold} "
-                            f"(mean {entry['cosine_mean']:.4f})")
+                            f"(mean {entry['cosine_mean']:.4f}){_noise_hint(report, name, threshold)}")
         for key, signature in SIGNATURE_COSINES:
             value = entry.get(key)
             if value is not None and not value >= threshold:  # NaN misses too
@@ -191,6 +191,19 @@ def failures(report: dict) -> list[str]:
             problems.append(f"int8 mAP {tflite['int8']['mAP']:.2f} is {drop:.2f} points below float32's "
                             f"{tflite['float32']['mAP']:.2f} (at most {MAX_INT8_MAP_DROP} allowed)")
     return problems
+
+
+def _noise_hint(report: dict, name: str, threshold: float) -> str:
+    """For a missed int8 cosine: what the float network does under pixel noise (export.py)."""
+    noise = report.get("keras", {}).get("pixel_noise")
+    if name != "int8" or not noise:
+        return ""
+    hint = (f"; the float network itself gives cosine min {noise['cosine_min']:.4f} under Gaussian pixel noise "
+            f"of {noise['sigma']:g} grey levels")
+    if noise["cosine_min"] < threshold:
+        hint += (": it amplifies small perturbations, so int8's rounding cannot stay within the gate; "
+                 "train it longer or from ImageNet weights, or deploy float16")
+    return hint
 
 
 def thresholds() -> dict:
