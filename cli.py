@@ -25,6 +25,7 @@ BACKBONE_CHOICE = click.Choice(config_lib.BACKBONES)
 DISTRIBUTE_CHOICE = click.Choice(config_lib.DISTRIBUTE_STRATEGIES)
 MIXED_PRECISION_CHOICE = click.Choice(config_lib.MIXED_PRECISIONS)
 METRIC_CHOICE = click.Choice([*vocabulary.METRICS, vocabulary.ALL])
+NECK_CHOICE = click.Choice(config_lib.NECK_FEATURES)
 RECIPE_CHOICE = click.Choice(config_lib.RECIPES)
 OPTIMIZER_CHOICE = click.Choice(config_lib.OPTIMIZERS)
 LAST_STRIDE_CHOICE = click.Choice([str(s) for s in config_lib.LAST_STRIDES])
@@ -186,6 +187,9 @@ def data_check(root, strict):
 @click.option("--triplet-margin", type=float, default=None, help="Margin of the triplet loss (0.3).")
 @click.option("--bnneck/--no-bnneck", default=None,
               help="BatchNorm before a bias-free classifier; retrieval uses the feature after it. strong: on.")
+@click.option("--neck-feature", type=NECK_CHOICE, default=None,
+              help="With a BNNeck: retrieve with the feature after its BatchNorm (default, BoT) or before it "
+                   "(robust to int8: docs/deployment.md).")
 @click.option("--last-stride", type=LAST_STRIDE_CHOICE, default=None,
               help="Stride of conv5 (resnet50, tiny_resnet). paper: 2, strong: 1.")
 @click.option("--optimizer", type=OPTIMIZER_CHOICE, default=None,
@@ -285,10 +289,13 @@ def fit(stage, data_dir, run_dir, preset, image_size, no_finetune, no_take_turns
               help="XLA-compile the embedding extraction.")
 @click.option("--skip-bad-images", is_flag=True,
               help="Drop images that do not decode (each is named) instead of stopping.")
+@click.option("--neck-feature", type=NECK_CHOICE, default=None,
+              help="With a BNNeck: retrieve with the feature after its BatchNorm (default, BoT) or before it "
+                   "(robust to int8: docs/deployment.md).")
 @user_errors
 @locks_run_dir("evaluate", when=lambda options: options["json_path"] or options["metric"] != "euclidean")
 def evaluate(run_dir, stage, data_dir, metric, rerank, json_path, distribute, mixed_precision,
-             jit_compile, skip_bad_images):
+             jit_compile, skip_bad_images, neck_feature):
     """CMC Rank-1/5/10, mAP and mINP under the standard Market-1501 protocol.
 
     \b
@@ -300,7 +307,7 @@ def evaluate(run_dir, stage, data_dir, metric, rerank, json_path, distribute, mi
     metrics = vocabulary.METRICS if metric == vocabulary.ALL else (metric,)
     evaluate_run(run_dir, stage, data_dir, metrics, rerank, json_path, log=click.echo,
                  distribute=distribute, mixed_precision=mixed_precision or "",
-                 jit_compile=jit_compile, skip_bad_images=skip_bad_images)
+                 jit_compile=jit_compile, skip_bad_images=skip_bad_images, neck_feature=neck_feature)
 
 
 # === visualize ===
@@ -347,10 +354,13 @@ def visualize(run_dir, stage, data_dir, what, num, out_dir):
               help="Bound the parity held set (whole test ids) on large datasets; default all.")
 @click.option("--threads", type=click.IntRange(1), default=2, show_default=True,
               help="LiteRT threads for the parity runs.")
+@click.option("--neck-feature", type=NECK_CHOICE, default=None,
+              help="With a BNNeck: retrieve with the feature after its BatchNorm (default, BoT) or before it "
+                   "(robust to int8: docs/deployment.md).")
 @user_errors
 @locks_run_dir("export")
 def export(run_dir, stage, out, formats, quantize, model_name, version, representative_count, data_dir,
-           parity_max_images, threads):
+           parity_max_images, threads, neck_feature):
     """SavedModel (TF Serving), TFLite float32/float16/int8 (cameras), ONNX and OpenVINO, with checked parity.
 
     \b
@@ -366,7 +376,7 @@ def export(run_dir, stage, out, formats, quantize, model_name, version, represen
 
     export_run(run_dir, out, stage, formats, quantize, model_name, version, representative_count,
                log=click.echo, data=data_dir, parity_max_images=parity_max_images,
-               num_threads=threads)
+               num_threads=threads, neck_feature=neck_feature)
 
 
 @cli.command()

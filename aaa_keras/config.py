@@ -24,7 +24,8 @@ OCCLUSION_POINTS = ("conv2", "conv3", "conv4", "conv5")
 BACKBONES = ("resnet50", "mobilenet_v3_large", "efficientnet_b0", "tiny_resnet")
 DISTRIBUTE_STRATEGIES = ("none", "mirrored", "multiworker")  # tf.distribute (execution.py)
 MIXED_PRECISIONS = ("mixed_float16", "mixed_bfloat16")  # Keras dtype policies; "" = float32
-RECIPES = ("paper", "strong")  # training recipe: the paper's, or the Bag of Tricks (RECIPE_DEFAULTS)
+RECIPES = ("paper", "strong")
+NECK_FEATURES = ("after", "before")  # the retrieval feature with a BNNeck (BoT's TEST.NECK_FEAT)  # training recipe: the paper's, or the Bag of Tricks (RECIPE_DEFAULTS)
 OPTIMIZERS = ("sgd", "adam")  # the network's optimizer in stages 1 and 3 (training.make_optimizer)
 LAST_STRIDES = (1, 2)  # stride of conv5's first block (model/backbone.py: LAST_STRIDE_LAYERS)
 LAST_STRIDE_BACKBONES = ("resnet50", "tiny_resnet")  # backbones whose last stride can be 1
@@ -52,6 +53,7 @@ class RunConfig:
     dropout: float = 0.5  # paper 4.2: 0.5 Market-1501, 0.6 DukeMTMC-reID
     attention_filters: int = 256
     bnneck: bool = False  # BatchNorm between the pooled feature and a bias-free classifier (BoT)
+    neck_feature: str = "after"  # with bnneck, the retrieval feature: after its BatchNorm or before (BoT)
     last_stride: int = 2  # 1 keeps conv5 at conv4's resolution (BoT)
     # === Recipe: the paper's or the Bag of Tricks' (RECIPE_DEFAULTS) ===
     recipe: str = "paper"
@@ -242,7 +244,8 @@ def validate(config: RunConfig) -> None:
 
 def _validate_recipe(config: RunConfig) -> None:
     """The settings of the strong recipe (each also a flag of its own)."""
-    for name, choices in (("recipe", RECIPES), ("optimizer", OPTIMIZERS), ("last_stride", LAST_STRIDES)):
+    for name, choices in (("recipe", RECIPES), ("optimizer", OPTIMIZERS), ("last_stride", LAST_STRIDES),
+                          ("neck_feature", NECK_FEATURES)):
         if getattr(config, name) not in choices:
             raise UserError(f"--{name.replace('_', '-')}: got {getattr(config, name)!r}; expected "
                             f"{_one_of(tuple(str(c) for c in choices))}")

@@ -138,7 +138,7 @@ def build_stage_parts(config: RunConfig, seed_offset: int = 0):
     keras.utils.set_random_seed(config.seed + seed_offset)
     parts = build_parts(config.num_classes, config.image_size, config.backbone,
                         config.occlude_after, config.dropout, config.backbone_weights,
-                        bnneck=config.bnneck, last_stride=config.last_stride)
+                        bnneck=config.bnneck, last_stride=config.last_stride, neck_feature=config.neck_feature)
     attention = build_attention_branch(parts.stem.output.shape[1:], config.attention_filters,
                                        seed=config.seed + 1000 + seed_offset)
     return parts, attention
@@ -165,9 +165,13 @@ class TrainedStage:
     stage: str
 
 
-def load_trained(run_dir: str, stage: str | None = None) -> TrainedStage:
-    """The trained ``stage`` of ``run_dir`` (default: the latest), weights loaded."""
+def load_trained(run_dir: str, stage: str | None = None, neck_feature: str | None = None) -> TrainedStage:
+    """The trained ``stage`` of ``run_dir`` (default: the latest), weights loaded; ``neck_feature``
+    replaces the run's retrieval feature (the same weights)."""
     config = config_lib.load_config(run_dir)
+    if neck_feature:
+        config = dataclasses.replace(config, neck_feature=neck_feature)
+        config_lib.validate(config)
     stage = require_stage(run_dir, stage)
     parts, attention = build_stage_parts(config)
     has_attention = stage_has_attention(config, stage)

@@ -155,6 +155,29 @@ def test_bnneck_embedder_returns_the_feature_after_the_batchnorm():
     assert neck.center is False  # BoT freezes its shift at 0
 
 
+def test_neck_feature_before_retrieves_with_the_pooled_feature_from_the_same_weights(tiny_data, tmp_path):
+    """BoT's TEST.NECK_FEAT: ``before`` is the int8-robust choice (docs/deployment.md)."""
+    from aaa_keras import training
+    from aaa_keras.run_dir import load_trained
+
+    config = make_config("demo", recipe="strong", data=tiny_data, image_height=64, image_width=32, epochs=1,
+                         ids_per_batch=2, images_per_id=2, steps_per_epoch=2, precise_bn_batches=2)
+    training.fit("baseline", config, str(tmp_path), log=lambda message: None)
+    after, before = load_trained(str(tmp_path)), load_trained(str(tmp_path), neck_feature="before")
+    assert before.config.neck_feature == "before" and after.config.neck_feature == "after"
+    images = _images(3)
+    features = after.parts.stem(images, training=False)
+    pooled, embedding, _ = after.parts.triplet_tail(features, training=False)
+    np.testing.assert_allclose(before.parts.tail(features, training=False)[0].numpy(), pooled.numpy(),
+                               rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(after.parts.tail(features, training=False)[0].numpy(), embedding.numpy(),
+                               rtol=1e-5, atol=1e-6)
+    for a, b in zip(after.parts.network.weights, before.parts.network.weights):
+        assert a.path == b.path and np.array_equal(a.numpy(), b.numpy())
+    with pytest.raises(UserError, match="--neck-feature"):
+        load_trained(str(tmp_path), neck_feature="middle")
+
+
 def test_last_stride_one_keeps_conv5_at_conv4_resolution_with_the_same_variables():
     shapes, names = {}, {}
     for last_stride in (2, 1):

@@ -113,7 +113,7 @@ def _choose_version(parents: dict, version: int | None, model_name: str, out: st
 def export_run(run_dir: str, out: str, stage: str | None = None, formats=FORMATS,
                quantizations=QUANTIZATIONS, model_name: str = "aaa_net", version: int | None = None,
                representative_count: int = 100, log=print, data: str | None = None,
-               parity_max_images: int | None = None, num_threads: int = 2) -> dict:
+               parity_max_images: int | None = None, num_threads: int = 2, neck_feature: str | None = None) -> dict:
     """Export the embedder of ``stage`` of ``run_dir`` (default: its latest stage) under ``out``.
 
     ``formats``: ``saved_model``, ``tflite``, ``onnx``, ``openvino`` (or ``"all"``);
@@ -122,6 +122,7 @@ def export_run(run_dir: str, out: str, stage: str | None = None, formats=FORMATS
     ``data`` overrides the run's dataset root (for the parity checks and the
     calibration images). ``parity_max_images`` bounds the held set (whole
     test identities) on large datasets; default the whole test split.
+    ``neck_feature`` replaces the run's retrieval feature (``after`` / ``before`` the BNNeck).
 
     Returns ``{"version", "stage", "saved_model", "tflite": {quant: path},
     "onnx", "openvino", "parity_json", "report"}`` (paths; None for formats
@@ -141,7 +142,7 @@ def export_run(run_dir: str, out: str, stage: str | None = None, formats=FORMATS
     _check_arguments(run_dir, out, version, representative_count)
 
     # === The trained stage, the held set and its Keras embeddings ===
-    trained = load_trained(run_dir, stage)
+    trained = load_trained(run_dir, stage, neck_feature)
     config, parts, stage = trained.config, trained.parts, trained.stage
     embedder = build_embedder(parts)
     image_size = config.image_size
@@ -161,6 +162,7 @@ def export_run(run_dir: str, out: str, stage: str | None = None, formats=FORMATS
         report = {
             "model_name": model_name, "version": version, "run_dir": os.path.abspath(run_dir), "stage": stage,
             "backbone": config.backbone, "image_size": list(image_size), "embedding_dim": parts.embedding_dim,
+            "neck_feature": config.neck_feature if config.bnneck else None,
             "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
             "data": root,
             "held_set": {"source": "test split (query + gallery)", "num_query": len(held.query),

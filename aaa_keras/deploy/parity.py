@@ -202,7 +202,8 @@ def _noise_hint(report: dict, name: str, threshold: float) -> str:
             f"of {noise['sigma']:g} grey levels")
     if noise["cosine_min"] < threshold:
         hint += (": it amplifies small perturbations, so int8's rounding cannot stay within the gate; "
-                 "train it longer or from ImageNet weights, or deploy float16")
+                 "with a BNNeck export the feature before it (--neck-feature before), or train longer or "
+                 "from ImageNet weights, or deploy float16")
     return hint
 
 

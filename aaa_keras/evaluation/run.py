@@ -35,7 +35,7 @@ def extract_embeddings(embedder, records: list[ImageRecord], image_size, batch_s
 def evaluate_run(run_dir: str, stage: str | None = None, data: str | None = None,
                  metrics=("euclidean",), rerank: bool = False, json_path: str | None = None,
                  log=print, distribute: str = "none", mixed_precision: str = "",
-                 jit_compile: bool = False, skip_bad_images: bool = False) -> dict:
+                 jit_compile: bool = False, skip_bad_images: bool = False, neck_feature: str | None = None) -> dict:
     """Evaluate ``stage`` of ``run_dir`` on ``data`` (default: the run's own dataset).
 
     ``distribute`` / ``mixed_precision`` / ``jit_compile`` apply to the
@@ -53,7 +53,7 @@ def evaluate_run(run_dir: str, stage: str | None = None, data: str | None = None
         raise UserError(f"--json {json_path} is a directory; give a file name such as {json_path}/eval.json")
     strategy = distribution_strategy(distribute)  # before any other TensorFlow op
     with precision_policy(mixed_precision), strategy.scope():
-        trained = load_trained(run_dir, stage)
+        trained = load_trained(run_dir, stage, neck_feature)
         embedder = build_embedder(trained.parts)
         embedder.compile(jit_compile=jit_compile)
     config, stage = trained.config, trained.stage

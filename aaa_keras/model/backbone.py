@@ -297,8 +297,14 @@ def build_parts(
     backbone_weights: str = "",
     bnneck: bool = False,
     last_stride: int = 2,
+    neck_feature: str = "after",
 ) -> ReidParts:
-    """Build the stem / tail split of one backbone, with the identity classifier."""
+    """Build the stem / tail split of one backbone, with the identity classifier.
+
+    ``neck_feature`` (with ``bnneck``): the retrieval feature, the tail's first output, is the
+    feature after the BNNeck's BatchNorm (``after``, BoT's default) or the pooled feature before
+    it (``before``, BoT's ``TEST.NECK_FEAT``); the weights are the same either way.
+    """
     # === Backbone ===
     height, width = image_size
     base = with_last_stride(build_backbone(backbone, (height, width, 3), backbone_weights), backbone,
@@ -330,7 +336,8 @@ def build_parts(
                                kernel_initializer=keras.initializers.RandomNormal(stddev=0.001))
                   if bnneck else layers.Dense(num_classes, name="classifier"))
     logits = classifier(dropped)
-    tail = keras.Model(features, [embedding, logits], name="tail")
+    retrieval = pooled if neck_feature == "before" else embedding
+    tail = keras.Model(features, [retrieval, logits], name="tail")
     triplet_tail = keras.Model(features, [pooled, embedding, logits], name="triplet_tail")
 
     # === The whole network, the one object whose weights are saved ===
