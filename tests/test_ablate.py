@@ -203,6 +203,9 @@ def test_compare_with_judges_baseline_and_aaa_under_both_recipes_and_keeps_each_
     assert text.count(ablate.BEGIN) == text.count(strong_begin) == text.count(recipes_begin) == 1
     assert "| strong baseline > paper baseline |" in text and "| strong | Baseline (stage 1) |" in text
     assert (grids["strong"] / ablate.COMPARISON_FILE).is_file()
+    # A grid of two configurations shows them once (Tables 3-5 would repeat the same two rows).
+    assert text.count("| Baseline (stage 1) | ") == 2 + 2  # one table per grid, and the recipes table's two
+
     assert (tmp_path / "ablation_claims.png").is_file() and (tmp_path / "ablation_claims_strong.png").is_file()
     same = CliRunner().invoke(cli, ["ablate", "--out", str(grids["paper"]), "--report-only",
                                     "--compare-with", str(grids["paper"])])

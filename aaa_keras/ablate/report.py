@@ -129,6 +129,19 @@ def _p(value) -> str:
     return "-" if value is None else (f"{value:.4f}" if value >= 0.0001 else "<0.0001")
 
 
+def _tables_shown(present) -> list[tuple[str, list]]:
+    """The layout's tables with the configurations a grid has: those with two or more rows, less
+    any whose rows another shown table holds too (``--table controls`` shows one table, not four)."""
+    tables = [(title, [r for r in rows if r in present]) for title, rows in TABLE_LAYOUT]
+    tables = [(title, rows) for title, rows in tables if len(rows) >= 2]
+    shown = []
+    for title, rows in tables:
+        if any(set(rows) < set(other) for _, other in tables) or any(set(rows) == set(r) for _, r in shown):
+            continue
+        shown.append((title, rows))
+    return shown
+
+
 def report_markdown(results: dict, command: str = "") -> str:
     settings = results["settings"]
     metrics = results["metrics"]
@@ -155,10 +168,7 @@ def report_markdown(results: dict, command: str = "") -> str:
     for metric in metrics:
         summary = results["summary"][metric]
         lines += ["", f"### Configurations ({metric})"]
-        for title, rows in TABLE_LAYOUT:
-            rows = [r for r in rows if r in present]
-            if len(rows) < 2:
-                continue
+        for title, rows in _tables_shown(present):
             lines += ["", f"**{title}**", "", "| configuration | Rank-1 (%) | mAP (%) | mINP (%) |",
                       "|---|---|---|---|"]
             for name in rows:
