@@ -466,7 +466,8 @@ def search(index_path, model_path, images, top, nprobe, picture):
                    "AAA-Net under both recipes, with verdicts, to OUT/recipes.md and every --write file.")
 @click.option("--write", "write_path", multiple=True, metavar="PATH",
               help="Also write the tables and verdicts into PATH's generated block (e.g. docs/results.md); "
-                   "a file with the ablate-summary markers (README.md) gets the short form. Repeatable.")
+                   "a file with the ablate-summary markers (README.md) gets the short form, one with only the "
+                   "ablate-recipes markers only the --compare-with table. Repeatable.")
 @user_errors
 def ablate(data_dir, out, table, seeds, epochs, baseline_epochs, preset, recipe, metric, backbone, batch_size,
            image_size, steps_per_epoch, n_boot, report_only, other_out, write_path):

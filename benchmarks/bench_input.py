@@ -96,7 +96,7 @@ def main(argv=None):
         dataset = train_dataset(paths, labels, size, args.batch_size, seed=0)
         input_rate = pipeline_rate(dataset, args.batches, args.warmup, args.batch_size)
 
-        config = make_config("demo", batch_size=args.batch_size, **setting)
+        config = make_config("demo", recipe="paper", batch_size=args.batch_size, **setting)
         config.num_classes = data.num_classes
         parts, _ = build_stage_parts(config)
         model = BaselineModel(parts)

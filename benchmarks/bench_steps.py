@@ -164,7 +164,7 @@ def main(argv=None):
     args = parse_args(argv)
     command = "python benchmarks/bench_steps.py " + " ".join(sys.argv[1:] if argv is None else argv)
     height, width = parse_image_size(args.image_size)
-    config = make_config("demo", backbone=args.backbone, image_height=height, image_width=width,
+    config = make_config("demo", recipe="paper", backbone=args.backbone, image_height=height, image_width=width,
                          batch_size=args.batch_size, occlude_after=args.occlude_after)
     config.num_classes = args.num_classes
     rng = np.random.default_rng(0)

@@ -35,5 +35,5 @@ def tiny_config(tiny_data):
     """A RunConfig for tiny_resnet at 64x32 on the tiny dataset, a few steps per epoch."""
     from aaa_keras.config import make_config
 
-    return make_config("demo", data=tiny_data, backbone="tiny_resnet", batch_size=8, epochs=1,
+    return make_config("demo", recipe="paper", data=tiny_data, backbone="tiny_resnet", batch_size=8, epochs=1,
                        steps_per_epoch=2, attention_filters=16)

@@ -207,6 +207,13 @@ def test_compare_with_judges_baseline_and_aaa_under_both_recipes_and_keeps_each_
     assert text.count("| Baseline (stage 1) | ") == 2 + 2  # one table per grid, and the recipes table's two
 
     assert (tmp_path / "ablation_claims.png").is_file() and (tmp_path / "ablation_claims_strong.png").is_file()
+    decisions = tmp_path / "decisions.md"  # only the cross-recipe block: the grid's own report stays out
+    decisions.write_text(f"# Decisions\n\n{recipes_begin}\n{ablate.markers('ablate-recipes')[1]}\n\nEnd.\n")
+    outcome = CliRunner().invoke(cli, ["ablate", "--out", str(grids["strong"]), "--report-only", "--bootstrap",
+                                       "1000", "--compare-with", str(grids["paper"]), "--write", str(decisions)])
+    assert outcome.exit_code == 0, outcome.output
+    text = decisions.read_text()
+    assert "| strong baseline > paper baseline |" in text and strong_begin not in text and text.endswith("End.\n")
     same = CliRunner().invoke(cli, ["ablate", "--out", str(grids["paper"]), "--report-only",
                                     "--compare-with", str(grids["paper"])])
     assert same.exit_code == 2 and "both grids use the paper recipe" in same.output

@@ -9,7 +9,7 @@ from click.testing import CliRunner
 
 from cli import cli
 
-TINY = ["--backbone", "tiny_resnet", "--batch-size", "8", "--epochs", "1", "--steps-per-epoch", "2"]
+TINY = ["--recipe", "paper", "--backbone", "tiny_resnet", "--batch-size", "8", "--epochs", "1", "--steps-per-epoch", "2"]
 
 
 def run(*args):

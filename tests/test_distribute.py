@@ -61,3 +61,18 @@ def test_mixed_precision_adversarial_step_has_finite_float32_losses(bfloat16_pol
     assert model(tf.constant(images[:2])).dtype == "bfloat16"
     assert attention(parts.stem(images[:2])).dtype == "float32"  # the attention map stays float32
     assert all(v.dtype == "float32" for v in model.trainable_variables)
+
+
+def test_mirrored_on_one_device_trains_all_three_stages_with_the_strong_recipe(tiny_data, tmp_path):
+    """MirroredStrategy with one replica (a machine with one device): stage 3's attention player
+    used to update inside a tf.cond, a merge_call the strategy refuses; precise BatchNorm runs too."""
+    env = dict(os.environ, PYTHONPATH=REPO_ROOT)
+    result = subprocess.run(
+        [sys.executable, os.path.join(REPO_ROOT, "cli.py"), "fit", "--stage", "adversarial", "--distribute",
+         "mirrored", "--recipe", "strong", "--data", tiny_data, "--run-dir", str(tmp_path / "run"),
+         "--image-size", "64x32", "--batch-size", "8", "--epochs", "1", "--steps-per-epoch", "2",
+         "--precise-bn-batches", "2", "--no-evaluate"],
+        capture_output=True, text=True, env=env, timeout=600)
+    assert result.returncode == 0, (result.stdout + result.stderr)[-3000:]
+    assert result.stdout.count("precise BatchNorm over 2 training batches") == 2  # stages 1 and 3
+    assert os.path.isfile(tmp_path / "run" / "adversarial" / "done.json")

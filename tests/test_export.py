@@ -68,7 +68,7 @@ def run_dir(tiny_data, tmp_path_factory):
     from aaa_keras.training import fit
 
     path = tmp_path_factory.mktemp("export_run") / "run"
-    config = make_config("demo", data=tiny_data, backbone="tiny_resnet", batch_size=8, epochs=1,
+    config = make_config("demo", recipe="paper", data=tiny_data, backbone="tiny_resnet", batch_size=8, epochs=1,
                          steps_per_epoch=2, attention_filters=16, image_height=64, image_width=32)
     fit("baseline", config, str(path), log=_quiet)
     return str(path)
@@ -796,7 +796,7 @@ def test_resnet50_export_refuses_an_unsettled_run_and_passes_parity_with_sane_we
     from aaa_keras.training import fit
 
     run = tmp_path / "resnet50"
-    config = make_config("demo", data=tiny_data, backbone="resnet50", batch_size=8, epochs=1, steps_per_epoch=2,
+    config = make_config("demo", recipe="paper", data=tiny_data, backbone="resnet50", batch_size=8, epochs=1, steps_per_epoch=2,
                          image_height=64, image_width=32)
     fit("baseline", config, str(run), log=_quiet)
     with pytest.raises(UserError, match=r"zero or non-finite embedding .* BatchNorm statistics have not settled"):

@@ -53,12 +53,23 @@ def _changed(before, variables):
 # === Config ===
 
 @pytest.mark.parametrize("preset", list(config_lib.PRESETS))
-def test_recipe_paper_is_exactly_the_config_without_a_recipe(preset):
-    assert dataclasses.asdict(make_config(preset, recipe="paper")) == dataclasses.asdict(make_config(preset))
-    assert dataclasses.asdict(make_config(preset, recipe=None)) == dataclasses.asdict(make_config(preset))
-    config = make_config(preset)
+def test_recipe_paper_changes_nothing_and_a_preset_without_a_recipe_takes_its_own(preset):
+    config = make_config(preset, recipe="paper")
     assert {k: getattr(config, k) for k in PAPER_VALUES} == PAPER_VALUES
-    assert config.dropout == 0.5 and config.random_erasing is False
+    assert config.dropout == 0.5 and config.random_erasing is False and config.recipe == "paper"
+    default = config_lib.PRESET_RECIPES[preset]
+    assert dataclasses.asdict(make_config(preset)) == dataclasses.asdict(make_config(preset, recipe=default))
+    assert dataclasses.asdict(make_config(preset, recipe=None)) == dataclasses.asdict(make_config(preset))
+    # The demo preset trains with the recipe that measured better on the built-in data; paper with the paper's.
+    assert config_lib.PRESET_RECIPES == {"demo": "strong", "paper": "paper"}
+
+
+def test_a_batch_size_under_pk_batches_sets_the_ids_per_batch():
+    assert make_config("demo", batch_size=8).ids_per_batch == 2  # 8 = 2 ids x 4 images
+    assert make_config("demo", batch_size=8, images_per_id=2).ids_per_batch == 4
+    for bad in (6, 4):  # not a multiple of K = 4; fewer than 2 ids
+        with pytest.raises(UserError, match=f"--batch-size {bad} under P x K"):
+            make_config("demo", batch_size=bad)
 
 
 def test_strong_comes_after_the_preset_and_before_explicit_overrides():
@@ -89,12 +100,13 @@ def test_the_recipe_is_saved_in_config_json(tmp_path):
 
 @pytest.mark.parametrize("overrides, flag", [
     (dict(recipe="bag"), "--recipe"),
-    (dict(recipe="strong", batch_size=32), "--batch-size"),
+    (dict(recipe="strong", batch_size=30), "--batch-size"),
+    (dict(recipe="strong", ids_per_batch=4, batch_size=32), "--batch-size"),
     (dict(label_smoothing=1.0), "--label-smoothing"),
     (dict(last_stride=3), "--last-stride"),
     (dict(last_stride=1, backbone="mobilenet_v3_large"), "--last-stride"),
     (dict(optimizer="rmsprop"), "--optimizer"),
-    (dict(triplet=True), "--triplet"),
+    (dict(recipe="paper", triplet=True), "--triplet"),
     (dict(ids_per_batch=1), "--ids-per-batch"),
     (dict(ids_per_batch=4, images_per_id=1), "--images-per-id"),
     (dict(triplet_margin=-0.1), "--triplet-margin"),
@@ -123,7 +135,7 @@ def test_cli_flags_reach_the_config_and_bad_ones_are_refused(monkeypatch, tmp_pa
     assert (config.recipe, config.last_stride, config.batch_size, config.warmup_epochs) == ("strong", 2, 16, 3)
     assert (config.optimizer, config.random_erasing, config.label_smoothing, config.bnneck) == \
         ("sgd", False, 0.2, True)
-    result = CliRunner().invoke(cli.cli, ["fit", "--run-dir", str(tmp_path), "--triplet", "--no-evaluate"])
+    result = CliRunner().invoke(cli.cli, ["fit", "--run-dir", str(tmp_path), "--recipe", "paper", "--triplet", "--no-evaluate"])
     assert result.exit_code == 2 and "Error: --triplet needs identity-balanced batches" in result.output
 
 
@@ -211,7 +223,7 @@ def test_strong_optimizers_are_adam_with_l2_for_the_network_and_the_papers_for_t
     for stage, player in (("attention", "network"), ("adversarial", "attention")):
         optimizer = make_optimizer(config, stage, 10, player)
         assert type(optimizer) is keras.optimizers.SGD and optimizer.weight_decay is None
-    paper = make_optimizer(make_config("demo"), "baseline", 10)
+    paper = make_optimizer(make_config("demo", recipe="paper"), "baseline", 10)
     assert type(paper) is keras.optimizers.SGD
     assert isinstance(paper._learning_rate, keras.optimizers.schedules.ExponentialDecay)
 

@@ -13,7 +13,7 @@ def test_resnet50_fit_adversarial_then_evaluate_all_metrics(tmp_path, tiny_data)
     run_dir = tmp_path / "resnet50"
     runner = CliRunner()
     result = runner.invoke(cli, [
-        "fit", "--stage", "adversarial", "--data", tiny_data, "--run-dir", str(run_dir),
+        "fit", "--stage", "adversarial", "--data", tiny_data, "--run-dir", str(run_dir), "--recipe", "paper",
         "--backbone", "resnet50", "--image-size", "64x32", "--batch-size", "8", "--epochs", "1",
         "--steps-per-epoch", "2"], catch_exceptions=False)
     assert result.exit_code == 0, result.output

@@ -22,7 +22,7 @@ def quiet(*_):
 @pytest.fixture(scope="module")
 def adversarial_run(tiny_data, tmp_path_factory):
     """One tiny run through all three stages, trained once for the module."""
-    config = make_config("demo", data=tiny_data, backbone="tiny_resnet", batch_size=8, epochs=1,
+    config = make_config("demo", recipe="paper", data=tiny_data, backbone="tiny_resnet", batch_size=8, epochs=1,
                          steps_per_epoch=2, attention_filters=16)
     run_dir = str(tmp_path_factory.mktemp("runs") / "adversarial")
     messages = []
@@ -65,7 +65,7 @@ def test_response_and_random_masks_need_no_stage_two_and_no_attention_branch(adv
                                                                               mask):
     config, _, _, _ = adversarial_run
     run_dir = str(tmp_path / mask)
-    config = make_config("demo", data=config.data, backbone="tiny_resnet", batch_size=8, epochs=1,
+    config = make_config("demo", recipe="paper", data=config.data, backbone="tiny_resnet", batch_size=8, epochs=1,
                          steps_per_epoch=1, attention_filters=16, mask=mask, diagnostic_images=8)
     messages = []
     assert fit("adversarial", config, run_dir, log=messages.append) == ["baseline", "adversarial"]
@@ -117,7 +117,7 @@ class _RecordEpochs(keras.callbacks.Callback):
 
 
 def test_an_interrupted_stage_resumes_at_the_next_epoch(tiny_data, tmp_path):
-    config = make_config("demo", data=tiny_data, backbone="tiny_resnet", batch_size=8, epochs=3,
+    config = make_config("demo", recipe="paper", data=tiny_data, backbone="tiny_resnet", batch_size=8, epochs=3,
                          steps_per_epoch=1, attention_filters=16)
     run_dir = str(tmp_path / "resume")
     with pytest.raises(_Interrupt):
@@ -139,7 +139,7 @@ def test_run_dir_of_another_dataset_is_refused(adversarial_run, tmp_path):
     _, run_dir, _, _ = adversarial_run
     other = str(tmp_path / "other")
     synthesize_market(other, num_ids=6, num_cams=3, seed=1)
-    config = make_config("demo", data=other, backbone="tiny_resnet", batch_size=8, epochs=1,
+    config = make_config("demo", recipe="paper", data=other, backbone="tiny_resnet", batch_size=8, epochs=1,
                          steps_per_epoch=1, attention_filters=16)
     with pytest.raises(RunDirError, match="another configuration.*num_classes"):
         fit("baseline", config, run_dir, log=quiet)

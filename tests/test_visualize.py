@@ -38,7 +38,7 @@ def run_dir(tiny_data, tmp_path_factory):
     from aaa_keras.config import make_config
     from aaa_keras.training import fit
 
-    config = make_config("demo", data=tiny_data, backbone="tiny_resnet", batch_size=8, epochs=1,
+    config = make_config("demo", recipe="paper", data=tiny_data, backbone="tiny_resnet", batch_size=8, epochs=1,
                          steps_per_epoch=2, attention_filters=16)
     directory = str(tmp_path_factory.mktemp("visualize") / "run")
     fit("adversarial", config, directory, log=lambda *a: None)

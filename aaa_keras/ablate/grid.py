@@ -105,7 +105,7 @@ def grid_settings(preset: str, epochs: int | None, data: str, overrides: dict,
         overrides = {"baseline_lr_decay_epochs": decay, **overrides}
     baseline_epochs = baseline_epochs or epochs  # --epochs alone: every stage
     config = make_config(preset, epochs=epochs, baseline_epochs=baseline_epochs,
-                         **overrides)  # validates the values
+                         **{"recipe": "paper", **{k: v for k, v in overrides.items() if v is not None}})
     return {"preset": preset, "epochs_per_stage": config.epochs,
             "baseline_epochs": config.stage_epochs("baseline"), "data": data,
             "overrides": {k: v for k, v in sorted(overrides.items()) if v is not None}}

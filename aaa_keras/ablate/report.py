@@ -270,8 +270,9 @@ def grid_recipe(results: dict) -> str:
 def write_report(results: dict, out: str, write=(), command: str = "") -> list[str]:
     """OUT/results.md and OUT/claims.png; with ``write`` (paths), also those markdown files:
     one holding the summary markers gets :func:`summary_markdown` (a README), any other the
-    full report (e.g. docs/results.md). Each recipe has its own blocks (:func:`markers`), so the
-    grids of both recipes can write into one file."""
+    full report (e.g. docs/results.md); one holding only the cross-recipe block (``ablate-recipes``)
+    is left to ``--compare-with``. Each recipe has its own blocks (:func:`markers`), so the grids
+    of both recipes can write into one file."""
     if isinstance(write, str):
         write = (write,)
     body = report_markdown(results, command)
@@ -284,6 +285,8 @@ def write_report(results: dict, out: str, write=(), command: str = "") -> list[s
         written.append(figure)
     recipe = grid_recipe(results)
     for path in write or ():
+        if _has_block(path, markers("ablate-recipes")[0]) and not _has_block(path, markers("ablate", recipe)[0]):
+            continue  # a file holding only the cross-recipe table: --compare-with writes it
         if _has_block(path, SUMMARY_BEGIN):
             written.append(update_results_doc(path, summary_markdown(results, command), None,
                                               *markers("ablate-summary", recipe)))

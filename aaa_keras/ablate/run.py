@@ -171,7 +171,8 @@ def run_variant(out: str, seed: int, variant: Variant, settings: dict, metrics, 
     if record is not None:
         record["cached"] = True
         return record
-    overrides = dict(settings["overrides"], **dict(variant.overrides))
+    # A grid's recipe is the paper's unless named (grids made before --recipe existed, too)
+    overrides = dict({"recipe": "paper"}, **settings["overrides"], **dict(variant.overrides))
     baseline_epochs = settings.get("baseline_epochs", settings["epochs_per_stage"])
     if variant.epoch_control:
         baseline_epochs += settings["epochs_per_stage"]  # + stage 3's network epochs

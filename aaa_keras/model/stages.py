@@ -372,10 +372,11 @@ class AdversarialModel(_StageModel):
     def _attention_player_step(self, tape, loss, occluded, gate):
         """Update the attention branch only when its loss is on somewhere in the global batch.
 
-        On one replica the update is skipped with a ``tf.cond``, so no
+        Without a strategy the update is skipped with a ``tf.cond``, so no
         optimizer state (momentum) moves the branch while its loss is off.
-        Under a multi-replica strategy an optimizer cannot update inside a
-        ``tf.cond`` (its all-reduce is a ``merge_call``), so the update runs
+        Under any ``tf.distribute`` strategy, also ``MirroredStrategy`` on one
+        device, an optimizer cannot update inside a ``tf.cond`` (its
+        all-reduce is a ``merge_call``), so the update runs
         with the gradient, which is exactly zero while the loss is off: the
         branch stays bit-identical with the default momentum-free player
         (``adversarial_attention_momentum = 0``); ``config.validate`` refuses
@@ -383,8 +384,7 @@ class AdversarialModel(_StageModel):
         """
         variables = self.attention.trainable_variables
         gradients = tape.gradient(loss, variables)
-        replica_context = tf.distribute.get_replica_context()
-        if replica_context is not None and replica_context.num_replicas_in_sync > 1:
+        if tf.distribute.has_strategy():
             self.attention_optimizer.apply(gradients, variables)
             return
         loss_is_on = tf.logical_and(occluded, tf.reduce_sum(gate) > 0)

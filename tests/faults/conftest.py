@@ -10,7 +10,7 @@ import pytest
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO_ROOT = os.path.dirname(os.path.dirname(HERE))
 INJECT = os.path.join(HERE, "inject.py")
-TINY = ["--backbone", "tiny_resnet", "--image-size", "64x32", "--batch-size", "8", "--epochs", "1",
+TINY = ["--recipe", "paper", "--backbone", "tiny_resnet", "--image-size", "64x32", "--batch-size", "8", "--epochs", "1",
         "--steps-per-epoch", "2"]
 
 
