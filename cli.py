@@ -31,7 +31,8 @@ OPTIMIZER_CHOICE = click.Choice(config_lib.OPTIMIZERS)
 LAST_STRIDE_CHOICE = click.Choice([str(s) for s in config_lib.LAST_STRIDES])
 RECIPE_HELP = ("Training recipe: paper = the paper's (softmax CE, SGD); strong = Bag of Tricks: P x K "
                "batches, label smoothing, batch-hard triplet, BNNeck, Adam with warm-up, random erasing, "
-               "last stride 1, precise BatchNorm (each also a flag below, which wins). Default: paper.")
+               "last stride 1, precise BatchNorm (each also a flag below, which wins). Default: the preset's "
+               "(demo: strong, paper: paper).")
 
 
 def user_errors(command):
@@ -161,7 +162,8 @@ def data_check(root, strict):
 @click.option("--data", "data_dir", default=None, help="Dataset root (Market-1501 layout), or builtin:demo / builtin:ablate. Default: builtin:demo.")
 @click.option("--run-dir", default="runs/demo", show_default=True, help="Where config, weights and logs go.")
 @click.option("--preset", type=PRESET_CHOICE, default="demo", show_default=True,
-              help="demo: tiny_resnet at 128x64, minutes on a CPU; paper: ResNet-50 224x224, batch 32, 10 epochs (GPU).")
+              help="demo: tiny_resnet at 128x64, strong recipe, minutes on a CPU; paper: ResNet-50 224x224, batch 32, "
+                   "10 epochs, the paper's recipe (GPU).")
 @click.option("--epochs", type=click.IntRange(1), default=None, help="Epochs per stage.")
 @click.option("--baseline-epochs", type=click.IntRange(1), default=None, help="Stage 1's epochs (default: --epochs).")
 @click.option("--batch-size", type=click.IntRange(1), default=None)
@@ -194,9 +196,12 @@ def data_check(root, strict):
               help="Stride of conv5 (resnet50, tiny_resnet). paper: 2, strong: 1.")
 @click.option("--optimizer", type=OPTIMIZER_CHOICE, default=None,
               help="The network's optimizer in stages 1 and 3. paper: sgd, strong: adam.")
-@click.option("--baseline-lr", type=float, default=None, help="Stage 1's learning rate (demo 0.05, paper 1e-3, strong 3.5e-4; 3.5e-3 from random init).")
+@click.option("--baseline-lr", type=float, default=None,
+              help="Stage 1's learning rate (paper recipe: demo preset 0.05, paper preset 1e-3; strong: 3.5e-4, "
+                   "3.5e-3 from random init).")
 @click.option("--adversarial-lr", type=float, default=None,
-              help="Stage 3's network learning rate (demo 0.005, paper 1e-4, strong 3.5e-5; 3.5e-4 from random init).")
+              help="Stage 3's network learning rate (paper recipe: demo preset 0.005, paper preset 1e-4; strong: "
+                   "3.5e-5, 3.5e-4 from random init).")
 @click.option("--weight-decay", type=float, default=None,
               help="The network's weight decay (sgd: Keras', adam: L2 on the gradient). paper: 0, strong: 5e-4.")
 @click.option("--warmup-epochs", type=click.IntRange(0), default=None,
