@@ -90,7 +90,7 @@ def _evaluate_raising(monkeypatch, tmp_path, error):
     import aaa_keras.run_dir
 
     trained = types.SimpleNamespace(parts=None, stage="baseline", config=types.SimpleNamespace(data=""))
-    monkeypatch.setattr(aaa_keras.run_dir, "load_trained", lambda run_dir, stage: trained)
+    monkeypatch.setattr(aaa_keras.run_dir, "load_trained", lambda run_dir, stage, neck_feature=None: trained)
     monkeypatch.setattr(aaa_keras.data.synth, "resolve_data", lambda data, log: str(tmp_path / "data"))
     monkeypatch.setattr(run_lib, "build_embedder", lambda parts: types.SimpleNamespace(compile=lambda **_: None))
     monkeypatch.setattr(run_lib, "load_dataset", lambda root: "dataset")
