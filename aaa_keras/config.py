@@ -24,8 +24,8 @@ OCCLUSION_POINTS = ("conv2", "conv3", "conv4", "conv5")
 BACKBONES = ("resnet50", "mobilenet_v3_large", "efficientnet_b0", "tiny_resnet")
 DISTRIBUTE_STRATEGIES = ("none", "mirrored", "multiworker")  # tf.distribute (execution.py)
 MIXED_PRECISIONS = ("mixed_float16", "mixed_bfloat16")  # Keras dtype policies; "" = float32
-RECIPES = ("paper", "strong")
-NECK_FEATURES = ("after", "before")  # the retrieval feature with a BNNeck (BoT's TEST.NECK_FEAT)  # training recipe: the paper's, or the Bag of Tricks (RECIPE_DEFAULTS)
+RECIPES = ("paper", "strong")  # training recipe: the paper's, or the Bag of Tricks (RECIPE_DEFAULTS)
+NECK_FEATURES = ("after", "before")  # the retrieval feature with a BNNeck (BoT's TEST.NECK_FEAT)
 OPTIMIZERS = ("sgd", "adam")  # the network's optimizer in stages 1 and 3 (training.make_optimizer)
 LAST_STRIDES = (1, 2)  # stride of conv5's first block (model/backbone.py: LAST_STRIDE_LAYERS)
 LAST_STRIDE_BACKBONES = ("resnet50", "tiny_resnet")  # backbones whose last stride can be 1
@@ -173,9 +173,9 @@ def make_config(preset: str = "demo", recipe: str | None = None, **overrides) ->
 
     ``recipe`` None is the preset's (``PRESET_RECIPES``: demo -> strong, paper -> paper);
     ``"paper"`` changes nothing. The strong recipe also takes its per-preset settings and,
-    from random init, 10x BoT's learning rates. An explicit ``batch_size`` under the recipe's
-    P x K batches (``ids_per_batch`` not given) sets P = ``batch_size / images_per_id``. With P x K batches
-    (``ids_per_batch`` > 0) the batch size is ``ids_per_batch * images_per_id``.
+    from random init, 10x BoT's learning rates. With P x K batches (``ids_per_batch`` > 0)
+    the batch size is ``ids_per_batch * images_per_id``; an explicit ``batch_size`` under the
+    recipe's P x K batches (``ids_per_batch`` not given) sets P = ``batch_size / images_per_id``.
     """
     if preset not in PRESETS:
         raise UserError(f"--preset: unknown preset {preset!r}; expected one of {sorted(PRESETS)}")

@@ -336,8 +336,9 @@ def _pixel_noise_sensitivity(embedder, reference, image_size, sigma: float = PIX
 
     int8 adds rounding noise at every op; a float network that already moves this much under a
     perturbation far below what a camera sees cannot be expected to keep its embeddings in int8.
-    On the demo data: tiny_resnet (strong, 30 epochs) min 0.9986, MobileNetV3-Large trained from
-    scratch for 10 epochs 0.94 (int8 cosine min 0.71). Reported beside the int8 parity.
+    Measured: tiny_resnet (strong recipe, builtin:ablate) min 0.9986; MobileNetV3-Large trained
+    from scratch for 10 epochs on the demo data 0.94, whose int8 model missed (cosine min 0.71).
+    Reported beside the int8 parity.
     """
     from aaa_keras.deploy.runtime import read_images
 
