@@ -522,7 +522,7 @@ def ablate(data_dir, out, table, seeds, epochs, baseline_epochs, preset, recipe,
     if other_out:
         compare_command = (f"python cli.py ablate --out {shlex.quote(out)} --report-only "
                            f"--compare-with {shlex.quote(other_out)}")
-        for path in ablate_lib.write_comparison(results, ablate_lib.load_results(other_out, n_boot), out,
+        for path in ablate_lib.write_comparison(results, ablate_lib.load_results(other_out, n_boot, "--compare-with"), out,
                                                 write_path, compare_command):
             click.echo(f"Wrote {path}")
     for row in results["claims"][results["metrics"][0]]["mAP"]:

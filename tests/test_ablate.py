@@ -214,6 +214,10 @@ def test_compare_with_judges_baseline_and_aaa_under_both_recipes_and_keeps_each_
     assert outcome.exit_code == 0, outcome.output
     text = decisions.read_text()
     assert "| strong baseline > paper baseline |" in text and strong_begin not in text and text.endswith("End.\n")
+    missing = CliRunner().invoke(cli, ["ablate", "--out", str(grids["paper"]), "--report-only",
+                                       "--compare-with", str(tmp_path / "nowhere")])
+    assert missing.exit_code == 2 and f"--compare-with {tmp_path / 'nowhere'}: no readable results.json" \
+        in missing.output and "Traceback" not in missing.output
     same = CliRunner().invoke(cli, ["ablate", "--out", str(grids["paper"]), "--report-only",
                                     "--compare-with", str(grids["paper"])])
     assert same.exit_code == 2 and "both grids use the paper recipe" in same.output

@@ -104,12 +104,13 @@ def analyse(results: dict) -> dict:
             "seed_spread": spread}
 
 
-def load_results(out: str, n_boot: int | None = None) -> dict:
-    """OUT/results.json with its statistics recomputed (with ``n_boot`` replicates if given)."""
+def load_results(out: str, n_boot: int | None = None, option: str = "--out") -> dict:
+    """OUT/results.json with its statistics recomputed (with ``n_boot`` replicates if given);
+    ``option`` names the flag that gave ``out`` in the error."""
     path = os.path.join(out, RESULTS_FILE)
     results = read_json(path)
     if results is None:
-        raise UserError(f"--out {out}: no readable {RESULTS_FILE}; run `python cli.py ablate --out {out}` "
+        raise UserError(f"{option} {out}: no readable {RESULTS_FILE}; run `python cli.py ablate --out {out}` "
                         "first (without --report-only)")
     if n_boot:
         results["bootstrap"]["replicates"] = n_boot
