@@ -25,7 +25,11 @@ BACKBONE_CHOICE = click.Choice(config_lib.BACKBONES)
 DISTRIBUTE_CHOICE = click.Choice(config_lib.DISTRIBUTE_STRATEGIES)
 MIXED_PRECISION_CHOICE = click.Choice(config_lib.MIXED_PRECISIONS)
 METRIC_CHOICE = click.Choice([*vocabulary.METRICS, vocabulary.ALL])
-NECK_CHOICE = click.Choice(config_lib.NECK_FEATURES)
+# fit, evaluate and export: the retrieval feature (the same weights either way)
+NECK_FEATURE_OPTION = click.option(
+    "--neck-feature", type=click.Choice(config_lib.NECK_FEATURES), default=None,
+    help="With a BNNeck: retrieve with the feature after its BatchNorm (default, BoT) or before it "
+         "(robust to int8: docs/deployment.md).")
 RECIPE_CHOICE = click.Choice(config_lib.RECIPES)
 OPTIMIZER_CHOICE = click.Choice(config_lib.OPTIMIZERS)
 LAST_STRIDE_CHOICE = click.Choice([str(s) for s in config_lib.LAST_STRIDES])
@@ -189,9 +193,7 @@ def data_check(root, strict):
 @click.option("--triplet-margin", type=float, default=None, help="Margin of the triplet loss (0.3).")
 @click.option("--bnneck/--no-bnneck", default=None,
               help="BatchNorm before a bias-free classifier; retrieval uses the feature after it. strong: on.")
-@click.option("--neck-feature", type=NECK_CHOICE, default=None,
-              help="With a BNNeck: retrieve with the feature after its BatchNorm (default, BoT) or before it "
-                   "(robust to int8: docs/deployment.md).")
+@NECK_FEATURE_OPTION
 @click.option("--last-stride", type=LAST_STRIDE_CHOICE, default=None,
               help="Stride of conv5 (resnet50, tiny_resnet). paper: 2, strong: 1.")
 @click.option("--optimizer", type=OPTIMIZER_CHOICE, default=None,
@@ -294,9 +296,7 @@ def fit(stage, data_dir, run_dir, preset, image_size, no_finetune, no_take_turns
               help="XLA-compile the embedding extraction.")
 @click.option("--skip-bad-images", is_flag=True,
               help="Drop images that do not decode (each is named) instead of stopping.")
-@click.option("--neck-feature", type=NECK_CHOICE, default=None,
-              help="With a BNNeck: retrieve with the feature after its BatchNorm (default, BoT) or before it "
-                   "(robust to int8: docs/deployment.md).")
+@NECK_FEATURE_OPTION
 @user_errors
 @locks_run_dir("evaluate", when=lambda options: options["json_path"] or options["metric"] != "euclidean")
 def evaluate(run_dir, stage, data_dir, metric, rerank, json_path, distribute, mixed_precision,
@@ -359,9 +359,7 @@ def visualize(run_dir, stage, data_dir, what, num, out_dir):
               help="Bound the parity held set (whole test ids) on large datasets; default all.")
 @click.option("--threads", type=click.IntRange(1), default=2, show_default=True,
               help="LiteRT threads for the parity runs.")
-@click.option("--neck-feature", type=NECK_CHOICE, default=None,
-              help="With a BNNeck: retrieve with the feature after its BatchNorm (default, BoT) or before it "
-                   "(robust to int8: docs/deployment.md).")
+@NECK_FEATURE_OPTION
 @user_errors
 @locks_run_dir("export")
 def export(run_dir, stage, out, formats, quantize, model_name, version, representative_count, data_dir,

@@ -12,10 +12,9 @@ from __future__ import annotations
 import os
 
 from aaa_keras.ablate.grid import VARIANT_BY_NAME
-from aaa_keras.ablate.report import (_cell, _diff_cell, _p, epochs_text, grid_recipe, markers, per_query_data,
-                                     update_results_doc)
+from aaa_keras.ablate.report import (_cell, _diff_cell, _p, configuration_intervals, epochs_text, grid_recipe, judge,
+                                     markers, per_query_data, update_results_doc)
 from aaa_keras.errors import UserError
-from aaa_keras.evaluation import ablation_stats
 from aaa_keras.files import write_text_atomically
 
 COMPARED = ("baseline", "aaa_conv3")
@@ -55,12 +54,8 @@ def compare_recipes(results: dict, other: dict) -> dict:
         (f"AAA-Net > baseline, {second} recipe", f"{second}:{aaa}", f"{second}:{base}"),
         (f"{second} AAA-Net > {first} AAA-Net", f"{second}:{aaa}", f"{first}:{aaa}"),
     )
-    summary = {metric: {name: {measure: ablation_stats.mean_interval(
-        data[name][metric][measure], boot["confidence"], boot["replicates"], 0, boot["design"])
-        for measure in ablation_stats.MEASURES} for name in data} for metric in metrics}
-    verdicts = {metric: ablation_stats.judge_claims(claims, data, "mAP", metric, boot["alpha"],
-                                                    boot["confidence"], boot["replicates"], 0, boot["design"])
-                for metric in metrics}
+    summary = {metric: configuration_intervals(data, metric, boot) for metric in metrics}
+    verdicts = {metric: judge(claims, data, "mAP", metric, boot) for metric in metrics}
     return {"recipes": (first, second), "metrics": metrics, "summary": summary, "claims": verdicts,
             "settings": {first: other["settings"], second: results["settings"]},
             "seeds": results["seeds"],

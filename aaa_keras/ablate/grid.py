@@ -95,6 +95,13 @@ def select_metrics(metric: str) -> tuple:
 
 
 
+def config_overrides(overrides: dict) -> dict:
+    """A grid's ``make_config`` overrides: the given ones (``None`` left out), with the paper's
+    recipe unless one is named, whatever the preset's own default (grids made before ``--recipe``
+    existed are the paper's too)."""
+    return {"recipe": "paper", **{k: v for k, v in overrides.items() if v is not None}}
+
+
 def grid_settings(preset: str, epochs: int | None, data: str, overrides: dict,
                   baseline_epochs: int | None = None) -> dict:
     """What every run of one OUT shares; a resumed grid must ask for the same."""
@@ -105,7 +112,7 @@ def grid_settings(preset: str, epochs: int | None, data: str, overrides: dict,
         overrides = {"baseline_lr_decay_epochs": decay, **overrides}
     baseline_epochs = baseline_epochs or epochs  # --epochs alone: every stage
     config = make_config(preset, epochs=epochs, baseline_epochs=baseline_epochs,
-                         **{"recipe": "paper", **{k: v for k, v in overrides.items() if v is not None}})
+                         **config_overrides(overrides))  # validates the values
     return {"preset": preset, "epochs_per_stage": config.epochs,
             "baseline_epochs": config.stage_epochs("baseline"), "data": data,
             "overrides": {k: v for k, v in sorted(overrides.items()) if v is not None}}

@@ -10,7 +10,7 @@ import shutil
 import numpy as np
 
 from aaa_keras.ablate.grid import (CLAIMS, FIGURE_FILE, REPORT_FILE, RESULTS_FILE, TABLE_LAYOUT, VARIANT_BY_NAME,
-                                   VARIANTS)
+                                   VARIANTS, config_overrides)
 from aaa_keras.errors import UserError
 from aaa_keras.evaluation import ablation_stats
 from aaa_keras.files import write_text_atomically
@@ -74,6 +74,20 @@ def per_query_data(runs, metrics) -> dict:
     return data
 
 
+def configuration_intervals(data: dict, metric: str, boot: dict) -> dict:
+    """``{config: {measure: mean and bootstrap interval}}`` under ``metric`` (``per_query_data``'s ``data``)."""
+    return {name: {measure: ablation_stats.mean_interval(data[name][metric][measure], boot["confidence"],
+                                                         boot["replicates"], 0, boot["design"])
+                   for measure in ablation_stats.MEASURES}
+            for name in data}
+
+
+def judge(claims, data: dict, measure: str, metric: str, boot: dict) -> list[dict]:
+    """:func:`ablation_stats.judge_claims` with the grid's bootstrap settings."""
+    return ablation_stats.judge_claims(claims, data, measure, metric, boot["alpha"], boot["confidence"],
+                                       boot["replicates"], 0, boot["design"])
+
+
 def analyse(results: dict) -> dict:
     """Per-configuration intervals and per-claim verdicts, from the per-query values."""
     boot = results["bootstrap"]
@@ -81,15 +95,9 @@ def analyse(results: dict) -> dict:
     data = per_query_data(results["runs"], metrics)
     summary, claims = {}, {}
     for metric in metrics:
-        summary[metric] = {
-            name: {measure: ablation_stats.mean_interval(data[name][metric][measure], boot["confidence"],
-                                                         boot["replicates"], 0, boot["design"])
-                   for measure in ablation_stats.MEASURES}
-            for name in data}
-        claims[metric] = {
-            measure: ablation_stats.judge_claims(CLAIMS, data, measure, metric, boot["alpha"],
-                                                 boot["confidence"], boot["replicates"], 0, boot["design"])
-            for measure in ablation_stats.MEASURES}
+        summary[metric] = configuration_intervals(data, metric, boot)
+        claims[metric] = {measure: judge(CLAIMS, data, measure, metric, boot)
+                          for measure in ablation_stats.MEASURES}
     stage1 = {}
     for run in results["runs"]:
         if VARIANT_BY_NAME[run["config"]].from_baseline or run["config"] == "baseline":
@@ -265,7 +273,7 @@ def summary_markdown(results: dict, command: str = "") -> str:
 
 def grid_recipe(results: dict) -> str:
     """The training recipe of a grid (``paper`` for a grid made before ``--recipe`` existed)."""
-    return results["settings"]["overrides"].get("recipe") or "paper"
+    return config_overrides(results["settings"]["overrides"])["recipe"]
 
 
 def write_report(results: dict, out: str, write=(), command: str = "") -> list[str]:

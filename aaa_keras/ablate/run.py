@@ -12,7 +12,7 @@ import time
 import numpy as np
 
 from aaa_keras.ablate.grid import (ABLATE_DATA, EVAL_FILE, GRID_FILE, RESULTS_FILE, VARIANT_BY_NAME, VARIANTS,
-                                   Variant, grid_settings, select_metrics, select_variants)
+                                   Variant, config_overrides, grid_settings, select_metrics, select_variants)
 from aaa_keras.ablate.report import epochs_text, read_json, build_results, write_report
 from aaa_keras.data.synth import BUILTIN_PREFIX
 from aaa_keras.errors import UserError
@@ -171,8 +171,7 @@ def run_variant(out: str, seed: int, variant: Variant, settings: dict, metrics, 
     if record is not None:
         record["cached"] = True
         return record
-    # A grid's recipe is the paper's unless named (grids made before --recipe existed, too)
-    overrides = dict({"recipe": "paper"}, **settings["overrides"], **dict(variant.overrides))
+    overrides = config_overrides({**settings["overrides"], **dict(variant.overrides)})
     baseline_epochs = settings.get("baseline_epochs", settings["epochs_per_stage"])
     if variant.epoch_control:
         baseline_epochs += settings["epochs_per_stage"]  # + stage 3's network epochs
