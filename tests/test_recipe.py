@@ -140,11 +140,12 @@ def test_cli_flags_reach_the_config_and_bad_ones_are_refused(monkeypatch, tmp_pa
 
 
 def test_ablate_takes_the_recipe_as_a_grid_override():
-    from aaa_keras.ablate.grid import grid_settings
+    from aaa_keras.ablate.grid import config_overrides, grid_settings
 
     settings = grid_settings("demo", None, "builtin:demo", {"recipe": "strong", "backbone": None})
     assert settings["overrides"] == {"baseline_lr_decay_epochs": 12, "recipe": "strong"}
-    assert make_config("demo", **settings["overrides"]).recipe == "strong"
+    config = make_config("demo", **config_overrides(settings["overrides"]))  # as ablate/run.py builds a run
+    assert (config.triplet, config.bnneck, config.ids_per_batch, config.baseline_lr_decay_epochs) == (True, True, 4, 12)
 
 
 # === Model: BNNeck, last stride ===
