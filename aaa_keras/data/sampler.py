@@ -22,11 +22,11 @@ would leave a remaining batch short of ``P`` identities. So every epoch has
 exactly ``batches_per_epoch`` batches (the most that ``P`` distinct
 identities per batch allow: all chunks but fewer than ``P``, unless one
 identity holds more chunks than there are batches), every image is shown
-about once per epoch, and ``steps_per_epoch`` matches the plan. The plan of epoch ``e`` depends only on ``(seed, e)``, so the
-batches of a run are reproducible. A stage resumed from its backup starts a
-new stream at the plan of epoch 0 (as the shuffled pipeline restarts its
-shuffle): the resumed epochs see other batches than the interrupted run
-would have.
+about once per epoch, and ``steps_per_epoch`` matches the plan. The plan of
+epoch ``e`` depends only on ``(seed, e)``, so the batches of a run are
+reproducible. A stage resumed from its backup starts a new stream at the plan
+of epoch 0 (as the shuffled pipeline restarts its shuffle): the resumed
+epochs see other batches than the interrupted run would have.
 """
 
 from __future__ import annotations
