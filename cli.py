@@ -7,7 +7,10 @@ imported inside the commands, so ``--help`` answers at once.
 
 from __future__ import annotations
 
+import contextlib
 import functools
+import importlib.abc
+import importlib.util
 import os
 import sys
 
@@ -62,26 +65,51 @@ def user_errors(command):
     return wrapper
 
 
-def import_tensorflow_quietly() -> None:
-    """Import TensorFlow with its C++ start-up chatter hidden.
-
-    TF 2.21 logs through absl before Python can configure it (``I0000 ...
-    oneDNN custom operations are on``, ``cpu_feature_guard``, "All log
-    messages before absl::InitializeLog()"), ignoring ``TF_CPP_MIN_LOG_LEVEL``
-    for some of it. File descriptor 2 goes to /dev/null for the import only;
-    Python errors raised by it still print (after stderr is back). No op runs
-    here: logical devices and multi-worker collectives must be configured
-    before the first op.
-    """
+@contextlib.contextmanager
+def _stderr_to_devnull():
+    """File descriptor 2 goes to /dev/null inside; Python errors raised inside print after."""
     saved, devnull = os.dup(2), os.open(os.devnull, os.O_WRONLY)
     sys.stderr.flush()
     os.dup2(devnull, 2)
     try:
-        import tensorflow  # noqa: F401
+        yield
     finally:
         os.dup2(saved, 2)
         os.close(devnull)
         os.close(saved)
+
+
+class QuietTensorFlowImport(importlib.abc.MetaPathFinder, importlib.abc.Loader):
+    """Makes the first ``import tensorflow``, whenever a command reaches it, a quiet one.
+
+    TF 2.21 logs through absl before Python can configure it (``I0000 ...
+    oneDNN custom operations are on``, ``cpu_feature_guard``, "All log
+    messages before absl::InitializeLog()"), ignoring ``TF_CPP_MIN_LOG_LEVEL``
+    for some of it. This finder takes TensorFlow's own module spec and runs its
+    loader with file descriptor 2 on /dev/null, then leaves ``sys.meta_path``.
+    The group installs it instead of importing TensorFlow up front, so what a
+    command refuses before it needs TensorFlow (a run dir held by another writer:
+    the lock is taken first, docs/reliability.md; a bad argument) costs no
+    TensorFlow import. No op runs here: logical devices and multi-worker
+    collectives must be configured before the first op.
+    """
+
+    def find_spec(self, name, path=None, target=None):
+        if name != "tensorflow":
+            return None
+        sys.meta_path.remove(self)
+        spec = importlib.util.find_spec(name)
+        if spec is not None and spec.loader is not None:
+            self._loader, spec.loader = spec.loader, self
+        return spec
+
+    def create_module(self, spec):
+        return self._loader.create_module(spec)
+
+    def exec_module(self, module):
+        module.__loader__ = module.__spec__.loader = self._loader  # TensorFlow's own, from now on
+        with _stderr_to_devnull():
+            self._loader.exec_module(module)
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
@@ -97,11 +125,10 @@ def cli(ctx, verbose):
       python cli.py visualize --run-dir runs/demo --what all
       python cli.py export --run-dir runs/demo --out models --format all --quantize all
     """
-    asks_for_help = any(arg in ("-h", "--help") for arg in sys.argv[1:])
     if verbose:
         os.environ["TF_CPP_MIN_LOG_LEVEL"] = "0"
-    elif ctx.invoked_subcommand and not asks_for_help and "tensorflow" not in sys.modules:
-        import_tensorflow_quietly()
+    elif "tensorflow" not in sys.modules and not any(isinstance(f, QuietTensorFlowImport) for f in sys.meta_path):
+        sys.meta_path.insert(0, QuietTensorFlowImport())  # TensorFlow when a command needs it, quietly
 
 
 # === data ===
@@ -503,15 +530,15 @@ def ablate(data_dir, out, table, seeds, epochs, baseline_epochs, preset, recipe,
         results = ablate_lib.load_results(out, n_boot)
     else:
         os.environ.setdefault("AAA_KERAS_VERBOSE", "0")  # the progress lines, not Keras' bars
-        import tensorflow as tf
-
-        tf.get_logger().setLevel("ERROR")  # "retracing" warnings: dozens of models in one process
         # --recipe paper is the default: left out, so a grid made before --recipe existed continues
         overrides = dict(backbone=backbone, batch_size=batch_size, steps_per_epoch=steps_per_epoch,
                          recipe=None if recipe == "paper" else recipe)
         if image_size:
             overrides["image_height"], overrides["image_width"] = config_lib.parse_image_size(image_size)
-        with hold(out, "ablate"):
+        with hold(out, "ablate"):  # a second writer of OUT is refused before TensorFlow is imported
+            import tensorflow as tf
+
+            tf.get_logger().setLevel("ERROR")  # "retracing" warnings: dozens of models in one process
             results = ablate_lib.run_grid(out, table, seeds, epochs, preset, data_dir, metric,
                                           overrides, progress=click.echo, n_boot=n_boot,
                                           baseline_epochs=baseline_epochs)
