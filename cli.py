@@ -7,10 +7,7 @@ imported inside the commands, so ``--help`` answers at once.
 
 from __future__ import annotations
 
-import contextlib
 import functools
-import importlib.abc
-import importlib.util
 import os
 import sys
 
@@ -18,7 +15,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import click  # noqa: E402
 
-from aaa_keras import config as config_lib, vocabulary  # noqa: E402  (both TensorFlow-free)
+from aaa_keras import config as config_lib, quiet_tensorflow, vocabulary  # noqa: E402  (TensorFlow-free)
 from aaa_keras.errors import RunFailure, UserError  # noqa: E402
 from aaa_keras.run_lock import locks_run_dir  # noqa: E402
 
@@ -65,57 +62,9 @@ def user_errors(command):
     return wrapper
 
 
-@contextlib.contextmanager
-def _stderr_to_devnull():
-    """File descriptor 2 goes to /dev/null inside; Python errors raised inside print after."""
-    saved, devnull = os.dup(2), os.open(os.devnull, os.O_WRONLY)
-    sys.stderr.flush()
-    os.dup2(devnull, 2)
-    try:
-        yield
-    finally:
-        os.dup2(saved, 2)
-        os.close(devnull)
-        os.close(saved)
-
-
-class QuietTensorFlowImport(importlib.abc.MetaPathFinder, importlib.abc.Loader):
-    """Makes the first ``import tensorflow``, whenever a command reaches it, a quiet one.
-
-    TF 2.21 logs through absl before Python can configure it (``I0000 ...
-    oneDNN custom operations are on``, ``cpu_feature_guard``, "All log
-    messages before absl::InitializeLog()"), ignoring ``TF_CPP_MIN_LOG_LEVEL``
-    for some of it. This finder takes TensorFlow's own module spec and runs its
-    loader with file descriptor 2 on /dev/null, then leaves ``sys.meta_path``.
-    The group installs it instead of importing TensorFlow up front, so what a
-    command refuses before it needs TensorFlow (a run dir held by another writer:
-    the lock is taken first, docs/reliability.md; a bad argument) costs no
-    TensorFlow import. No op runs here: logical devices and multi-worker
-    collectives must be configured before the first op.
-    """
-
-    def find_spec(self, name, path=None, target=None):
-        if name != "tensorflow":
-            return None
-        sys.meta_path.remove(self)
-        spec = importlib.util.find_spec(name)
-        if spec is not None and spec.loader is not None:
-            self._loader, spec.loader = spec.loader, self
-        return spec
-
-    def create_module(self, spec):
-        return self._loader.create_module(spec)
-
-    def exec_module(self, module):
-        module.__loader__ = module.__spec__.loader = self._loader  # TensorFlow's own, from now on
-        with _stderr_to_devnull():
-            self._loader.exec_module(module)
-
-
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.option("--verbose", is_flag=True, help="Show TensorFlow's start-up and C++ log messages.")
-@click.pass_context
-def cli(ctx, verbose):
+def cli(verbose):
     """AAA-Net (attention-aware adversarial network) for person re-ID, in Keras 3.
 
     \b
@@ -127,8 +76,8 @@ def cli(ctx, verbose):
     """
     if verbose:
         os.environ["TF_CPP_MIN_LOG_LEVEL"] = "0"
-    elif "tensorflow" not in sys.modules and not any(isinstance(f, QuietTensorFlowImport) for f in sys.meta_path):
-        sys.meta_path.insert(0, QuietTensorFlowImport())  # TensorFlow when a command needs it, quietly
+    else:
+        quiet_tensorflow.install()  # TensorFlow when a command first needs it (after its run-dir lock), quietly
 
 
 # === data ===

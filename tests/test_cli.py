@@ -165,10 +165,11 @@ def test_the_quiet_tensorflow_import_leaves_devices_unconfigured():
 
     from conftest import REPO_ROOT
 
-    script = ("import sys, cli\n"
-              "sys.meta_path.insert(0, cli.QuietTensorFlowImport())\n"
+    script = ("import sys\n"
+              "from aaa_keras import quiet_tensorflow\n"
+              "quiet_tensorflow.install()\n"
               "import tensorflow as tf\n"
-              "assert not any(isinstance(f, cli.QuietTensorFlowImport) for f in sys.meta_path)\n"
+              "assert not any(isinstance(f, quiet_tensorflow.QuietTensorFlowImport) for f in sys.meta_path)\n"
               "cpu = tf.config.list_physical_devices('CPU')[0]\n"
               "tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)\n"
               "print(len(tf.config.list_logical_devices('CPU')))\n")
