@@ -15,7 +15,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import click  # noqa: E402
 
-from aaa_keras import config as config_lib, vocabulary  # noqa: E402  (both TensorFlow-free)
+from aaa_keras import config as config_lib, quiet_tensorflow, vocabulary  # noqa: E402  (TensorFlow-free)
 from aaa_keras.errors import RunFailure, UserError  # noqa: E402
 from aaa_keras.run_lock import locks_run_dir  # noqa: E402
 
@@ -28,15 +28,15 @@ METRIC_CHOICE = click.Choice([*vocabulary.METRICS, vocabulary.ALL])
 # fit, evaluate and export: the retrieval feature (the same weights either way)
 NECK_FEATURE_OPTION = click.option(
     "--neck-feature", type=click.Choice(config_lib.NECK_FEATURES), default=None,
-    help="With a BNNeck: retrieve with the feature after its BatchNorm (default, BoT) or before it "
-         "(robust to int8: docs/deployment.md).")
+    help="With a BNNeck: retrieve with the feature after its BatchNorm (BoT's) or before it "
+         "(robust to int8: docs/deployment.md). [default: fit: after; evaluate, export: the run's own]")
 RECIPE_CHOICE = click.Choice(config_lib.RECIPES)
 OPTIMIZER_CHOICE = click.Choice(config_lib.OPTIMIZERS)
 LAST_STRIDE_CHOICE = click.Choice([str(s) for s in config_lib.LAST_STRIDES])
 RECIPE_HELP = ("Training recipe: paper = the paper's (softmax CE, SGD); strong = Bag of Tricks: P x K "
-               "batches, label smoothing, batch-hard triplet, BNNeck, Adam with warm-up, random erasing, "
-               "last stride 1, precise BatchNorm (each also a flag below, which wins). Default: the preset's "
-               "(demo: strong, paper: paper).")
+               "batches, label smoothing, batch-hard triplet and Adam with warm-up in stages 1 and 3, random "
+               "erasing in stage 1, BNNeck, last stride 1, precise BatchNorm; stage 2 stays SGD (each also a "
+               "flag below, which wins). [default: demo preset strong, paper preset paper]")
 
 
 def user_errors(command):
@@ -62,32 +62,9 @@ def user_errors(command):
     return wrapper
 
 
-def import_tensorflow_quietly() -> None:
-    """Import TensorFlow with its C++ start-up chatter hidden.
-
-    TF 2.21 logs through absl before Python can configure it (``I0000 ...
-    oneDNN custom operations are on``, ``cpu_feature_guard``, "All log
-    messages before absl::InitializeLog()"), ignoring ``TF_CPP_MIN_LOG_LEVEL``
-    for some of it. File descriptor 2 goes to /dev/null for the import only;
-    Python errors raised by it still print (after stderr is back). No op runs
-    here: logical devices and multi-worker collectives must be configured
-    before the first op.
-    """
-    saved, devnull = os.dup(2), os.open(os.devnull, os.O_WRONLY)
-    sys.stderr.flush()
-    os.dup2(devnull, 2)
-    try:
-        import tensorflow  # noqa: F401
-    finally:
-        os.dup2(saved, 2)
-        os.close(devnull)
-        os.close(saved)
-
-
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.option("--verbose", is_flag=True, help="Show TensorFlow's start-up and C++ log messages.")
-@click.pass_context
-def cli(ctx, verbose):
+def cli(verbose):
     """AAA-Net (attention-aware adversarial network) for person re-ID, in Keras 3.
 
     \b
@@ -97,11 +74,10 @@ def cli(ctx, verbose):
       python cli.py visualize --run-dir runs/demo --what all
       python cli.py export --run-dir runs/demo --out models --format all --quantize all
     """
-    asks_for_help = any(arg in ("-h", "--help") for arg in sys.argv[1:])
     if verbose:
         os.environ["TF_CPP_MIN_LOG_LEVEL"] = "0"
-    elif ctx.invoked_subcommand and not asks_for_help and "tensorflow" not in sys.modules:
-        import_tensorflow_quietly()
+    else:
+        quiet_tensorflow.install()  # TensorFlow when a command first needs it (after its run-dir lock), quietly
 
 
 # === data ===
@@ -120,7 +96,8 @@ def data():
 @data.command("synth")
 @click.option("--out", required=True, type=click.Path(file_okay=False), help="Directory to write.")
 @click.option("--ids", default=40, show_default=True, type=click.IntRange(4), help="Person ids, training and test together.")
-@click.option("--test-ids", default=None, type=click.IntRange(1), help="How many of --ids are test ids [default: half].")
+@click.option("--test-ids", default=None, type=click.IntRange(1),
+              help="How many of --ids are test ids. [default: half, rounded up]")
 @click.option("--queries-per-camera", default=1, show_default=True, type=click.IntRange(1),
               help="Query images of a test id per camera (all its cameras but one).")
 @click.option("--cams", default=4, show_default=True, type=click.IntRange(2), help="Cameras.")
@@ -163,47 +140,53 @@ def data_check(root, strict):
 @cli.command()
 @click.option("--stage", type=STAGE_CHOICE, default="adversarial", show_default=True,
               help="Train up to this stage (earlier untrained stages are trained first).")
-@click.option("--data", "data_dir", default=None, help="Dataset root (Market-1501 layout), or builtin:demo / builtin:ablate. Default: builtin:demo.")
+@click.option("--data", "data_dir", default=None, help="Dataset root (Market-1501 layout), or builtin:demo / builtin:ablate. [default: builtin:demo]")
 @click.option("--run-dir", default="runs/demo", show_default=True, help="Where config, weights and logs go.")
 @click.option("--preset", type=PRESET_CHOICE, default="demo", show_default=True,
-              help="demo: tiny_resnet at 128x64, strong recipe, minutes on a CPU; paper: ResNet-50 224x224, batch 32, "
-                   "10 epochs, the paper's recipe (GPU).")
-@click.option("--epochs", type=click.IntRange(1), default=None, help="Epochs per stage.")
-@click.option("--baseline-epochs", type=click.IntRange(1), default=None, help="Stage 1's epochs (default: --epochs).")
-@click.option("--batch-size", type=click.IntRange(1), default=None)
-@click.option("--image-size", default=None, metavar="HxW", help="Input size, e.g. 256x128.")
+              help="demo = tiny_resnet at 128x64, strong recipe, minutes on a CPU; paper = ResNet-50 224x224, "
+                   "batch 32, 10 epochs, the paper's recipe (GPU).")
+@click.option("--epochs", type=click.IntRange(1), default=None, help="Epochs per stage. [default: 10]")
+@click.option("--baseline-epochs", type=click.IntRange(1), default=None, help="Stage 1's epochs. [default: --epochs]")
+@click.option("--batch-size", type=click.IntRange(1), default=None,
+              help="[default: demo preset 16, paper preset 32]")
+@click.option("--image-size", default=None, metavar="HxW",
+              help="Input size, e.g. 256x128. [default: demo preset 128x64, paper preset 224x224]")
 @click.option("--backbone", type=BACKBONE_CHOICE, default=None,
-              help="resnet50 (paper preset), mobilenet_v3_large / efficientnet_b0 (cameras), tiny_resnet (demo preset, tests).")
+              help="resnet50 (paper preset), mobilenet_v3_large / efficientnet_b0 (cameras), tiny_resnet (demo "
+                   "preset, tests). [default: demo preset tiny_resnet, paper preset resnet50]")
 @click.option("--backbone-weights", default=None, metavar="imagenet|PATH",
-              help="Initial backbone weights; default random init (offline).")
+              help="Initial backbone weights. [default: none (random init, offline)]")
 @click.option("--occlude-after", type=click.Choice(config_lib.OCCLUSION_POINTS), default=None,
-              help="Occlusion point (paper Table 3); default conv3.")
-@click.option("--dropout", type=float, default=None, help="0.5 for Market-1501 (default), 0.6 for Duke.")
+              help="Occlusion point (paper Table 3). [default: conv3]")
+@click.option("--dropout", type=float, default=None,
+              help="Dropout before the classifier; the paper's 0.5 is for Market-1501, 0.6 for DukeMTMC-reID. "
+                   "paper: 0.5, strong: 0 (BNNeck).")
 @click.option("--random-erasing/--no-random-erasing", default=None,
-              help="Baseline with keras.layers.RandomErasing (Table 5); on under --recipe strong.")
+              help="Stage 1 with keras.layers.RandomErasing (Table 5). paper: off, strong: on.")
 @click.option("--recipe", type=RECIPE_CHOICE, default=None, help=RECIPE_HELP)
 @click.option("--ids-per-batch", type=click.IntRange(0), default=None,
               help="P of identity-balanced P x K batches in stages 1 and 3 (batch = P x K); 0 = shuffled "
                    "batches. paper: 0, strong: 16 (demo preset: 4).")
-@click.option("--images-per-id", type=click.IntRange(2), default=None, help="K of P x K batches (4).")
+@click.option("--images-per-id", type=click.IntRange(2), default=None, help="K of P x K batches. [default: 4]")
 @click.option("--label-smoothing", type=float, default=None,
               help="Epsilon of the label-smoothing cross-entropy, stages 1 and 3. paper: 0, strong: 0.1.")
 @click.option("--triplet/--no-triplet", default=None,
-              help="Batch-hard triplet loss on the pooled feature (needs --ids-per-batch). strong: on.")
-@click.option("--triplet-margin", type=float, default=None, help="Margin of the triplet loss (0.3).")
+              help="Batch-hard triplet loss on the pooled feature (needs --ids-per-batch). paper: off, strong: on.")
+@click.option("--triplet-margin", type=float, default=None, help="Margin of the triplet loss. [default: 0.3]")
 @click.option("--bnneck/--no-bnneck", default=None,
-              help="BatchNorm before a bias-free classifier; retrieval uses the feature after it. strong: on.")
+              help="BatchNorm before a bias-free classifier; retrieval uses the feature after it. paper: off, "
+                   "strong: on.")
 @NECK_FEATURE_OPTION
 @click.option("--last-stride", type=LAST_STRIDE_CHOICE, default=None,
               help="Stride of conv5 (resnet50, tiny_resnet). paper: 2, strong: 1.")
 @click.option("--optimizer", type=OPTIMIZER_CHOICE, default=None,
               help="The network's optimizer in stages 1 and 3. paper: sgd, strong: adam.")
 @click.option("--baseline-lr", type=float, default=None,
-              help="Stage 1's learning rate (paper recipe: demo preset 0.05, paper preset 1e-3; strong: 3.5e-4, "
-                   "3.5e-3 from random init).")
+              help="Stage 1's learning rate. paper: 1e-3 (demo preset: 0.05), strong: 3.5e-3 from random init "
+                   "(BoT's 3.5e-4 with --backbone-weights).")
 @click.option("--adversarial-lr", type=float, default=None,
-              help="Stage 3's network learning rate (paper recipe: demo preset 0.005, paper preset 1e-4; strong: "
-                   "3.5e-5, 3.5e-4 from random init).")
+              help="Stage 3's network learning rate. paper: 1e-4 (demo preset: 0.005), strong: 3.5e-4 from "
+                   "random init (BoT's 3.5e-5 with --backbone-weights).")
 @click.option("--weight-decay", type=float, default=None,
               help="The network's weight decay (sgd: Keras', adam: L2 on the gradient). paper: 0, strong: 5e-4.")
 @click.option("--warmup-epochs", type=click.IntRange(0), default=None,
@@ -212,26 +195,29 @@ def data_check(root, strict):
               help="After stages 1 and 3, BatchNorm statistics recomputed over N training batches. paper: 0, strong: 50.")
 @click.option("--attention-loss", type=click.Choice(config_lib.ATTENTION_LOSSES), default=None,
               help="Reading of eq. 2 in stages 2-3: l1 = as printed (collapses), bce = per-position "
-                   "sigmoid CE as ref. [7] (default), soft = bce on every cell's probability drop.")
+                   "sigmoid CE as ref. [7], soft = bce on every cell's probability drop. [default: bce]")
 @click.option("--mask", type=click.Choice(config_lib.MASKS), default=None,
-              help="Stage 3 occludes the top third of: attention = M_att (AAA-Net, default), "
-                   "response = the feature response (Table 4 without fine-tuning), random = control.")
+              help="Stage 3 occludes the top third of: attention = M_att (AAA-Net), "
+                   "response = the feature response (Table 4 without fine-tuning), random = control. "
+                   "[default: attention]")
 @click.option("--no-finetune", is_flag=True, default=False,
               help="Paper Table 4 without fine-tuning: same as --mask response (no stage 2).")
 @click.option("--occluded-batchnorm", type=click.Choice(config_lib.OCCLUDED_BATCHNORM), default=None,
-              help="Stage 3: BatchNorm statistics of the occluded pass (docs/decisions.md).")
+              help="Stage 3: BatchNorm statistics of the occluded pass (docs/decisions.md). [default: batch]")
 @click.option("--no-take-turns", is_flag=True, default=False, help="Stage 3: every step occluded, no alternation.")
-@click.option("--lambda1", type=float, default=None, help="Weight of L_r in eq. 4 (0.3).")
-@click.option("--lambda2", type=float, default=None, help="Weight of L_att in eq. 4 (1.7).")
-@click.option("--omega", type=float, default=None, help="Gate threshold of eq. 4 (0.04).")
+@click.option("--lambda1", type=float, default=None, help="Weight of L_r in eq. 4. [default: 0.3]")
+@click.option("--lambda2", type=float, default=None, help="Weight of L_att in eq. 4. [default: 1.7]")
+@click.option("--omega", type=float, default=None, help="Gate threshold of eq. 4. [default: 0.04]")
 @click.option("--cells-per-call", type=click.Choice(["1", "2", "4", "8", "16"]), default=None,
-              help="Occluded copies per tail call in the grid search; lower saves memory (16).")
-@click.option("--steps-per-epoch", type=click.IntRange(0), default=None, help="0 = one pass over the data.")
+              help="Occluded copies per tail call in the grid search; lower saves memory. [default: 16]")
+@click.option("--steps-per-epoch", type=click.IntRange(0), default=None,
+              help="0 = one pass over the data. [default: 0]")
 @click.option("--distribute", type=DISTRIBUTE_CHOICE, default=None,
-              help="tf.distribute strategy.")
+              help="tf.distribute strategy. [default: none]")
 @click.option("--mixed-precision", type=MIXED_PRECISION_CHOICE, default=None)
-@click.option("--jit-compile/--no-jit-compile", default=None, help="XLA-compile the train step (off by default; measured slower on CPU).")
-@click.option("--seed", type=int, default=None)
+@click.option("--jit-compile/--no-jit-compile", default=None,
+              help="XLA-compile the train step (measured slower on CPU). [default: off]")
+@click.option("--seed", type=int, default=None, help="[default: 0]")
 @click.option("--evaluate/--no-evaluate", "evaluate_after", default=True, show_default=True,
               help="Evaluate the stage after training.")
 @click.option("--skip-bad-images", is_flag=True,
@@ -391,11 +377,14 @@ def export(run_dir, stage, out, formats, quantize, model_name, version, represen
               help="Add the crops of --gallery that are not in the existing index yet (the others are not re-embedded).")
 @click.option("--index-type", type=click.Choice(vocabulary.INDEX_TYPES), default="exact", show_default=True,
               help="exact: brute-force inner product; ivf-pq: approximate, for large galleries (>= 256 images).")
-@click.option("--nlist", type=click.IntRange(1), default=None, help="ivf-pq cells (default about 4 sqrt(N)).")
+@click.option("--nlist", type=click.IntRange(1), default=None,
+              help="ivf-pq cells, over N gallery images: at least 39 training images per cell, so N // 39 "
+                   "decides below about 24,000 images. [default: min(4 sqrt(N), N // 39)]")
 @click.option("--pq-m", type=click.IntRange(1), default=None,
-              help="ivf-pq bytes per image; must divide the embedding size (default up to 64).")
+              help="ivf-pq bytes per image; must divide the embedding size D. "
+                   "[default: the largest divisor of D up to min(64, D / 2)]")
 @click.option("--nprobe", type=click.IntRange(1), default=16, show_default=True,
-              help="ivf-pq cells searched per query (the default stored for `search`).")
+              help="ivf-pq cells searched per query (stored in the index for `search`).")
 @click.option("--batch-size", type=click.IntRange(1), default=32, show_default=True)
 @user_errors
 def index(model_path, gallery, out, append, index_type, nlist, pq_m, nprobe, batch_size):
@@ -450,11 +439,16 @@ def search(index_path, model_path, images, top, nprobe, picture):
               help="Paper Table 3 (occlusion point), 4 (fine-tuning), 5 (random erasing), the controls, or all.")
 @click.option("--seeds", type=click.IntRange(1), default=5, show_default=True, help="Seeds 0..N-1.")
 @click.option("--epochs", type=click.IntRange(1), default=None,
-              help="Epochs of stages 2 and 3, and of stage 1 unless --baseline-epochs is given "
-                   "(default with neither: 4, and 30 for stage 1, with the demo preset; the preset's own otherwise).")
-@click.option("--baseline-epochs", type=click.IntRange(1), default=None, help="Stage 1's epochs.")
+              help="Epochs of stages 2 and 3, and of stage 1 unless --baseline-epochs is given. Given neither, "
+                   "the demo preset trains stage 1 for 30 (lr x0.1 every 12), the others the preset's own. "
+                   "[default: demo preset 4, paper preset 10]")
+@click.option("--baseline-epochs", type=click.IntRange(1), default=None,
+              help="Stage 1's epochs (with --epochs alone: --epochs). [default: demo preset 30, paper preset 10]")
 @click.option("--preset", type=PRESET_CHOICE, default="demo", show_default=True)
-@click.option("--recipe", type=RECIPE_CHOICE, default=None, help=RECIPE_HELP)
+@click.option("--recipe", type=RECIPE_CHOICE, default=None,
+              help="Training recipe of every run: paper = the paper's (softmax CE, SGD); strong = the Bag of "
+                   "Tricks set of `fit --recipe strong` (ablate has no flag per trick). [default: paper (whatever "
+                   "the preset: docs/results.md)]")
 @click.option("--metric", type=METRIC_CHOICE, default="euclidean",
               show_default=True, help="Distance(s) to evaluate; the first is the one of the progress lines and the figure.")
 @click.option("--backbone", type=BACKBONE_CHOICE, default=None)
@@ -503,15 +497,15 @@ def ablate(data_dir, out, table, seeds, epochs, baseline_epochs, preset, recipe,
         results = ablate_lib.load_results(out, n_boot)
     else:
         os.environ.setdefault("AAA_KERAS_VERBOSE", "0")  # the progress lines, not Keras' bars
-        import tensorflow as tf
-
-        tf.get_logger().setLevel("ERROR")  # "retracing" warnings: dozens of models in one process
         # --recipe paper is the default: left out, so a grid made before --recipe existed continues
         overrides = dict(backbone=backbone, batch_size=batch_size, steps_per_epoch=steps_per_epoch,
                          recipe=None if recipe == "paper" else recipe)
         if image_size:
             overrides["image_height"], overrides["image_width"] = config_lib.parse_image_size(image_size)
-        with hold(out, "ablate"):
+        with hold(out, "ablate"):  # a second writer of OUT is refused before TensorFlow is imported
+            import tensorflow as tf
+
+            tf.get_logger().setLevel("ERROR")  # "retracing" warnings: dozens of models in one process
             results = ablate_lib.run_grid(out, table, seeds, epochs, preset, data_dir, metric,
                                           overrides, progress=click.echo, n_boot=n_boot,
                                           baseline_epochs=baseline_epochs)

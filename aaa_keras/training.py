@@ -17,7 +17,7 @@ from aaa_keras.data.check import verify_images
 from aaa_keras.data.names import SPLITS, ReidDataset, dataset_fingerprint, load_dataset
 from aaa_keras.data.pipeline import train_dataset
 from aaa_keras.data.sampler import batches_per_epoch
-from aaa_keras.data.synth import resolve_data
+from aaa_keras.data.source import portable_data, resolve_data
 from aaa_keras.errors import UserError
 from aaa_keras.execution import distribution_strategy, precision_policy
 from aaa_keras.files import json_text
@@ -49,11 +49,12 @@ def start_run(config: RunConfig, run_dir: str, log=print, stages=STAGES,
     ``stages`` are the stages this run will use: a finished one must have been
     trained with the requested settings.
     """
-    config = dataclasses.replace(config, data=resolve_data(config.data, log))
-    dataset = load_dataset(config.data)
+    root = resolve_data(config.data, log)
+    config = dataclasses.replace(config, data=portable_data(config.data))  # builtin:NAME or an absolute path
+    dataset = load_dataset(root)
     dataset = verify_images(dataset, SPLITS, run_dir, skip_bad_images, log)  # never a bad image mid-epoch
     if dataset.num_classes < 2:
-        raise UserError(f"--data {config.data}: the training split has {dataset.num_classes} "
+        raise UserError(f"--data {root}: the training split has {dataset.num_classes} "
                         "identities; a classifier needs at least 2")
     config = dataclasses.replace(config, num_classes=dataset.num_classes,
                                  dataset_fingerprint=dataset_fingerprint(dataset))
@@ -335,7 +336,7 @@ def fit(stage: str, config: RunConfig, run_dir: str, log=print, callbacks=(),
 def _fit_plan(stage, plan, config, run_dir, log, callbacks, skip_bad_images, strategy) -> list[str]:
     config, dataset = start_run(config, run_dir, log, plan, skip_bad_images)
     log("Run configuration:\n" + config.summary())
-    log(f"Data: {config.data}: {len(dataset.train_identities())} training images of "
+    log(f"Data: {dataset.root}: {len(dataset.train_identities())} training images of "
         f"{config.num_classes} ids, {len(dataset.query)} query, {len(dataset.gallery)} gallery")
     log(f"Run directory: {os.path.abspath(run_dir)}")
     trained = []

@@ -254,7 +254,7 @@ def visualize_run(run_dir: str, stage: str | None = None, data: str | None = Non
     :data:`GRID_MAX_IMAGES` of them. Pictures go to ``out_dir`` (default
     ``<run_dir>/pictures``).
     """
-    from aaa_keras.data.synth import resolve_data
+    from aaa_keras.data.source import resolve_run_data
     from aaa_keras.config import STAGES, load_config
 
     # === Arguments and the run dir, checked before any slow work ===
@@ -293,7 +293,7 @@ def visualize_run(run_dir: str, stage: str | None = None, data: str | None = Non
     # === Data ===
     from aaa_keras.data.names import dataset_fingerprint, load_dataset
 
-    root = resolve_data(data or config.data, log)
+    root = resolve_run_data(data, config.data, run_dir, log)
     dataset = load_dataset(root)
     own_data = dataset_fingerprint(dataset) == config.dataset_fingerprint
     data_name = os.path.basename(os.path.normpath(root))

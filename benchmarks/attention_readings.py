@@ -58,6 +58,7 @@ def evaluation(run_dir, stage):
 def diagnostics(run_dir, stage):
     """The diagnostics of a trained stage, recomputed from its weights with the current code."""
     from aaa_keras.data.names import load_dataset
+    from aaa_keras.data.source import resolve_run_data
     from aaa_keras.model.diagnostics import attention_diagnostics
     from aaa_keras.run_dir import load_trained
     from aaa_keras.training import diagnostics_callback
@@ -65,7 +66,8 @@ def diagnostics(run_dir, stage):
     trained = load_trained(run_dir, stage)
     config, parts, attention = trained.config, trained.parts, trained.attention
     mask = "attention" if stage == "attention" else config.mask
-    probe = diagnostics_callback(stage, config, load_dataset(config.data), log=lambda *_: None)
+    dataset = load_dataset(resolve_run_data(None, config.data, run_dir, lambda *_: None))
+    probe = diagnostics_callback(stage, config, dataset, log=lambda *_: None)
     return attention_diagnostics(parts.stem, parts.tail, probe.images, probe.labels, mask, attention,
                                  config.grid_size, config.occluded_fraction, seed=config.seed)
 

@@ -21,6 +21,7 @@ from common import machine_description  # noqa: E402  (puts the repo on sys.path
 from aaa_keras.config import load_config  # noqa: E402
 from aaa_keras.data.names import load_dataset  # noqa: E402
 from aaa_keras.data.pipeline import train_dataset  # noqa: E402
+from aaa_keras.data.source import resolve_run_data  # noqa: E402
 from aaa_keras.model.diagnostics import attention_diagnostics  # noqa: E402
 from aaa_keras.model.stages import AttentionAssignmentModel  # noqa: E402
 from aaa_keras.run_dir import build_stage_parts, load_stage_weights  # noqa: E402
@@ -31,7 +32,7 @@ def trial(run_dir, loss, lr, momentum, epochs, decay_epochs=None):
     config = dataclasses.replace(load_config(run_dir), attention_lr=lr, attention_momentum=momentum)
     if decay_epochs:
         config = dataclasses.replace(config, attention_lr_decay_epochs=decay_epochs)
-    dataset = load_dataset(config.data)
+    dataset = load_dataset(resolve_run_data(None, config.data, run_dir))
     parts, attention = build_stage_parts(config)
     load_stage_weights(parts, attention, run_dir, "baseline", with_attention=False)
     records = dataset.train_identities()

@@ -86,12 +86,13 @@ def test_decode_errors_are_told_apart_from_other_invalid_arguments(tmp_path):
 
 
 def _evaluate_raising(monkeypatch, tmp_path, error):
-    import aaa_keras.data.synth
+    import aaa_keras.data.source
     import aaa_keras.run_dir
 
     trained = types.SimpleNamespace(parts=None, stage="baseline", config=types.SimpleNamespace(data=""))
     monkeypatch.setattr(aaa_keras.run_dir, "load_trained", lambda run_dir, stage, neck_feature=None: trained)
-    monkeypatch.setattr(aaa_keras.data.synth, "resolve_data", lambda data, log: str(tmp_path / "data"))
+    monkeypatch.setattr(aaa_keras.data.source, "resolve_run_data",
+                        lambda data, saved, run_dir, log: str(tmp_path / "data"))
     monkeypatch.setattr(run_lib, "build_embedder", lambda parts: types.SimpleNamespace(compile=lambda **_: None))
     monkeypatch.setattr(run_lib, "load_dataset", lambda root: "dataset")
     monkeypatch.setattr(run_lib, "verify_images", lambda dataset, *args, **kwargs: dataset)

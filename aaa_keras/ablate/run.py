@@ -120,13 +120,13 @@ def evaluate_per_query(run_dir: str, stage: str, metrics, log=print) -> dict:
     from aaa_keras.data.names import record_ids as _ids
     from aaa_keras.evaluation.run import _dataset_key, extract_embeddings
     from aaa_keras.model.backbone import build_embedder
-    from aaa_keras.data.synth import resolve_data
+    from aaa_keras.data.source import resolve_run_data
     from aaa_keras.run_dir import load_trained
 
     trained = load_trained(run_dir, stage)
     config, parts, stage = trained.config, trained.parts, trained.stage
     embedder = build_embedder(parts)
-    root = resolve_data(config.data, log)
+    root = resolve_run_data(None, config.data, run_dir, log)
     dataset = load_dataset(root)
     queries = l2_normalize(extract_embeddings(embedder, dataset.query, config.image_size))
     gallery = l2_normalize(extract_embeddings(embedder, dataset.gallery, config.image_size))

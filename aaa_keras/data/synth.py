@@ -742,15 +742,3 @@ def ensure_synthetic(num_ids: int = DEFAULT_NUM_IDS, num_cams: int = DEFAULT_NUM
         return path
     log(f"Built-in synthetic dataset ready in {time.perf_counter() - start:.1f} s")
     return path
-
-
-def resolve_data(data: str, log=print) -> str:
-    """The dataset root to use: ``data``, or a cached built-in synthetic dataset for ``""``
-    (the demo size) or ``builtin:NAME`` (``data/synth.py``'s ``BUILTIN_SIZES``)."""
-    settings = builtin_settings(data)
-    if settings is not None:
-        return ensure_synthetic(log=log, **settings)
-    if not os.path.isdir(data):
-        raise UserError(f"--data: {data} does not exist or is not a directory; expected a "
-                        "Market-1501-layout root (or omit --data for the built-in synthetic data)")
-    return os.path.abspath(data)

@@ -130,7 +130,7 @@ def export_run(run_dir: str, out: str, stage: str | None = None, formats=FORMATS
     when parity is missed (the export is then moved to ``out/_rejected/``).
     """
     from aaa_keras.data.names import load_dataset
-    from aaa_keras.data.synth import resolve_data
+    from aaa_keras.data.source import resolve_run_data
     from aaa_keras.evaluation.run import extract_embeddings
     from aaa_keras.model.backbone import build_embedder
     from aaa_keras.run_dir import load_trained
@@ -146,7 +146,7 @@ def export_run(run_dir: str, out: str, stage: str | None = None, formats=FORMATS
     config, parts, stage = trained.config, trained.parts, trained.stage
     embedder = build_embedder(parts)
     image_size = config.image_size
-    root = resolve_data(data or config.data, log)
+    root = resolve_run_data(data, config.data, run_dir, log)
     dataset = load_dataset(root)
     held = parity_lib.held_set(dataset, parity_max_images)
     parents = _parents(out, model_name)

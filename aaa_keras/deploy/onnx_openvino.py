@@ -21,9 +21,8 @@ mean / variance are constants captured by the traced function, which tf2onnx
 turned into two extra graph inputs (3 inputs, refused below).
 
 OpenVINO's CPU plugin chooses its own inference precision: bfloat16 on CPUs
-with AMX / AVX512-BF16 (like the build machine), float32 elsewhere. Parity is
-measured with the default, as a deployer runs it, and ``parity.json`` records
-which precision that was (``inference_precision``). bfloat16 keeps about
+with AMX / AVX512-BF16 (like the build machine), float32 elsewhere; ``parity.json``
+records which precision parity ran at (``inference_precision``). bfloat16 keeps about
 three significant digits: on networks whose BatchNorm statistics are settled
 (random weights, moving statistics set from a batch of crops; 128x64) it gave
 a per-image cosine to Keras of 0.972 (ResNet-50), 0.994 (EfficientNet-B0) and

@@ -45,7 +45,7 @@ def evaluate_run(run_dir: str, stage: str | None = None, data: str | None = None
     import tensorflow as tf
 
     from aaa_keras.errors import UserError
-    from aaa_keras.data.synth import resolve_data
+    from aaa_keras.data.source import resolve_run_data
     from aaa_keras.execution import distribution_strategy, precision_policy
     from aaa_keras.run_dir import load_trained
 
@@ -57,7 +57,7 @@ def evaluate_run(run_dir: str, stage: str | None = None, data: str | None = None
         embedder = build_embedder(trained.parts)
         embedder.compile(jit_compile=jit_compile)
     config, stage = trained.config, trained.stage
-    root = resolve_data(data or config.data, log)
+    root = resolve_run_data(data, config.data, run_dir, log)
     dataset = load_dataset(root)
     splits = ("query", "gallery") + (("train",) if any(m != "euclidean" for m in metrics) else ())
     dataset = verify_images(dataset, splits, run_dir, skip_bad_images, log, purpose="evaluate")

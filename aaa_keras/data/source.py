@@ -1,0 +1,68 @@
+"""Which dataset a ``--data`` value or a run's ``config.json`` names, and where its files are.
+
+A run directory is portable: ``config.json`` names a built-in dataset by its
+name (``builtin:demo``, ``builtin:ablate``), which is re-made on demand in
+this machine's cache (``data/synth.py``, byte-identical for the same
+settings), and a real dataset by its absolute path; when that path is not
+here (moved, or the run dir was copied to another machine) the one line names
+``--data`` as the fix. Run dirs written before names were stored hold the
+absolute path of a built-in dataset's cache directory; such a path that is
+gone is recognised by its directory name and re-made the same way.
+"""
+
+from __future__ import annotations
+
+import os
+
+from aaa_keras.data.synth import BUILTIN_PREFIX, BUILTIN_SIZES, builtin_settings, default_synthetic_dir, \
+    ensure_synthetic
+from aaa_keras.errors import UserError
+
+DEFAULT_BUILTIN = BUILTIN_PREFIX + "demo"  # what an empty --data means
+
+
+def resolve_data(data: str, log=print) -> str:
+    """The dataset root to use: ``data``, or a cached built-in synthetic dataset for ``""``
+    (the demo size) or ``builtin:NAME`` (``data/synth.py``'s ``BUILTIN_SIZES``)."""
+    settings = builtin_settings(data)
+    if settings is not None:
+        return ensure_synthetic(log=log, **settings)
+    if not os.path.isdir(data):
+        raise UserError(f"--data: {data} does not exist or is not a directory; expected a "
+                        "Market-1501-layout root (or omit --data for the built-in synthetic data)")
+    return os.path.abspath(data)
+
+
+def portable_data(data: str) -> str:
+    """How ``config.json`` names ``data``: a built-in dataset by its name (``""`` is
+    ``builtin:demo``), a directory by its absolute path."""
+    if builtin_settings(data) is not None:
+        return data or DEFAULT_BUILTIN
+    return os.path.abspath(data)
+
+
+def resolve_run_data(data: str | None, saved: str, run_dir: str, log=print) -> str:
+    """The dataset root of a command on a trained run: ``data`` (its ``--data``) when given,
+    else the run's own (``saved``, its ``config.json``'s ``data``)."""
+    if data:
+        return resolve_data(data, log)
+    name = _builtin_name(saved)
+    if name is not None:
+        return resolve_data(name, log)
+    if not os.path.isdir(saved):
+        raise UserError(f"--run-dir {run_dir}: its dataset {saved} is not here (moved, or the run dir was "
+                        "copied from another machine); pass --data with the dataset's root")
+    return saved
+
+
+def _builtin_name(saved: str) -> str | None:
+    """``saved`` as a built-in dataset's name: itself, or, for an old run dir's absolute path of
+    a built-in cache directory that is gone, the name of the built-in dataset kept there."""
+    if builtin_settings(saved) is not None:
+        return saved or DEFAULT_BUILTIN
+    if os.path.isdir(saved):
+        return None
+    for name, settings in BUILTIN_SIZES.items():
+        if os.path.basename(os.path.normpath(saved)) == os.path.basename(default_synthetic_dir(**settings)):
+            return BUILTIN_PREFIX + name
+    return None
