@@ -16,9 +16,13 @@ building a model (``build_stage_parts``, ``load_trained``) imports it when calle
 
 from __future__ import annotations
 
+import csv
 import dataclasses
 import json
+import math
 import os
+
+import numpy as np
 
 from aaa_keras import config as config_lib
 from aaa_keras.config import STAGES, RunConfig
@@ -70,6 +74,46 @@ def read_done(run_dir: str, stage: str) -> dict:
         return {}
     with open(path) as f:
         return json.load(f)
+
+
+def read_log(path: str) -> dict[str, np.ndarray]:
+    """A Keras ``CSVLogger`` file as ``{column: float array}`` (NA -> NaN), one row per epoch.
+
+    Repeated header lines (a resumed run appending) are skipped and a repeated
+    epoch keeps its last row.
+    """
+    try:
+        with open(path, newline="") as f:
+            rows = list(csv.reader(f))
+    except OSError as error:
+        raise RunDirError(f"{path}: cannot read the training log ({error})") from None
+    if not rows:
+        return {}
+    header = rows[0]
+    by_epoch: dict[float, list[float]] = {}
+    for row in rows[1:]:
+        if not row or row == header or len(row) != len(header):
+            continue
+        values = []
+        for text in row:
+            try:
+                values.append(float(text))
+            except ValueError:
+                values.append(math.nan)
+        epoch = values[header.index("epoch")] if "epoch" in header else float(len(by_epoch))
+        by_epoch[epoch] = values
+    table = np.array([by_epoch[e] for e in sorted(by_epoch)], np.float64).reshape(-1, len(header))
+    return {name: table[:, i] for i, name in enumerate(header)}
+
+
+def last_epoch_metrics(run_dir: str, stage: str) -> dict:
+    """The metrics of the last epoch in a stage's ``log.csv`` (``{}`` when it has none)."""
+    path = stage_file(run_dir, stage, LOG_FILE)
+    if not os.path.isfile(path):
+        return {}
+    # CSVLogger adds a val_ column (NA) per metric of a fit without validation data; History has none
+    return {name: float(values[-1]) for name, values in read_log(path).items()
+            if name != "epoch" and len(values) and not (name.startswith("val_") and math.isnan(values[-1]))}
 
 
 def required_stages(stage: str, mask: str = "attention") -> list[str]:
