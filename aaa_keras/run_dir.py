@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import csv
 import dataclasses
-import json
 import math
 import os
 
@@ -27,6 +26,7 @@ import numpy as np
 from aaa_keras import config as config_lib
 from aaa_keras.config import STAGES, RunConfig
 from aaa_keras.errors import RunDirError, UserError
+from aaa_keras.files import read_back, read_json_back
 
 NETWORK_WEIGHTS = "network.weights.h5"
 ATTENTION_WEIGHTS = "attention.weights.h5"
@@ -72,8 +72,13 @@ def read_done(run_dir: str, stage: str) -> dict:
     path = stage_file(run_dir, stage, DONE_FILE)
     if not os.path.isfile(path):
         return {}
-    with open(path) as f:
-        return json.load(f)
+    return read_json_back(path, f"the record of the finished stage {stage}", rerun_stage(run_dir, stage))
+
+
+def rerun_stage(run_dir: str, stage: str) -> str:
+    """What to do about a damaged file of a finished stage, in words."""
+    return (f"re-run the stage: delete {stage_dir(run_dir, stage)} and run `python cli.py fit --stage {stage} "
+            f"--run-dir {run_dir}` (the same settings)")
 
 
 def read_log(path: str) -> dict[str, np.ndarray]:
@@ -82,11 +87,14 @@ def read_log(path: str) -> dict[str, np.ndarray]:
     Repeated header lines (a resumed run appending) are skipped and a repeated
     epoch keeps its last row.
     """
-    try:
+    def read(path):
         with open(path, newline="") as f:
-            rows = list(csv.reader(f))
-    except OSError as error:
-        raise RunDirError(f"{path}: cannot read the training log ({error})") from None
+            return list(csv.reader(f))
+
+    if os.path.isfile(path) and os.path.getsize(path) == 0:
+        return {}  # a log of no finished epoch
+    rows = read_back(path, read, "the training log", "it is only read for curves and final metrics: delete it, or "
+                     "re-run the stage to write it again")
     if not rows:
         return {}
     header = rows[0]
@@ -189,7 +197,12 @@ def build_stage_parts(config: RunConfig, seed_offset: int = 0):
 
 
 def load_stage_weights(parts, attention, run_dir: str, stage: str, with_attention: bool = True) -> None:
+    import h5py
+
     directory = stage_dir(run_dir, stage)
+    for name in (NETWORK_WEIGHTS, *([ATTENTION_WEIGHTS] if with_attention and stage != "baseline" else ())):
+        path = os.path.join(directory, name)  # damage is named as such, not as another configuration
+        read_back(path, lambda p: h5py.File(p, "r").close(), f"the {stage} weights file", rerun_stage(run_dir, stage))
     try:
         parts.network.load_weights(os.path.join(directory, NETWORK_WEIGHTS))
         if with_attention and stage != "baseline":
