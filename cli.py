@@ -369,9 +369,9 @@ def export(run_dir, stage, out, formats, quantize, model_name, version, represen
 
 
 @cli.command()
-@click.option("--model", "model_path", required=True,
+@click.option("--model", "model_path", default=None,
               help="An exported SavedModel directory, .tflite, .onnx or OpenVINO .xml file.")
-@click.option("--gallery", required=True, help="A folder of person crops (e.g. bounding_box_test/).")
+@click.option("--gallery", default=None, help="A folder of person crops (e.g. bounding_box_test/).")
 @click.option("--out", required=True, help="Index directory to write (FAISS vectors + meta.sqlite).")
 @click.option("--append", is_flag=True,
               help="Add the crops of --gallery that are not in the existing index yet (the others are not re-embedded).")
@@ -386,8 +386,12 @@ def export(run_dir, stage, out, formats, quantize, model_name, version, represen
 @click.option("--nprobe", type=click.IntRange(1), default=16, show_default=True,
               help="ivf-pq cells searched per query (stored in the index for `search`).")
 @click.option("--batch-size", type=click.IntRange(1), default=32, show_default=True)
+@click.option("--skip-bad-images", is_flag=True,
+              help="Leave out crops that do not decode (named in one line) instead of stopping.")
+@click.option("--verify", is_flag=True, help="Check the index --out instead: every file readable, rows = "
+              "vectors, its model present (--gallery not needed).")
 @user_errors
-def index(model_path, gallery, out, append, index_type, nlist, pq_m, nprobe, batch_size):
+def index(model_path, gallery, out, append, index_type, nlist, pq_m, nprobe, batch_size, skip_bad_images, verify):
     """Embed a folder of crops with an exported model into a searchable gallery index.
 
     \b
@@ -399,8 +403,13 @@ def index(model_path, gallery, out, append, index_type, nlist, pq_m, nprobe, bat
     """
     from aaa_keras.deploy import build_index
 
+    if verify:
+        from aaa_keras.deploy.search import verify_index
+
+        verify_index(out, model_path, log=click.echo)
+        return
     build_index(model_path, gallery, out, batch_size, log=click.echo, append=append, index_type=index_type,
-                nlist=nlist, pq_m=pq_m, nprobe=nprobe)
+                nlist=nlist, pq_m=pq_m, nprobe=nprobe, skip_bad_images=skip_bad_images)
 
 
 @cli.command()

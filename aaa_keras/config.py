@@ -14,7 +14,7 @@ import re
 import warnings
 
 from aaa_keras.errors import RunDirError, UserError
-from aaa_keras.files import write_json_atomically
+from aaa_keras.files import read_json_back, write_json_atomically
 
 STAGES = ("baseline", "attention", "adversarial")
 ATTENTION_LOSSES = ("l1", "bce", "soft")  # readings of eq. 2 (model/losses.py)
@@ -310,11 +310,8 @@ def load_config(run_dir: str) -> RunConfig:
     if not os.path.isfile(path):
         raise RunDirError(f"--run-dir: {run_dir} has no {CONFIG_FILE}; train a stage there first "
                           f"with `python cli.py fit --stage baseline --run-dir {run_dir}`")
-    try:
-        with open(path) as f:
-            values = json.load(f)
-    except (OSError, json.JSONDecodeError) as error:
-        raise RunDirError(f"{path}: cannot read the run configuration ({error})") from None
+    values = read_json_back(path, "the run configuration", "restore it from a copy, or train again in a new "
+                            "--run-dir (the weights cannot be loaded without it)")
     known = {f.name for f in dataclasses.fields(RunConfig)}
     unknown = sorted(k for k in values if k not in known)
     if unknown:

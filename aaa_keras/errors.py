@@ -20,6 +20,11 @@ class RunDirError(UserError):
     """A run directory is missing a stage or belongs to another configuration."""
 
 
+class DamagedFile(UserError):
+    """A file the project wrote and reads back is missing, empty or unreadable: the message names
+    the file, what is wrong and what to do (rebuild the index, re-run the stage)."""
+
+
 class RunFailure(Exception):
     """A run stopped for a reason outside the user's input: a full or read-only disk, a
     non-finite loss. The CLI prints its message as one ``Error:`` line and exits with

@@ -1,4 +1,4 @@
-"""Writing files so that a reader never sees half of one: the project's one atomic writer.
+"""Writing files so that a reader never sees half of one, and reading them back or failing in one line.
 
 Every file the project writes in place of another (JSON records, weights,
 models, indexes, pictures) goes through :func:`atomic_path`: the content is
@@ -7,14 +7,26 @@ target, and the directory entry is fsynced. An error or a kill at any point
 leaves the previous file (or none) and no temporary sibling behind from an
 error; a kill can leave one, which carries :data:`PARTIAL_PREFIX` and the
 writer's pid so it is recognisable and never read as the real file.
+
+Reading back: every file the project wrote and reads again (run configs,
+``done.json``, weights, logs, FAISS vectors, the index's SQLite, parity
+reports, learned-metric ``.npz`` files) is read through :func:`read_back` or
+inside :func:`reading`. A missing, empty, truncated or garbage file becomes one
+:class:`~aaa_keras.errors.DamagedFile` line, ``PATH: WHAT is damaged
+(REASON); REMEDY``, instead of the reader library's traceback.
 """
 
 from __future__ import annotations
 
 import contextlib
+import csv
 import json
 import os
 import secrets
+import sqlite3
+import zipfile
+
+from aaa_keras.errors import DamagedFile
 
 PARTIAL_PREFIX = "_partial_"
 
@@ -90,3 +102,49 @@ def json_text(payload, sort_keys: bool = False) -> str:
 
 def write_json_atomically(path: str, payload, sort_keys: bool = False) -> None:
     write_text_atomically(path, json_text(payload, sort_keys))
+
+
+# === Reading back ===
+
+# What the readers raise on a damaged file: h5py OSError, FAISS RuntimeError, json ValueError, np.load
+# EOFError / BadZipFile / ValueError, SQLite DatabaseError, csv.Error (a NUL byte), a record lacking a key (KeyError, TypeError)
+DAMAGE_ERRORS = (OSError, ValueError, RuntimeError, EOFError, KeyError, TypeError, zipfile.BadZipFile,
+                 sqlite3.DatabaseError, csv.Error)
+
+
+def _reason(error: BaseException) -> str:
+    """The gist of a reader's error in one short line (FAISS and HDF5 messages span lines)."""
+    text = " ".join(str(error).split()) or type(error).__name__
+    return text if len(text) <= 160 else text[:157] + "..."
+
+
+@contextlib.contextmanager
+def reading(path: str, what: str, remedy: str):
+    """Inside the block, a reader's error on ``path`` becomes one DamagedFile line (UserErrors pass)."""
+    try:
+        yield
+    except DAMAGE_ERRORS as error:
+        raise DamagedFile(f"{path}: {what} is damaged ({_reason(error)}); {remedy}") from None
+
+
+def read_back(path: str, read, what: str, remedy: str):
+    """``read(path)`` of a file the project wrote; missing, empty or unreadable -> one DamagedFile line."""
+    if not os.path.isfile(path):
+        raise DamagedFile(f"{path}: {what} is missing; {remedy}")
+    if os.path.getsize(path) == 0:
+        raise DamagedFile(f"{path}: {what} is empty (0 bytes); {remedy}")
+    with reading(path, what, remedy):
+        return read(path)
+
+
+def _load_json(path: str):
+    with open(path) as f:
+        return json.load(f)
+
+
+def read_json_back(path: str, what: str, remedy: str) -> dict:
+    """A JSON object the project wrote (:func:`read_back`); anything but an object is damage too."""
+    value = read_back(path, _load_json, what, remedy)
+    if not isinstance(value, dict):
+        raise DamagedFile(f"{path}: {what} is damaged (a JSON {type(value).__name__}, not an object); {remedy}")
+    return value

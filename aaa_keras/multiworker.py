@@ -23,6 +23,14 @@ Three things, following the TensorFlow multi-worker guide:
    backup; a worker's temporary dir starts with a copy of the chief's backup of
    the stage in progress, so after a restart every worker resumes at the
    chief's epoch (the workers must agree on it, or the collectives hang).
+
+The fix replaces two internals of Keras (``TensorFlowTrainer._maybe_symbolic_build``
+and the module function ``reduce_per_replica`` of
+``keras/src/backend/tensorflow/trainer.py``), written for :data:`PATCHED_KERAS`;
+``requirements.txt`` pins that version. :func:`check_patchable` refuses, in one
+line, another Keras version or a changed signature of either function, so a
+Keras upgrade fails loudly at the start of a multi-worker ``fit`` instead of
+training with a patch that no longer fits.
 """
 
 from __future__ import annotations
@@ -31,9 +39,40 @@ import os
 import shutil
 import tempfile
 
+from aaa_keras.errors import UserError
 from aaa_keras.run_lock import is_multiworker_chief
 
+PATCHED_KERAS = "3.15"  # the Keras minor version the patch was written for (requirements.txt: keras==3.15.*)
+# What the patched functions look like in that version: "name(signature)", from inspect.signature
+PATCHED_SIGNATURES = {
+    "TensorFlowTrainer._maybe_symbolic_build": "(self, iterator=None, data_batch=None)",
+    "reduce_per_replica": "(values, strategy, reduction)",
+}
+
 _patched = False
+
+
+def check_patchable(keras_version: str, trainer) -> None:
+    """Refuse (one line, UserError) a Keras whose version or patched functions differ from those
+    the patch was written for; ``trainer`` is ``keras.src.backend.tensorflow.trainer``."""
+    import inspect
+
+    fix = (f"install the Keras the patch was written for (pip install 'keras=={PATCHED_KERAS}.*', as "
+           "requirements.txt pins) or train with --distribute mirrored / none")
+    if not (keras_version == PATCHED_KERAS or keras_version.startswith(PATCHED_KERAS + ".")):
+        raise UserError(f"--distribute multiworker: Keras {keras_version} is installed, but "
+                        f"aaa_keras/multiworker.py patches internals of Keras {PATCHED_KERAS}; {fix}")
+    for name, expected in PATCHED_SIGNATURES.items():
+        owner, _, attribute = name.rpartition(".")
+        function = getattr(getattr(trainer, owner) if owner else trainer, attribute, None)
+        try:
+            found = str(inspect.signature(function)) if function is not None else "missing"
+        except (TypeError, ValueError):
+            found = "not inspectable"
+        if found != expected:
+            raise UserError(f"--distribute multiworker: keras.src.backend.tensorflow.trainer.{name} is "
+                            f"{found}, the patch in aaa_keras/multiworker.py expects {expected} (Keras "
+                            f"{PATCHED_KERAS}); {fix}")
 
 
 def patch_keras_symbolic_build() -> None:
@@ -41,9 +80,11 @@ def patch_keras_symbolic_build() -> None:
     global _patched
     if _patched:
         return
+    import keras
     import tensorflow as tf
     from keras.src.backend.tensorflow import trainer
 
+    check_patchable(keras.__version__, trainer)
     original = trainer.TensorFlowTrainer._maybe_symbolic_build
 
     def _maybe_symbolic_build(self, iterator=None, data_batch=None):

@@ -447,7 +447,7 @@ def plot_curves(out_path: str, logs, run_name: str) -> str:
     """Every metric of every stage's training log, one panel per metric, one band per stage.
 
     ``logs``: ``(stage, log, done)`` per stage (at least one), ``log`` a
-    non-empty ``{column: float array}`` as :func:`aaa_keras.visualize.read_log`
+    non-empty ``{column: float array}`` as :func:`aaa_keras.run_dir.read_log`
     reads a ``log.csv``, ``done`` False for a stage still training (marked
     so). Validation metrics (``val_x``) are dashed on the panel of ``x``.
     Returns ``out_path``.

@@ -16,13 +16,17 @@ building a model (``build_stage_parts``, ``load_trained``) imports it when calle
 
 from __future__ import annotations
 
+import csv
 import dataclasses
-import json
+import math
 import os
+
+import numpy as np
 
 from aaa_keras import config as config_lib
 from aaa_keras.config import STAGES, RunConfig
 from aaa_keras.errors import RunDirError, UserError
+from aaa_keras.files import read_back, read_json_back
 
 NETWORK_WEIGHTS = "network.weights.h5"
 ATTENTION_WEIGHTS = "attention.weights.h5"
@@ -68,8 +72,56 @@ def read_done(run_dir: str, stage: str) -> dict:
     path = stage_file(run_dir, stage, DONE_FILE)
     if not os.path.isfile(path):
         return {}
-    with open(path) as f:
-        return json.load(f)
+    return read_json_back(path, f"the record of the finished stage {stage}", rerun_stage(run_dir, stage))
+
+
+def rerun_stage(run_dir: str, stage: str) -> str:
+    """What to do about a damaged file of a finished stage, in words."""
+    return (f"re-run the stage: delete {stage_dir(run_dir, stage)} and run `python cli.py fit --stage {stage} "
+            f"--run-dir {run_dir}` (the same settings)")
+
+
+def read_log(path: str) -> dict[str, np.ndarray]:
+    """A Keras ``CSVLogger`` file as ``{column: float array}`` (NA -> NaN), one row per epoch.
+
+    Repeated header lines (a resumed run appending) are skipped and a repeated
+    epoch keeps its last row.
+    """
+    def read(path):
+        with open(path, newline="") as f:
+            return list(csv.reader(f))
+
+    if os.path.isfile(path) and os.path.getsize(path) == 0:
+        return {}  # a log of no finished epoch
+    rows = read_back(path, read, "the training log", "it is only read for curves and final metrics: delete it, or "
+                     "re-run the stage to write it again")
+    if not rows:
+        return {}
+    header = rows[0]
+    by_epoch: dict[float, list[float]] = {}
+    for row in rows[1:]:
+        if not row or row == header or len(row) != len(header):
+            continue
+        values = []
+        for text in row:
+            try:
+                values.append(float(text))
+            except ValueError:
+                values.append(math.nan)
+        epoch = values[header.index("epoch")] if "epoch" in header else float(len(by_epoch))
+        by_epoch[epoch] = values
+    table = np.array([by_epoch[e] for e in sorted(by_epoch)], np.float64).reshape(-1, len(header))
+    return {name: table[:, i] for i, name in enumerate(header)}
+
+
+def last_epoch_metrics(run_dir: str, stage: str) -> dict:
+    """The metrics of the last epoch in a stage's ``log.csv`` (``{}`` when it has none)."""
+    path = stage_file(run_dir, stage, LOG_FILE)
+    if not os.path.isfile(path):
+        return {}
+    # CSVLogger adds a val_ column (NA) per metric of a fit without validation data; History has none
+    return {name: float(values[-1]) for name, values in read_log(path).items()
+            if name != "epoch" and len(values) and not (name.startswith("val_") and math.isnan(values[-1]))}
 
 
 def required_stages(stage: str, mask: str = "attention") -> list[str]:
@@ -145,7 +197,12 @@ def build_stage_parts(config: RunConfig, seed_offset: int = 0):
 
 
 def load_stage_weights(parts, attention, run_dir: str, stage: str, with_attention: bool = True) -> None:
+    import h5py
+
     directory = stage_dir(run_dir, stage)
+    for name in (NETWORK_WEIGHTS, *([ATTENTION_WEIGHTS] if with_attention and stage != "baseline" else ())):
+        path = os.path.join(directory, name)  # damage is named as such, not as another configuration
+        read_back(path, lambda p: h5py.File(p, "r").close(), f"the {stage} weights file", rerun_stage(run_dir, stage))
     try:
         parts.network.load_weights(os.path.join(directory, NETWORK_WEIGHTS))
         if with_attention and stage != "baseline":

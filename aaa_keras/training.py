@@ -25,7 +25,7 @@ from aaa_keras.model.backbone import recompute_batchnorm
 from aaa_keras.model.stages import AdversarialModel, AttentionAssignmentModel, BaselineModel, NetworkLoss
 from aaa_keras.run_dir import (
     ATTENTION_WEIGHTS, BACKUP_DIR, DONE_FILE, LOG_FILE, NETWORK_WEIGHTS, TENSORBOARD_DIR,
-    build_stage_parts, check_finished_stages, load_stage_weights, required_stages, stage_dir,
+    build_stage_parts, check_finished_stages, last_epoch_metrics, load_stage_weights, required_stages, stage_dir,
     stage_is_done, stage_settings)
 
 
@@ -277,7 +277,9 @@ def train_stage(stage: str, config: RunConfig, dataset: ReidDataset, run_dir: st
             "stage": stage, "epochs": config.stage_epochs(stage), "steps_per_epoch": steps,
             "seconds": round(seconds, 1), "mask": config.mask,
             "settings": stage_settings(config, stage),
-            "final_metrics": {k: float(v[-1]) for k, v in history.history.items() if v},
+            "final_metrics": {k: float(v[-1]) for k, v in history.history.items() if v}
+            # no epoch ran: the backup restored them all (a rerun after a failed final save); log.csv has them
+            or last_epoch_metrics(run_dir, stage),
         }
         if precise_bn is not None:
             summary["precise_bn_variance_ratio"] = round(precise_bn, 4)

@@ -21,8 +21,6 @@ rule are :mod:`aaa_keras.evaluation.rank`'s.
 
 from __future__ import annotations
 
-import csv
-import math
 import os
 
 import numpy as np
@@ -30,7 +28,7 @@ import numpy as np
 from aaa_keras import plots
 from aaa_keras.errors import RunDirError, UserError
 from aaa_keras.plots import STAGE_NAMES
-from aaa_keras.run_dir import (LOG_FILE, load_trained, require_stage, stage_file, stage_is_done,
+from aaa_keras.run_dir import (LOG_FILE, load_trained, read_log, require_stage, stage_file, stage_is_done,
                                trained_stages)
 
 PICTURES_DIR = "pictures"
@@ -39,36 +37,6 @@ GRID_MAX_IMAGES = 4  # "a few images": the grid-occlusion picture shows at most 
 
 
 # === Training curves ===
-
-def read_log(path: str) -> dict[str, np.ndarray]:
-    """A Keras ``CSVLogger`` file as ``{column: float array}`` (NA -> NaN), one row per epoch.
-
-    Repeated header lines (a resumed run appending) are skipped and a repeated
-    epoch keeps its last row.
-    """
-    try:
-        with open(path, newline="") as f:
-            rows = list(csv.reader(f))
-    except OSError as error:
-        raise RunDirError(f"{path}: cannot read the training log ({error})") from None
-    if not rows:
-        return {}
-    header = rows[0]
-    by_epoch: dict[float, list[float]] = {}
-    for row in rows[1:]:
-        if not row or row == header or len(row) != len(header):
-            continue
-        values = []
-        for text in row:
-            try:
-                values.append(float(text))
-            except ValueError:
-                values.append(math.nan)
-        epoch = values[header.index("epoch")] if "epoch" in header else float(len(by_epoch))
-        by_epoch[epoch] = values
-    table = np.array([by_epoch[e] for e in sorted(by_epoch)], np.float64).reshape(-1, len(header))
-    return {name: table[:, i] for i, name in enumerate(header)}
-
 
 def _stage_logs(run_dir: str, stages=None) -> list[tuple[str, dict[str, np.ndarray]]]:
     from aaa_keras.config import STAGES

@@ -117,7 +117,7 @@ def test_load_rejects_other_kind_and_corrupt_file(problem, tmp_path):
     with pytest.raises(UserError, match="kissme"):
         XQDA.load(path)
     path.write_bytes(b"not a zip file")
-    with pytest.raises(UserError, match="Cannot read"):
+    with pytest.raises(UserError, match="the fitted kissme model is damaged"):
         KISSME.load(path)
 
 

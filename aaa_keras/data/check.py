@@ -157,15 +157,19 @@ MAX_NAMED_BAD = 10  # bad files named in one error before "and N more"
 
 def bad_images_message(errors: dict[str, str], purpose: str = "fit") -> str:
     """One line naming the bad files (up to :data:`MAX_NAMED_BAD`) and what to do."""
-    named = [f"{path} ({reason})" for path, reason in sorted(errors.items())[:MAX_NAMED_BAD]]
-    more = f", and {len(errors) - MAX_NAMED_BAD} more" if len(errors) > MAX_NAMED_BAD else ""
     count = f"{len(errors)} images do not" if len(errors) > 1 else "1 image does not"
     fix = "replace or delete them" if len(errors) > 1 else "replace or delete it"
     if purpose != "check":
         fix += ", or pass --skip-bad-images to leave them out of this run"
     pipeline = "training" if purpose == "fit" else "input"
-    return (f"{count} decode with TensorFlow's decoder (the one the {pipeline} pipeline uses): "
-            f"{', '.join(named)}{more}; {fix}")
+    return f"{count} decode with TensorFlow's decoder (the one the {pipeline} pipeline uses): {named_bad_images(errors)}; {fix}"
+
+
+def named_bad_images(errors: dict[str, str]) -> str:
+    """``"PATH (reason), ..."``, up to :data:`MAX_NAMED_BAD`, then ``", and N more"``."""
+    named = [f"{path} ({reason})" for path, reason in sorted(errors.items())[:MAX_NAMED_BAD]]
+    more = f", and {len(errors) - MAX_NAMED_BAD} more" if len(errors) > MAX_NAMED_BAD else ""
+    return ", ".join(named) + more
 
 
 def _load_cache(path: str, decoder: str) -> dict:

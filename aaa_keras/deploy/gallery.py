@@ -47,8 +47,8 @@ import sqlite3
 
 import numpy as np
 
-from aaa_keras.errors import UserError
-from aaa_keras.files import PARTIAL_PREFIX, atomic_path, is_partial
+from aaa_keras.errors import DamagedFile, UserError
+from aaa_keras.files import PARTIAL_PREFIX, atomic_path, is_partial, read_back, reading
 from aaa_keras.vocabulary import INDEX_TYPES
 
 INDEX_FORMAT = "aaa_keras-gallery-v2"
@@ -189,12 +189,15 @@ class GalleryIndex:
             raise UserError(f"{label} {directory}: not an index directory (no {META_FILE}){hint}; make one "
                             "with `python cli.py index --model PATH --gallery DIR --out INDEX_DIR`")
         self._meta_path = meta_path
-        try:
+        self.info = {}
+        if os.path.getsize(meta_path) == 0:
+            read_back(meta_path, None, "the index's metadata (SQLite)", self.remedy())  # the one line for empty
+        with self._reading_meta():
             connection = _connect(meta_path)
-            info = dict(connection.execute("SELECT key, value FROM meta").fetchall())
-            connection.close()
-        except sqlite3.DatabaseError as error:
-            raise UserError(f"{label} {directory}: {META_FILE} is not a readable index database ({error})") from None
+            try:
+                info = dict(connection.execute("SELECT key, value FROM meta").fetchall())
+            finally:
+                connection.close()
         if info.get("format") != INDEX_FORMAT:
             raise UserError(f"{label} {directory}: format {info.get('format')!r}, expected {INDEX_FORMAT!r}")
         self.info = info
@@ -202,6 +205,18 @@ class GalleryIndex:
         self.index_type = info["index_type"]
         self._index = None
         self._generation = None
+
+    def remedy(self) -> str:
+        """What to do about a damaged index, in words."""
+        model = self.info.get("model_path") or "MODEL"
+        return (f"rebuild the index: `python cli.py index --model {model} --gallery GALLERY_DIR --out NEW_DIR` "
+                "(`python cli.py index --verify --out DIR` checks an index)")
+
+    def _reading_meta(self):
+        return reading(self._meta_path, "the index's metadata (SQLite)", self.remedy())
+
+    def _read_vectors(self, path: str):
+        return read_back(path, _faiss().read_index, "the index's vectors (FAISS)", self.remedy())
 
     # === Creating ===
 
@@ -249,25 +264,41 @@ class GalleryIndex:
         """The live FAISS index, loaded under a read transaction; checks rows == vectors."""
         if self._index is not None:
             return self._index
-        faiss = _faiss()
-        connection = _connect(self._meta_path)
+        with self._reading_meta():
+            connection = _connect(self._meta_path)
         try:
-            connection.execute("BEGIN")  # a shared lock: no append can commit (and delete this file) meanwhile
-            generation, ntotal = _state(connection)
-            rows = connection.execute("SELECT COUNT(*) FROM images").fetchone()[0]
+            with self._reading_meta():
+                connection.execute("BEGIN")  # a shared lock: no append can commit (and delete this file) meanwhile
+                generation, ntotal = _state(connection)
+                rows = connection.execute("SELECT COUNT(*) FROM images").fetchone()[0]
             path = _vectors_path(self.directory, generation)
-            if not os.path.isfile(path):
-                raise UserError(f"{self.label} {self.directory}: the vectors file {os.path.basename(path)} named "
-                                f"in {META_FILE} is missing")
-            index = faiss.read_index(path)
+            index = self._read_vectors(path)  # missing, empty or damaged -> one line
             connection.execute("COMMIT")
         finally:
             connection.close()
         if not rows == ntotal == index.ntotal:
-            raise UserError(f"{self.label} {self.directory}: inconsistent index: {rows} rows in {META_FILE}, "
-                            f"{ntotal} recorded, {index.ntotal} vectors in {os.path.basename(path)}")
+            raise DamagedFile(f"{self.label} {self.directory}: inconsistent index: {rows} rows in {META_FILE}, "
+                              f"{ntotal} recorded, {index.ntotal} vectors in {os.path.basename(path)}; "
+                              + self.remedy())
         self._index, self._generation = index, generation
         return index
+
+    def check_files(self) -> dict:
+        """Read every file of the index (SQLite's ``quick_check``, the live vectors, rows = vectors), or one
+        DamagedFile line. Returns ``{"size", "vectors_file", "paths"}`` (the indexed image paths)."""
+        with self._reading_meta():
+            connection = _connect(self._meta_path)
+            try:
+                problems = [row[0] for row in connection.execute("PRAGMA quick_check")]
+                paths = [row[0] for row in connection.execute("SELECT path FROM images")]
+            finally:
+                connection.close()
+        if problems != ["ok"]:
+            raise DamagedFile(f"{self._meta_path}: the index's metadata (SQLite) is damaged "
+                              f"({'; '.join(problems[:3])}); {self.remedy()}")
+        size = self.size
+        return {"size": size, "vectors_file": os.path.basename(_vectors_path(self.directory, self._generation)),
+                "paths": paths}
 
     @property
     def size(self) -> int:
@@ -291,26 +322,28 @@ class GalleryIndex:
         ids = [int(i) for i in ids]
         if not ids:
             return []
-        connection = _connect(self._meta_path)
-        try:
-            found = {}
-            for start in range(0, len(ids), 500):
-                chunk = ids[start:start + 500]
-                cursor = connection.execute(
-                    f"SELECT id, path, file, gallery_dir, pid, camid, time, added, generation FROM images "
-                    f"WHERE id IN ({','.join('?' * len(chunk))})", chunk)
-                for row in cursor:
-                    found[row[0]] = dict(zip(("id", *ROW_FIELDS, "added", "generation"), row))
-        finally:
-            connection.close()
-        return [found[i] for i in ids]
+        found = {}
+        with self._reading_meta():  # a row missing (KeyError) is damage too
+            connection = _connect(self._meta_path)
+            try:
+                for start in range(0, len(ids), 500):
+                    chunk = ids[start:start + 500]
+                    cursor = connection.execute(
+                        f"SELECT id, path, file, gallery_dir, pid, camid, time, added, generation FROM images "
+                        f"WHERE id IN ({','.join('?' * len(chunk))})", chunk)
+                    for row in cursor:
+                        found[row[0]] = dict(zip(("id", *ROW_FIELDS, "added", "generation"), row))
+            finally:
+                connection.close()
+            return [found[i] for i in ids]
 
     def indexed_paths(self) -> set[str]:
-        connection = _connect(self._meta_path)
-        try:
-            return {row[0] for row in connection.execute("SELECT path FROM images")}
-        finally:
-            connection.close()
+        with self._reading_meta():
+            connection = _connect(self._meta_path)
+            try:
+                return {row[0] for row in connection.execute("SELECT path FROM images")}
+            finally:
+                connection.close()
 
     def vectors(self, ids) -> np.ndarray:
         """Stored vectors of row ids (exact index: the embeddings; ivf-pq: their PQ reconstruction)."""
@@ -340,10 +373,10 @@ class GalleryIndex:
             if not keep:
                 connection.rollback()
                 return 0
-            index = faiss.read_index(_vectors_path(self.directory, generation))
+            index = self._read_vectors(_vectors_path(self.directory, generation))
             if index.ntotal != ntotal:
-                raise UserError(f"{self.label} {self.directory}: inconsistent index: {ntotal} rows recorded, "
-                                f"{index.ntotal} vectors")
+                raise DamagedFile(f"{self.label} {self.directory}: inconsistent index: {ntotal} rows recorded, "
+                                  f"{index.ntotal} vectors; {self.remedy()}")
             index.add(embeddings[keep])
             new_path = _vectors_path(self.directory, generation + 1)
             _write_vectors(index, new_path)

@@ -73,20 +73,28 @@ def _rows(gallery_dir: str, files: list[str]) -> list[dict]:
 
 def build_index(model_path: str, gallery_dir: str, out_path: str, batch_size: int = 32, log=print,
                 append: bool = False, index_type: str = "exact", nlist: int | None = None,
-                pq_m: int | None = None, nprobe: int = gallery_lib.DEFAULT_NPROBE) -> dict:
+                pq_m: int | None = None, nprobe: int = gallery_lib.DEFAULT_NPROBE,
+                skip_bad_images: bool = False) -> dict:
     """Embed the images under ``gallery_dir`` with an exported model into the index directory ``out_path``.
 
     A new index (``out_path`` must not exist) holds every image; with
     ``append`` the index must exist and only images not yet in it (by
     absolute path) are embedded and added. ``index_type`` ``exact`` or
     ``ivf-pq`` (with ``nlist``, ``pq_m``; ``nprobe`` is the stored default
-    for ``search``) applies to a new index.
+    for ``search``) applies to a new index. Every image to embed is decoded
+    once first (the pipeline's decoder, ``data.check.decode_files``): a file
+    that does not decode stops the build before any embedding, named with
+    every other bad one; with ``skip_bad_images`` they are left out, named in
+    one summary line (an ``--append`` later tries them again).
 
     Returns ``{"path", "num_images", "num_added", "num_skipped", "embedding_dim",
     "num_named", "model_path", "model_kind", "index_type"}``.
     """
     from aaa_keras.deploy.runtime import embed_files, load_exported
 
+    if not model_path or not gallery_dir:
+        raise UserError("index: --model and --gallery are required to build or append to an index "
+                        "(only --verify goes without them)")
     if batch_size < 1:
         raise UserError(f"--batch-size: expected a positive integer, got {batch_size}")
     if str(out_path).endswith(".npz"):
@@ -110,6 +118,7 @@ def build_index(model_path: str, gallery_dir: str, out_path: str, batch_size: in
         present = index.indexed_paths()
         rows = [row for row in rows if row["path"] not in present]
         skipped = len(files) - len(rows)
+    rows = _drop_bad_images(rows, gallery_dir, skip_bad_images, log)
     log(f"{'Appending to' if append else 'Indexing'} {out_path}: {len(rows)} images of {gallery_dir}"
         f"{f' ({skipped} already indexed, not re-embedded)' if skipped else ''} with {model.kind} {model_path} "
         f"({model.image_size[0]}x{model.image_size[1]} -> {model.embedding_dim}-d)")
@@ -130,6 +139,69 @@ def build_index(model_path: str, gallery_dir: str, out_path: str, batch_size: in
     return {"path": out_path, "num_images": index.size, "num_added": added, "num_skipped": skipped,
             "embedding_dim": model.embedding_dim, "num_named": num_named, "model_path": model_path,
             "model_kind": model.kind, "index_type": index.index_type}
+
+
+def _drop_bad_images(rows: list[dict], gallery_dir: str, skip_bad_images: bool, log) -> list[dict]:
+    """``rows`` whose image decodes; the others refused (DatasetError) or, when skipping, named and left out."""
+    from aaa_keras.data.check import bad_images_message, decode_files, named_bad_images
+
+    _, errors = decode_files([row["path"] for row in rows])
+    if not errors:
+        return rows
+    if not skip_bad_images:
+        raise DatasetError(f"--gallery {gallery_dir}: " + bad_images_message(errors, "index")
+                           + "; nothing was indexed")
+    log(f"--skip-bad-images: left out {len(errors)} image{'s' if len(errors) > 1 else ''} of {gallery_dir} "
+        f"that did not decode: {named_bad_images(errors)}")
+    return [row for row in rows if row["path"] not in errors]
+
+
+def parity_report_path(model_path: str) -> str:
+    """Where ``export`` put the parity report of an exported model (SavedModel: assets.extra/)."""
+    from aaa_keras.deploy.saved_model import is_saved_model_dir
+
+    if is_saved_model_dir(model_path):
+        return os.path.join(model_path, "assets.extra", "parity.json")
+    return os.path.join(model_path if os.path.isdir(model_path) else os.path.dirname(model_path), "parity.json")
+
+
+def verify_index(index_path: str, model_path: str | None = None, log=print) -> dict:
+    """``index --verify``: every file of the index readable, rows = vectors, the model present and consistent.
+
+    Checks ``meta.sqlite`` (SQLite's ``quick_check``), the live
+    ``vectors.G.faiss`` (loaded; its size equals the rows and the recorded
+    count), the model named in the index (or ``model_path``): present, loadable,
+    of the index's embedding size and embedding indexed images as stored
+    (exact indexes), and its ``parity.json`` readable. Any failure is one
+    UserError line (:class:`~aaa_keras.errors.DamagedFile` for a damaged file);
+    returns ``{"path", "num_images", "model_path", "missing_images"}``.
+    """
+    from aaa_keras.deploy.runtime import load_exported
+    from aaa_keras.files import read_json_back
+
+    if not os.path.exists(index_path):
+        raise UserError(f"--out {index_path}: no such index to verify")
+    index = gallery_lib.GalleryIndex(index_path, "--out")
+    checked = index.check_files()  # one line for a damaged file or rows != vectors
+    size = checked["size"]
+    log(f"{index_path}: {gallery_lib.META_FILE} and {checked['vectors_file']} readable; {size} rows = {size} "
+        f"vectors ({index.index_type}, {index.dim}-d)")
+    named = index.info.get("model_path")
+    model_path = model_path or named
+    if not model_path or not os.path.exists(model_path):
+        raise UserError(f"--out {index_path}: the model the index was made with ({model_path}) is not there; "
+                        "give it with --model, or rebuild the index with the model you have")
+    model = load_exported(model_path)
+    _check_same_model(index, model, index_path, model_path, "--out")
+    report = parity_report_path(model_path)
+    if os.path.exists(report):
+        read_json_back(report, "the model's parity report", "export the model again (`python cli.py export`)")
+    missing = sum(not os.path.isfile(path) for path in checked["paths"])
+    log(f"Model {model_path} ({model.kind}) present and consistent with the index"
+        + (f"; its {os.path.basename(report)} readable" if os.path.exists(report) else "")
+        + (f"; {missing} indexed image files no longer exist (their rows still answer searches)" if missing else ""))
+    log(f"Verified {index_path}")
+    return {"path": index_path, "num_images": size, "model_path": model_path, "missing_images": missing}
 
 
 def load_index(index_path: str) -> gallery_lib.GalleryIndex:

@@ -47,7 +47,7 @@ import scipy.sparse as sp
 from aaa_keras.errors import UserError
 from aaa_keras.evaluation.distance import as_feature_matrix
 from aaa_keras.evaluation.rank import _check_positive_int
-from aaa_keras.files import atomic_path
+from aaa_keras.files import atomic_path, read_back
 
 # Query rows per block when a distance matrix is assembled.
 _DISTANCE_BLOCK_ROWS = 1024
@@ -180,7 +180,8 @@ class QuadraticMetric(abc.ABC):
     def load(cls, path):
         """Read a model written by ``save``; raise UserError if it is another kind or corrupt."""
         path = os.fspath(path)
-        try:
+
+        def read(path):
             with np.load(path, allow_pickle=False) as stored:
                 kind = str(stored["kind"])
                 if kind != cls.kind:
@@ -190,12 +191,10 @@ class QuadraticMetric(abc.ABC):
                 model.projection = stored["projection"]
                 model.kernel = stored["kernel"]
                 model.fingerprint = str(stored["fingerprint"])
-        except (OSError, KeyError, ValueError) as error:
-            raise UserError(
-                f"Cannot read the {cls.kind} model file {path}: {error}. "
-                "Delete it to fit the model again."
-            ) from error
-        return model
+            return model
+
+        return read_back(path, read, f"the fitted {cls.kind} model", "delete it; the next evaluation fits the "
+                         "model again")
 
     def _config(self) -> dict:
         return {"pca_dim": int(self.pca_dim), "ridge": float(self.ridge)}

@@ -47,3 +47,26 @@ def succeeded(result):
 def data_copy(tiny_data, tmp_path):
     """A private copy of the tiny dataset that a test may damage."""
     return shutil.copytree(tiny_data, tmp_path / "data")
+
+
+def damage(path, kind):
+    """Damage a file as a disk or a copy does: ``truncate`` (half of it), ``empty`` or ``garbage`` bytes."""
+    data = open(path, "rb").read()
+    with open(path, "wb") as f:
+        f.write({"truncate": data[: len(data) // 2], "empty": b"",
+                 "garbage": bytes(range(256)) * (len(data) // 256 + 1)}[kind])
+
+
+DAMAGES = ("truncate", "empty", "garbage")
+
+
+@pytest.fixture(scope="session")
+def trained(tiny_data, tmp_path_factory):
+    """A tiny baseline trained, evaluated with XQDA (its .npz) and exported as a SavedModel, all through
+    the CLI (shared: copy before damaging)."""
+    root = tmp_path_factory.mktemp("trained")
+    run_dir, models = root / "run", root / "models"
+    succeeded(cli("fit", "--stage", "baseline", "--data", tiny_data, "--run-dir", run_dir, *TINY, "--no-evaluate"))
+    succeeded(cli("evaluate", "--run-dir", run_dir, "--metric", "xqda"))
+    succeeded(cli("export", "--run-dir", run_dir, "--out", models, "--format", "saved_model"))
+    return {"run_dir": run_dir, "model": models / "aaa_net" / "1"}

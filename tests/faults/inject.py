@@ -8,6 +8,7 @@ Faults (test-only; nothing in the package reads them):
   really fills up during the stage (the write guards must catch it).
 - ``enospc:FILE`` -- writing a file named FILE raises ``OSError(ENOSPC)``.
 - ``free-bytes:N`` -- the disk of the run dir reports N free bytes.
+- ``keras-version:V`` -- ``keras.__version__`` reads V (another Keras than the multi-worker patch's).
 """
 
 import errno
@@ -81,6 +82,10 @@ def main():
 
         usage = collections.namedtuple("usage", "total used free")
         shutil.disk_usage = lambda path: usage(10 * int(spec), 9 * int(spec), int(spec))
+    elif kind == "keras-version":
+        import keras
+
+        keras.__version__ = spec
     else:
         raise SystemExit(f"unknown fault {fault!r}")
     from cli import cli

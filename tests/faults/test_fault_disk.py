@@ -1,7 +1,10 @@
 """A full or read-only disk: one line, exit 1, never a segfault; earlier stages' files intact."""
 
 import contextlib
+import csv
 import hashlib
+import json
+import math
 import os
 import subprocess
 
@@ -46,6 +49,16 @@ def test_write_error_at_the_final_save_keeps_earlier_stages_and_the_backup(tiny_
     assert digest(run_dir / "baseline") == baseline
     assert os.path.isfile(attention / "attention.weights.h5") and os.path.isfile(attention / "done.json")
     assert not os.path.exists(attention / "backup")  # removed once the stage is saved
+    # the rerun trained no epoch (all restored from the backup): done.json has the last epoch's metrics
+    final = json.loads((attention / "done.json").read_text())["final_metrics"]
+    with open(attention / "log.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == 1 and final, final  # one epoch, logged once, by the first run
+    # as History has them: CSVLogger's val_ columns of a fit without validation data (NA) are not metrics
+    logged = {name: value for name, value in rows[-1].items() if name != "epoch" and value != "NA"}
+    assert set(final) == set(logged) and "loss" in final, (final, logged)
+    for name, value in logged.items():
+        assert (math.isnan(final[name]) if value == "nan" else final[name] == float(value)), (name, final, logged)
 
 
 def test_free_space_is_checked_before_a_stage(tiny_data, tmp_path):
