@@ -27,7 +27,13 @@ def test_index_verify_passes_on_a_sound_index(trained, gallery_index):
     assert "43 rows = 43 vectors" in output and "present and consistent" in output and "parity.json readable" in output
 
 
-@pytest.mark.parametrize("kind", DAMAGES)
+def _slow_unless(kind, default_kind):
+    """Each CLI call costs a TensorFlow start-up: the default suite damages each file one way (the
+    three ways spread over the files), `-m slow` every way."""
+    return pytest.param(kind, marks=() if kind == default_kind else pytest.mark.slow)
+
+
+@pytest.mark.parametrize("kind", [_slow_unless(kind, "truncate") for kind in DAMAGES])
 def test_a_damaged_index_is_one_line_in_search_and_verify(kind, trained, gallery_index, tiny_data, tmp_path):
     vectors_damaged, meta_damaged = tmp_path / "v", tmp_path / "m"
     shutil.copytree(gallery_index, vectors_damaged)
@@ -67,8 +73,13 @@ RUN_FILES = {
 }
 
 
-@pytest.mark.parametrize("kind", DAMAGES)
-@pytest.mark.parametrize("which", RUN_FILES)
+# the damage each file gets in the default suite (every damage runs with -m slow)
+DEFAULT_DAMAGE = {"config": "garbage", "done": "empty", "weights": "truncate", "log": "garbage", "xqda": "empty"}
+
+
+@pytest.mark.parametrize("which,kind", [
+    pytest.param(which, kind, marks=() if DEFAULT_DAMAGE[which] == kind else pytest.mark.slow)
+    for which in RUN_FILES for kind in DAMAGES])
 def test_a_damaged_run_file_is_one_line_naming_it_and_what_to_do(which, kind, trained, tiny_data, tmp_path):
     pattern, command, what, remedy = RUN_FILES[which]
     run_dir = tmp_path / "run"
