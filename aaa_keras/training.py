@@ -11,7 +11,7 @@ import numpy as np
 import tensorflow as tf
 
 from aaa_keras import config as config_lib
-from aaa_keras import guard, multiworker
+from aaa_keras import guard, multiworker, preemption
 from aaa_keras.config import STAGES, RunConfig
 from aaa_keras.data.check import verify_images
 from aaa_keras.data.names import SPLITS, ReidDataset, dataset_fingerprint, load_dataset
@@ -219,11 +219,13 @@ def _steps_per_epoch(config: RunConfig, num_images: int, labels=None, stage: str
 
 
 def train_stage(stage: str, config: RunConfig, dataset: ReidDataset, run_dir: str, log=print,
-                callbacks=(), strategy: tf.distribute.Strategy | None = None) -> dict:
+                callbacks=(), strategy: tf.distribute.Strategy | None = None,
+                watcher: preemption.Watcher | None = None) -> dict:
     """Train one stage to completion (resuming a backup if one exists); returns its summary.
 
     ``callbacks`` are added after the run's own (BackupAndRestore, CSVLogger,
-    TensorBoard).
+    TensorBoard). ``watcher`` (``preemption.watch``): SIGTERM saves the backup
+    at the next step and exits 143; a backup saved mid-epoch resumes at that step.
     """
     directory = stage_dir(run_dir, stage)
     os.makedirs(directory, exist_ok=True)
@@ -251,11 +253,17 @@ def train_stage(stage: str, config: RunConfig, dataset: ReidDataset, run_dir: st
         log(f"Stage {stage}: {len(model.trainable_variables)} trainable variables, "
             f"{steps} steps x {config.stage_epochs(stage)} epochs, {batch}")
         diagnostics = diagnostics_callback(stage, config, dataset, log)
+        backup_dir = os.path.join(directory, BACKUP_DIR)
+        resume_epoch, resume_step = preemption.saved_position(backup_dir)
+        if resume_step:
+            log(f"Stage {stage}: resuming at epoch {resume_epoch + 1} step {resume_step} of {steps} "
+                f"(saved when asked to stop)")
         callbacks = [
             *([diagnostics] if diagnostics else []),  # first: the loggers below record its values
             # double_checkpoint: a kill -9 while the backup is written leaves a corrupt file; Keras then
             # restores the previous epoch's copy instead of failing the rerun
-            keras.callbacks.BackupAndRestore(os.path.join(directory, BACKUP_DIR), double_checkpoint=True),
+            keras.callbacks.BackupAndRestore(backup_dir, double_checkpoint=True),
+            *([watcher.callback(stage, backup_dir, steps, resume_step)] if watcher else []),
             keras.callbacks.CSVLogger(os.path.join(directory, LOG_FILE), append=True),
             keras.callbacks.TensorBoard(os.path.join(directory, TENSORBOARD_DIR), write_graph=False),
             *callbacks,
@@ -264,9 +272,8 @@ def train_stage(stage: str, config: RunConfig, dataset: ReidDataset, run_dir: st
         guard.keep_backup_until_saved(callbacks)  # removed below, once the weights are saved
         started = time.time()
         with guard.guarded_training(run_dir, stage, directory):  # NaN loss, full disk -> one line
-            history = model.fit(data, epochs=config.stage_epochs(stage), steps_per_epoch=steps, shuffle=False,
-                                callbacks=[*callbacks, guard.StopOnNonFiniteLoss(stage)],
-                                verbose=config_verbosity())
+            history = _fit_from(model, data, config.stage_epochs(stage), steps, resume_epoch, resume_step,
+                                callbacks=[*callbacks, guard.StopOnNonFiniteLoss(stage)])
         precise_bn = _precise_batchnorm(stage, config, model, data, log)
         seconds = time.time() - started
 
@@ -277,7 +284,8 @@ def train_stage(stage: str, config: RunConfig, dataset: ReidDataset, run_dir: st
             "stage": stage, "epochs": config.stage_epochs(stage), "steps_per_epoch": steps,
             "seconds": round(seconds, 1), "mask": config.mask,
             "settings": stage_settings(config, stage),
-            "final_metrics": {k: float(v[-1]) for k, v in history.history.items() if v}
+            "optimizer_steps": int(model.optimizer.iterations.numpy()),  # epochs x steps, also after a resume
+            "final_metrics": {k: float(v[-1]) for k, v in history.items() if v}
             # no epoch ran: the backup restored them all (a rerun after a failed final save); log.csv has them
             or last_epoch_metrics(run_dir, stage),
         }
@@ -288,6 +296,26 @@ def train_stage(stage: str, config: RunConfig, dataset: ReidDataset, run_dir: st
                            os.path.join(directory, DONE_FILE), run_dir, stage)
         guard.remove_backup(directory)
         return summary
+
+
+def _fit_from(model, data, epochs: int, steps: int, resume_epoch: int, resume_step: int, callbacks) -> dict:
+    """``model.fit`` over ``epochs``, starting ``resume_step`` steps into epoch ``resume_epoch`` (a backup
+    saved at SIGTERM): that epoch's remaining steps, then the rest; returns the merged history.
+
+    Keras' fit has no initial step, hence a first fit of one short epoch. BackupAndRestore
+    restores the weights and optimizer (its step counter too) and the epoch; the data
+    stream starts again from its beginning, as on an epoch resume.
+    """
+    fits = [dict(initial_epoch=resume_epoch, epochs=resume_epoch + 1, steps_per_epoch=steps - resume_step)] \
+        if 0 < resume_step < steps else []
+    if not fits or resume_epoch + 1 < epochs:
+        fits.append(dict(epochs=epochs, steps_per_epoch=steps))
+    merged = {}
+    for arguments in fits:
+        history = model.fit(data, shuffle=False, callbacks=callbacks, verbose=config_verbosity(), **arguments)
+        for name, values in history.history.items():
+            merged.setdefault(name, []).extend(values)
+    return merged
 
 
 def _precise_batchnorm(stage: str, config: RunConfig, model, data, log) -> float | None:
@@ -328,14 +356,15 @@ def fit(stage: str, config: RunConfig, run_dir: str, log=print, callbacks=(),
     shared_run_dir = run_dir
     run_dir, temporary = multiworker.worker_run_dir(run_dir, strategy, log)  # only the chief writes RUN
     try:
-        return _fit_plan(stage, plan, config, run_dir, log, callbacks, skip_bad_images, strategy)
+        with preemption.watch(strategy, log) as watcher:  # SIGTERM: save at the next step, exit 143
+            return _fit_plan(stage, plan, config, run_dir, log, callbacks, skip_bad_images, strategy, watcher)
     finally:
         if temporary:
             multiworker.remove_worker_dir(run_dir)
             log(f"Worker done; the trained stages are in {shared_run_dir} (written by the chief)")
 
 
-def _fit_plan(stage, plan, config, run_dir, log, callbacks, skip_bad_images, strategy) -> list[str]:
+def _fit_plan(stage, plan, config, run_dir, log, callbacks, skip_bad_images, strategy, watcher) -> list[str]:
     config, dataset = start_run(config, run_dir, log, plan, skip_bad_images)
     log("Run configuration:\n" + config.summary())
     log(f"Data: {dataset.root}: {len(dataset.train_identities())} training images of "
@@ -348,7 +377,7 @@ def _fit_plan(stage, plan, config, run_dir, log, callbacks, skip_bad_images, str
             continue
         if step != stage:
             log(f"Stage {stage} needs stage {step} first: training {step} now")
-        summary = train_stage(step, config, dataset, run_dir, log, callbacks, strategy)
+        summary = train_stage(step, config, dataset, run_dir, log, callbacks, strategy, watcher)
         log(f"Stage {step}: done in {summary['seconds']:.0f} s -> {stage_dir(run_dir, step)}")
         trained.append(step)
     return trained

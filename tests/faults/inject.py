@@ -9,6 +9,8 @@ Faults (test-only; nothing in the package reads them):
 - ``enospc:FILE`` -- writing a file named FILE raises ``OSError(ENOSPC)``.
 - ``free-bytes:N`` -- the disk of the run dir reports N free bytes.
 - ``keras-version:V`` -- ``keras.__version__`` reads V (another Keras than the multi-worker patch's).
+- ``steps:SECONDS`` -- after every training step print ``step STAGE EPOCH STEP`` (1-based) and sleep
+  SECONDS, so a test can send SIGTERM at a known step.
 """
 
 import errno
@@ -50,6 +52,33 @@ def nan_at(stage, epoch, step):
     training.train_stage = train_stage
 
 
+def announce_steps(seconds):
+    import time
+
+    import keras
+
+    from aaa_keras import training
+
+    class Announce(keras.callbacks.Callback):
+        def __init__(self, stage):
+            super().__init__()
+            self.stage, self.epoch = stage, 0
+
+        def on_epoch_begin(self, epoch, logs=None):
+            self.epoch = epoch
+
+        def on_train_batch_end(self, batch, logs=None):
+            print(f"step {self.stage} {self.epoch + 1} {batch + 1}", flush=True)
+            time.sleep(seconds)
+
+    real_train_stage = training.train_stage
+
+    def train_stage(name, config, dataset, run_dir, log=print, callbacks=(), *args, **kwargs):
+        return real_train_stage(name, config, dataset, run_dir, log, [*callbacks, Announce(name)], *args, **kwargs)
+
+    training.train_stage = train_stage
+
+
 def enospc_on(name):
     import keras
 
@@ -82,6 +111,8 @@ def main():
 
         usage = collections.namedtuple("usage", "total used free")
         shutil.disk_usage = lambda path: usage(10 * int(spec), 9 * int(spec), int(spec))
+    elif kind == "steps":
+        announce_steps(float(spec))
     elif kind == "keras-version":
         import keras
 
