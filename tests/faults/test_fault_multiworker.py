@@ -79,3 +79,38 @@ def test_a_killed_worker_resumes_from_the_chiefs_backup(tiny_data, tmp_path):
         epochs = [int(row["epoch"]) for row in csv.DictReader(f)]
     assert epochs == [0, 1, 2]  # every epoch trained once, none repeated or lost
     assert os.path.isfile(run_dir / "baseline" / "done.json")
+
+
+def test_sigterm_to_one_worker_saves_on_both_and_the_job_resumes_at_that_step(tiny_data, tmp_path):
+    """A preempted worker (SIGTERM to worker 1, not the chief): PreemptionCheckpointHandler agrees on a step
+    through the coordination service, both save there, say so and exit 143; the restarted job resumes at it."""
+    from test_fault_preemption import SAVED, STEPS
+
+    run_dir = tmp_path / "run"
+    args = ["fit", "--stage", "baseline", "--distribute", "multiworker", "--data", tiny_data,
+            "--run-dir", run_dir, *TINY, "--epochs", "2", "--steps-per-epoch", STEPS, "--no-evaluate"]
+    cluster = {"worker": [f"localhost:{port}" for port in free_ports(2)]}
+    workers = [cli(*args, fault="steps:0.3", background=True,
+                   env={"TF_CONFIG": json.dumps({"cluster": cluster, "task": {"type": "worker", "index": i}})})
+               for i in range(2)]
+    for line in workers[1].stdout:
+        if line.strip() == "step baseline 2 1":
+            workers[1].send_signal(signal.SIGTERM)
+            break
+    positions = []
+    for code, output in finish(workers):
+        assert code == 143 and "Traceback" not in output, f"exit {code}\n{output[-4000:]}"
+        saved = [SAVED.search(line) for line in output.splitlines() if "asked to stop" in line]
+        assert len(saved) == 1 and saved[0], output[-4000:]
+        positions.append(saved[0].group(2, 3))
+    assert positions[0] == positions[1] and positions[0][0] == "2", positions  # one agreed step
+    step = positions[0][1]
+    assert json.loads((run_dir / "baseline" / "backup" / "training_metadata.json").read_text())["steps_done"] == int(step)
+
+    workers = start_workers(*args)
+    for code, output in finish(workers):
+        assert code == 0 and "Traceback" not in output, output[-4000:]
+        assert f"Stage baseline: resuming at epoch 2 step {step} of {STEPS}" in output, output[-4000:]
+    assert json.loads((run_dir / "baseline" / "done.json").read_text())["optimizer_steps"] == 2 * STEPS
+    with open(run_dir / "baseline" / "log.csv") as f:
+        assert [int(row["epoch"]) for row in csv.DictReader(f)] == [0, 1]
