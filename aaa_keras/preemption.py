@@ -15,8 +15,9 @@ The backup's ``training_metadata.json`` gets ``steps_done``: ``training._fit_fro
 resumes epoch ``epoch`` after that many steps (Keras' own ``BackupAndRestore``
 reads back only the epoch). Writes are atomic: the new weights are complete in
 a temporary sibling before the previous pair is copied to ``*.bkp`` (Keras'
-``double_checkpoint`` fallback) and renamed over it; the handler takes SIGTERM
-itself, so a second SIGTERM during the save does not interrupt it.
+``double_checkpoint`` fallback) and renamed over it; inside :func:`watch` SIGTERM
+only sets a flag, so a second SIGTERM during the save does not interrupt it,
+and a SIGKILL at the end of the grace period finds the previous backup whole.
 """
 
 from __future__ import annotations
@@ -87,6 +88,9 @@ class StepSaver(keras.callbacks.Callback):
         self.steps_done += 1
         self.watcher.current = self
         self.watcher.handler.save_checkpoint_if_preempted()
+        if self.watcher.inactive and self.watcher.signalled.is_set():
+            self.save()
+            self.watcher._exit()
 
     def save(self) -> None:
         epoch, steps = self.epoch, self.steps_done
@@ -115,6 +119,9 @@ class Watcher:
             tf.distribute.experimental.TerminationConfig(
                 termination_watcher_fn=self.signalled.is_set, exit_fn=self._exit, grace_period=0,
                 save_fn=self._save))
+        # On a GCP CPU or TPU VM TF makes the handler a no-op: save here at the next step instead
+        # (right for one process; workers would not agree on the step there)
+        self.inactive = getattr(getattr(self.handler, "_platform_device", None), "name", "") in ("GCE_CPU", "GCE_TPU")
 
     def callback(self, stage: str, backup_dir: str, steps_per_epoch: int, first_step: int = 0) -> StepSaver:
         return StepSaver(self, stage, backup_dir, steps_per_epoch, first_step)
