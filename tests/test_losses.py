@@ -13,18 +13,18 @@ P_BF = RNG.random(6).astype(np.float32)
 P_AF = RNG.random(6).astype(np.float32)
 
 
-def _l_att(m, target):  # eq. 2, numpy reference
-    return np.abs(np.maximum(m, 0) - target).sum(axis=(1, 2, 3))
+def _l_att(m, target):  # eq. 2, numpy reference, L1 norm per position
+    return np.abs(np.maximum(m, 0) - target).mean(axis=(1, 2, 3))
 
 
 def _l_r(m):  # eq. 3, numpy reference (log1p form), L1 norm per position
     return np.log1p(np.exp(-np.abs(m).mean(axis=(1, 2, 3))))
 
 
-def _bce(m, target):  # per-position sigmoid cross-entropy, summed; numpy reference in float64
+def _bce(m, target):  # per-position sigmoid cross-entropy, averaged; numpy reference in float64
     m, target = m.astype(np.float64), target.astype(np.float64)
     sigmoid = 1.0 / (1.0 + np.exp(-m))
-    return -(target * np.log(sigmoid) + (1 - target) * np.log(1 - sigmoid)).sum(axis=(1, 2, 3))
+    return -(target * np.log(sigmoid) + (1 - target) * np.log(1 - sigmoid)).mean(axis=(1, 2, 3))
 
 
 def test_attention_loss_matches_numpy():
@@ -41,7 +41,7 @@ def test_bce_attention_loss_matches_numpy(target):
 def test_bce_attention_loss_is_finite_for_large_logits():
     big = np.array([-200.0, -30.0, 30.0, 200.0], np.float32).reshape(1, 2, 2, 1)
     target = np.array([1, 0, 1, 0], np.float32).reshape(1, 2, 2, 1)
-    assert float(attention_bce_loss(big, target)[0]) == pytest.approx(200.0 + 200.0, rel=1e-4)
+    assert float(attention_bce_loss(big, target)[0]) == pytest.approx((200.0 + 200.0) / 4, rel=1e-4)
 
 
 def test_regularization_loss_matches_numpy_and_is_stable():
@@ -59,6 +59,20 @@ def test_regularization_loss_is_not_zero_on_a_large_map():
         loss = tf.reduce_sum(regularization_loss(attention_map))
     assert float(loss) > 0.1
     assert float(tf.reduce_max(tf.abs(tape.gradient(loss, attention_map)))) > 0
+
+
+@pytest.mark.parametrize("reading", ["l1", "bce"])
+def test_eq2_and_eq3_do_not_depend_on_the_map_size(reading):
+    """Both terms are per-position means (issue 20.4): the same map at 2x2 the resolution (each
+    position repeated) has the same eq. 2 and eq. 3, so eq. 4's lambda1 : lambda2 and the
+    attention learning rate mean the same at 128x64 and 256x128."""
+    finer_map = np.repeat(np.repeat(M_ATT, 2, axis=1), 2, axis=2)
+    finer_target = np.repeat(np.repeat(M_OCC, 2, axis=1), 2, axis=2)
+    np.testing.assert_allclose(attention_loss(finer_map, finer_target, reading),
+                               attention_loss(M_ATT, M_OCC, reading), rtol=1e-5)
+    np.testing.assert_allclose(regularization_loss(finer_map), regularization_loss(M_ATT), rtol=1e-5)
+    # the two terms are of one order: eq. 3 is at least a tenth of eq. 2 on a map of order 1
+    assert np.all(regularization_loss(M_ATT) > 0.1 * attention_loss(M_ATT, M_OCC, reading))
 
 
 def test_adversarial_loss_is_the_sum_of_eq2_and_eq3():

@@ -156,7 +156,7 @@ def test_bnneck_embedder_returns_the_feature_after_the_batchnorm():
     neck.moving_mean.assign(np.linspace(-1, 1, neck.moving_mean.shape[0]))  # not the identity
     neck.moving_variance.assign(np.linspace(0.5, 2, neck.moving_variance.shape[0]))
     images = _images(3)
-    pooled, embedding, _ = parts.triplet_tail(parts.stem(images, training=False), training=False)
+    pooled, embedding, _ = parts.training_tail(parts.stem(images, training=False), training=False)
     pooled, embedding = pooled.numpy(), embedding.numpy()
     expected = neck(pooled, training=False).numpy()
     np.testing.assert_allclose(embedding, expected, rtol=1e-5, atol=1e-6)
@@ -180,7 +180,7 @@ def test_neck_feature_before_retrieves_with_the_pooled_feature_from_the_same_wei
     assert before.config.neck_feature == "before" and after.config.neck_feature == "after"
     images = _images(3)
     features = after.parts.stem(images, training=False)
-    pooled, embedding, _ = after.parts.triplet_tail(features, training=False)
+    pooled, embedding, _ = after.parts.training_tail(features, training=False)
     np.testing.assert_allclose(before.parts.tail(features, training=False)[0].numpy(), pooled.numpy(),
                                rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(after.parts.tail(features, training=False)[0].numpy(), embedding.numpy(),

@@ -4,8 +4,9 @@
 ``tail``: ``f`` -> rest of the backbone -> global average pooling -> embedding
 -> dropout -> ``Dense(C)`` logits; it returns ``(embedding, logits)``. With
 ``bnneck`` (the strong recipe) the embedding is the pooled feature after a
-BatchNorm and the classifier has no bias; ``triplet_tail`` also returns the
-pooled feature before it, which the triplet loss uses.
+BatchNorm and the classifier has no bias. ``training_tail`` returns what the
+losses need whatever the retrieval feature is: the pooled feature before the
+BNNeck (the triplet loss's input), the classifier's input and the logits.
 Both are functional models sharing their layers with one backbone, so weights
 trained through one are seen by the other.
 
@@ -16,6 +17,7 @@ product default is ResNet-50.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import warnings
 
@@ -84,8 +86,10 @@ class ReidParts:
     tail: keras.Model
     network: keras.Model  # image -> (embedding, logits); holds every weight of stem + tail
     embedding_dim: int
-    # f -> (pooled feature before the BNNeck, embedding, logits): tail's layers, one more output
-    triplet_tail: keras.Model | None = None
+    # f -> (pooled feature before the BNNeck, the classifier's input, logits): tail's layers.
+    # The losses take their inputs from here, never from ``tail``'s first output, which is the
+    # retrieval feature chosen by ``neck_feature`` (issue 20.2).
+    training_tail: keras.Model | None = None
 
 
 def _tiny_residual_block(x, filters, stride, name):
@@ -338,13 +342,13 @@ def build_parts(
     logits = classifier(dropped)
     retrieval = pooled if neck_feature == "before" else embedding
     tail = keras.Model(features, [retrieval, logits], name="tail")
-    triplet_tail = keras.Model(features, [pooled, embedding, logits], name="triplet_tail")
+    training_tail = keras.Model(features, [pooled, embedding, logits], name="training_tail")
 
     # === The whole network, the one object whose weights are saved ===
     embedding, class_logits = tail(stem(images))
     network = keras.Model(images, [embedding, class_logits], name="reid_network")
     return ReidParts(stem=stem, tail=tail, network=network, embedding_dim=int(pooled.shape[-1]),
-                     triplet_tail=triplet_tail)
+                     training_tail=training_tail)
 
 
 # The convolutions whose stride 2 is conv5's downsampling, per backbone: the first
@@ -399,6 +403,33 @@ def settle_batchnorm(parts, images):
     recompute_batchnorm(parts.network, [images])
 
 
+def batchnorm_layers(model: keras.Model) -> list:
+    """Every BatchNormalization layer of ``model``, nested models included."""
+    return [layer for layer in model._flatten_layers() if isinstance(layer, keras.layers.BatchNormalization)]
+
+
+@contextlib.contextmanager
+def batch_statistics_only(model: keras.Model):
+    """Calls of ``model`` with ``training=True`` inside this block normalise with the batch's own
+    statistics and leave every moving mean / variance as it was.
+
+    Keras' BatchNormalization updates ``moving = moving * momentum + batch * (1 - momentum)``,
+    reading ``momentum`` when the call is traced; at momentum 1 the update writes back
+    ``moving * 1 + batch * 0``, the same value bit for bit (for a finite batch statistic). Stage 3's
+    occluded pass uses it (issue 20.3): its statistics are those of occluded features, which
+    inference never sees.
+    """
+    norms = batchnorm_layers(model)
+    momenta = [layer.momentum for layer in norms]
+    try:
+        for layer in norms:
+            layer.momentum = 1.0
+        yield
+    finally:
+        for layer, momentum in zip(norms, momenta):
+            layer.momentum = momentum
+
+
 def recompute_batchnorm(network: keras.Model, batches) -> float | None:
     """Precise BatchNorm: every BatchNorm's moving mean / variance := the average of its batch
     statistics over ``batches`` (training-mode passes with the current weights), as pycls' and
@@ -410,7 +441,7 @@ def recompute_batchnorm(network: keras.Model, batches) -> float | None:
     Returns the median over channels of old / new moving variance (1.0: the averages were
     right), or None when the network has no BatchNorm or ``batches`` is empty.
     """
-    norms = [layer for layer in network._flatten_layers() if isinstance(layer, keras.layers.BatchNormalization)]
+    norms = batchnorm_layers(network)
     if not norms:
         return None
     momenta = [layer.momentum for layer in norms]

@@ -1,9 +1,12 @@
 """The paper's losses (eq. 1-4), once each, written in ``keras.ops``.
 
 Attention maps are ``(B, H, W, 1)``. Norms run over the spatial positions of
-one sample; every function returns one value per sample, ``(B,)``, and the
-caller reduces over the (global) batch, which keeps the losses correct under
-``tf.distribute``.
+one sample and are divided by their number (a per-position mean), in eq. 2 as
+in eq. 3, so both terms have the same scale whatever the map size and eq. 4's
+``lambda1`` / ``lambda2`` weigh two comparable numbers (docs/decisions.md,
+"Eq. 2 and eq. 3 on one scale"). Every function returns one value per
+sample, ``(B,)``, and the caller reduces over the (global) batch, which keeps
+the losses correct under ``tf.distribute``.
 
 Eq. 2 has several readings (``--attention-loss``, docs/decisions.md,
 "Which attention loss"):
@@ -12,7 +15,7 @@ Eq. 2 has several readings (``--attention-loss``, docs/decisions.md,
   one-cell target. It collapses on the built-in data (the median of a
   one-cell target is 0 and relu passes no gradient below 0).
 - ``bce``: a per-position sigmoid cross-entropy of ``M_att`` (logits) against
-  the same one-cell target, summed over positions like eq. 2's norm: the loss
+  the same one-cell target, averaged over positions like eq. 2's norm: the loss
   with which the paper's ref. [7] (A-Fast-RCNN) trains its mask network.
 - ``soft``: the same cross-entropy against a graded target that scores
   every cell by how much occluding it lowers the true-class probability
@@ -31,19 +34,20 @@ from keras import ops
 from aaa_keras.config import ATTENTION_LOSSES
 
 
-def _spatial_sum(x):
-    return ops.sum(x, axis=(1, 2, 3))
+def _per_position(x):
+    """A norm over the positions of one map divided by their number (eq. 2 and eq. 3 alike)."""
+    return ops.mean(x, axis=(1, 2, 3))
 
 
 def attention_l1_loss(attention_map, occlusion_target):
-    """Eq. 2 as printed: L_att = || max(M_att, 0) - M_occ ||_1."""
+    """Eq. 2 as printed: L_att = || max(M_att, 0) - M_occ ||_1, per position."""
     attention_map = ops.cast(attention_map, "float32")
     occlusion_target = ops.cast(occlusion_target, "float32")
-    return _spatial_sum(ops.abs(ops.relu(attention_map) - occlusion_target))
+    return _per_position(ops.abs(ops.relu(attention_map) - occlusion_target))
 
 
 def attention_bce_loss(attention_map, occlusion_target):
-    """Eq. 2 read as in ref. [7]: sum over positions of sigmoid CE(M_att, M_occ).
+    """Eq. 2 read as in ref. [7]: mean over positions of sigmoid CE(M_att, M_occ).
 
     ``M_att`` are logits; written in the overflow-free form
     ``max(x, 0) - x z + log(1 + exp(-|x|))``.
@@ -51,7 +55,7 @@ def attention_bce_loss(attention_map, occlusion_target):
     logits = ops.cast(attention_map, "float32")
     target = ops.cast(occlusion_target, "float32")
     per_position = ops.relu(logits) - logits * target + ops.log1p(ops.exp(-ops.abs(logits)))
-    return _spatial_sum(per_position)
+    return _per_position(per_position)
 
 
 def attention_loss(attention_map, occlusion_target, reading: str = "l1"):
@@ -72,7 +76,7 @@ def regularization_loss(attention_map):
     (docs/decisions.md, "Eq. 3").
     """
     attention_map = ops.cast(attention_map, "float32")
-    return ops.softplus(-ops.mean(ops.abs(attention_map), axis=(1, 2, 3)))
+    return ops.softplus(-_per_position(ops.abs(attention_map)))
 
 
 def adversarial_loss(attention_map, occlusion_target, reading: str = "l1"):

@@ -16,7 +16,7 @@ from __future__ import annotations
 import keras
 import tensorflow as tf
 
-from aaa_keras.model.backbone import ReidParts
+from aaa_keras.model.backbone import ReidParts, batch_statistics_only
 from aaa_keras.model.losses import (adversarial_gate, adversarial_loss, attention_loss,
                                     batch_hard_triplet_loss, gated_adversarial_loss,
                                     label_smoothing_cross_entropy, regularization_loss)
@@ -44,7 +44,7 @@ class NetworkLoss:
 
     The paper's recipe is the plain cross-entropy; the strong recipe smooths
     the labels and, with ``triplet_margin`` not None, adds the triplet loss on
-    the pooled feature before the BNNeck (``ReidParts.triplet_tail``).
+    the pooled feature before the BNNeck (``ReidParts.training_tail``).
     """
 
     def __init__(self, label_smoothing: float = 0.0, triplet_margin: float | None = None):
@@ -127,7 +127,7 @@ class BaselineModel(_StageModel):
 
     def _step(self, images, labels, training):
         if self.network_loss.triplet:
-            triplet_feature, _, logits = self.parts.triplet_tail(
+            triplet_feature, _, logits = self.parts.training_tail(
                 self.stem(images, training=training), training=training)
         else:
             logits = self(images, training=training)
@@ -207,8 +207,15 @@ class AdversarialModel(_StageModel):
     The clean and the occluded pass share **one dropout mask**, so the gate
     ``p_bf - p_af > omega`` sees the occlusion and not two dropout draws.
     ``occluded_batchnorm``: ``batch`` normalises the occluded pass with its own
-    batch statistics (the paper's network in training mode), ``moving`` with
-    the moving statistics of the clean passes (docs/decisions.md).
+    batch statistics (the paper's network in training mode) without writing
+    them into the moving averages, which stay those of clean features, the
+    only ones inference sees (:func:`batch_statistics_only`); ``moving``
+    normalises it with the moving statistics of the clean passes
+    (docs/decisions.md).
+
+    The classifier always sees its own input (``ReidParts.training_tail``),
+    the BNNeck's output under the strong recipe, whatever ``--neck-feature``
+    chooses for retrieval.
 
     With ``take_turns`` even optimizer steps are unabridged (cross-entropy on
     ``tail(f)`` only) and odd steps occluded (everything).
@@ -248,11 +255,19 @@ class AdversarialModel(_StageModel):
         self._make_trackers()
 
     def compile(self, optimizer="sgd", attention_optimizer=None, **kwargs):
-        """``optimizer`` trains the network; ``attention_optimizer`` (default: a copy) the branch."""
+        """``optimizer`` trains the network; ``attention_optimizer`` (default: a copy) the branch.
+
+        Under ``mixed_float16`` Keras wraps ``optimizer`` in a ``LossScaleOptimizer``; the second
+        player gets its own, else its float16 gradients are never scaled (issue 20.7).
+        """
         super().compile(optimizer=optimizer, **kwargs)
         if self.attention is not None:
             if attention_optimizer is None:
                 attention_optimizer = self.optimizer.__class__.from_config(self.optimizer.get_config())
+            if (self.dtype_policy.name == "mixed_float16"
+                    and not isinstance(attention_optimizer, keras.optimizers.LossScaleOptimizer)):
+                attention_optimizer = keras.optimizers.LossScaleOptimizer(
+                    attention_optimizer, name="attention_loss_scale_optimizer")
             self.attention_optimizer = attention_optimizer
             self.attention_optimizer.build(self.attention.trainable_variables)
 
@@ -285,9 +300,12 @@ class AdversarialModel(_StageModel):
         scores = self._mask_scores(features, training)
         occlusion = top_fraction_mask(scores, self.occluded_fraction)  # Alg. 2, l. 1
         occluded = features * tf.cast(occlusion, features.dtype)  # Alg. 2, l. 2
-        batch_statistics = training and self.occluded_batchnorm == "batch"
-        embedding_after, _ = self.tail(occluded, training=batch_statistics)
-        logits_after = self._classify(embedding_after, keep)
+        if training and self.occluded_batchnorm == "batch":
+            with batch_statistics_only(self.parts.training_tail):
+                _, classifier_input_after, _ = self.parts.training_tail(occluded, training=True)
+        else:
+            _, classifier_input_after, _ = self.parts.training_tail(occluded, training=False)
+        logits_after = self._classify(classifier_input_after, keep)
         p_bf = true_class_probability(logits_before, labels)  # Alg. 2, l. 3
         p_af = true_class_probability(logits_after, labels)
         terms = {"ce_after": self.network_loss.cross_entropy(labels, logits_after), "p_bf": p_bf,
@@ -315,12 +333,9 @@ class AdversarialModel(_StageModel):
         ``occluded`` is a scalar bool tensor.
         """
         features = self.stem(images, training=training)
-        if self.network_loss.triplet:
-            triplet_feature, embedding_before, _ = self.parts.triplet_tail(features, training=training)
-        else:
-            embedding_before, _ = self.tail(features, training=training)
-        keep = self._dropout_keep(embedding_before, training)
-        logits_before = self._classify(embedding_before, keep)
+        triplet_feature, classifier_input, _ = self.parts.training_tail(features, training=training)
+        keep = self._dropout_keep(classifier_input, training)
+        logits_before = self._classify(classifier_input, keep)
         ce_before = self.network_loss.cross_entropy(labels, logits_before)
         zeros = tf.zeros_like(ce_before)
         extra = {}
