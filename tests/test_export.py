@@ -349,6 +349,30 @@ def test_missed_parity_installs_nothing_and_says_why(run_dir, tmp_path, monkeypa
     assert len(rejected) == 1 and json.loads(open(rejected[0]).read())["passed"] is False
 
 
+def test_int8_map_gate_compares_with_keras_when_float32_is_not_exported():
+    from aaa_keras.deploy import parity
+
+    int8 = {"cosine_min": 0.999, "cosine_mean": 0.9995, "mAP": 37.0}
+    alone = parity.failures({"keras": {"mAP": 40.0}, "tflite": {"int8": int8}})
+    assert alone == ["int8 mAP 37.00 is 3.00 points below keras's 40.00 (at most 1.0 allowed)"]
+    beside = {"keras": {"mAP": 40.0}, "tflite": {"int8": int8, "float32": {**int8, "mAP": 37.5}}}
+    assert parity.failures(beside) == []  # float32 TFLite, when exported, is the reference
+    assert parity.int8_map_drop(beside) == {"reference": "float32", "reference_mAP": 37.5, "points": 0.5}
+
+
+def test_int8_exported_alone_is_judged_by_map_too(run_dir, tmp_path, monkeypatch):
+    from aaa_keras.deploy import export_run
+    from aaa_keras.deploy import parity
+
+    monkeypatch.setattr(parity, "MAX_INT8_MAP_DROP", -1000.0)  # any int8 mAP now misses, if it is judged
+    with pytest.raises(UserError, match=r"^parity missed: int8 mAP \d+\.\d+ is -?\d+\.\d+ points below keras's"):
+        export_run(run_dir, str(tmp_path), formats="tflite", quantizations=("int8",), log=_quiet)
+    report = json.loads(open(glob.glob(str(tmp_path / "_rejected" / "*" / "tflite" / "parity.json"))[0]).read())
+    assert report["int8_map_reference"] == "keras"
+    assert report["int8_map_drop_points"] == pytest.approx(report["keras"]["mAP"] - report["tflite"]["int8"]["mAP"],
+                                                           rel=1e-6, abs=1e-3)
+
+
 def test_broken_uint8_serving_signature_is_caught_and_nothing_installed(run_dir, tmp_path, monkeypatch):
     """serving_uint8 is measured and gates the install: a SavedModel whose uint8 path inverts the pixels."""
     import tensorflow as tf

@@ -185,9 +185,9 @@ def export_run(run_dir: str, out: str, stage: str | None = None, formats=FORMATS
             report["representative_set"], report["tflite"], files["tflite"] = _export_tflite_variants(
                 parts, embedder, image_size, dataset, representative_count, quantizations, model_name, version,
                 install.partial("tflite", parents["tflite"]), reference, num_threads, log)
-            if "int8" in report["tflite"] and "float32" in report["tflite"]:
-                report["int8_map_drop_points"] = round(
-                    report["tflite"]["float32"]["mAP"] - report["tflite"]["int8"]["mAP"], 3)
+            drop = parity_lib.int8_map_drop(report)
+            if drop:
+                report["int8_map_drop_points"], report["int8_map_reference"] = drop["points"], drop["reference"]
 
         # === ONNX and OpenVINO ===
         for kind in ("onnx", "openvino"):
