@@ -10,6 +10,7 @@ import glob
 import importlib.util
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -792,6 +793,41 @@ def test_tflite_embed_needs_only_litert_numpy_and_opencv(exported, keras_referen
     failed = subprocess.run([sys.executable, script, exported["tflite"]["int8"], str(tmp_path / "none.jpg")],
                             capture_output=True, text=True, env=_clean_env(), timeout=120)
     assert failed.returncode == 2 and "none.jpg: cannot read this image" in failed.stderr
+
+
+# What each normalisation convention makes of the crops; every one must be refused, real pixels never.
+NOT_0_255 = {"0-1 floats": lambda x: x / 255.0, "[-1, 1]": lambda x: x / 127.5 - 1.0,
+             "ImageNet mean / std": lambda x: (x / 255.0 - 0.45) / 0.225, "caffe mean": lambda x: x - 116.0}
+
+
+def test_runners_refuse_pixels_that_are_not_0_255_and_accept_every_real_crop(exported):
+    from aaa_keras.deploy.contract import pixel_range_problem
+    from aaa_keras.deploy.runtime import load_exported, read_images
+
+    models = [exported["saved_model"], exported["onnx"], exported["openvino"], *exported["tflite"].values()]
+    paths = sorted(glob.glob(os.path.join(exported["report"]["data"], "*", "*.jpg")))
+    for path in paths:  # every crop of the data set, alone: real pixels are never refused
+        assert pixel_range_problem(read_images([path], (64, 32))) is None, path
+    images = read_images(paths[:6], (64, 32))
+    for path in models:
+        model = load_exported(path)
+        assert model.embed(images).shape == (6, model.embedding_dim)
+        assert np.isfinite(model.embed(np.zeros_like(images))).all()  # black crops are black on any scale
+        for transform in NOT_0_255.values():
+            with pytest.raises(UserError, match=rf"^{re.escape(path)}: pixel values from .*expected RGB 0-255"):
+                model.embed(transform(images))
+
+
+def test_clients_refuse_pixels_that_are_not_0_255(exported, keras_reference):
+    client, camera = _load_script("serving_client"), _load_script("tflite_embed")
+    embedder = camera.CropEmbedder(exported["tflite"]["int8"])
+    crop = keras_reference["images"][0]
+    assert embedder.embed(crop.astype(np.uint8)).shape == embedder.embed(crop).shape
+    for transform in NOT_0_255.values():
+        with pytest.raises(ValueError, match=r"^pixel values from .*expected RGB 0-255"):
+            embedder.embed(transform(crop))
+        with pytest.raises(client.ClientError, match=r"^pixel values from .*expected RGB 0-255"):
+            client.rest_request("serving_default", pixels=transform(keras_reference["images"][:2]))
 
 
 @pytest.mark.parametrize("script", ["serving_client.py", "tflite_embed.py"])

@@ -43,6 +43,7 @@ import numpy as np
 from ai_edge_litert.interpreter import Interpreter
 from keras import layers
 
+from aaa_keras.deploy.contract import checked_pixels
 from aaa_keras.errors import UserError
 from aaa_keras.model.backbone import IMAGENET_BGR_MEAN, ImageNetPreprocessing, ReidParts, build_embedder
 
@@ -302,10 +303,7 @@ class TFLiteEmbedder:
 
     def embed(self, images: np.ndarray, batch_size: int = 32) -> np.ndarray:
         """``(N, D)`` float32 L2-normalised embeddings of float32 0-255 images ``(N, H, W, 3)``."""
-        images = np.asarray(images, np.float32)
-        if images.ndim != 4 or tuple(images.shape[1:]) != (*self.image_size, 3):
-            raise UserError(f"{self.path or 'model'}: expects images of shape [N, {self.image_size[0]}, "
-                            f"{self.image_size[1]}, 3], got {list(images.shape)}")
+        images = checked_pixels(images, self.image_size, self.path or "model")
         results = []
         for start in range(0, len(images), batch_size):
             batch = images[start:start + batch_size]
