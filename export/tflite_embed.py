@@ -7,7 +7,8 @@ OpenCV (``pip install ai-edge-litert numpy opencv-python-headless``).
 The three exports (``python cli.py export --format tflite --quantize all``):
   *_float32.tflite  float32 RGB 0-255 input              -> float32 embedding
   *_float16.tflite  the same, weights stored as float16 (half the size)
-  *_int8.tflite     uint8 RGB pixels (scale 1, zero point 0) -> int8 embedding
+  *_int8.tflite     uint8 RGB pixels (scale 1, zero point 0) -> int8 embedding, NOT L2-normalised
+                    (the graph is integer end to end; the normalisation is done here)
 Input and output tensors are (de)quantised here with their own scale and
 zero point, whatever the model; the embedding is returned L2-normalised, so
 two crops compare by a dot product (cosine) or Euclidean distance.

@@ -235,6 +235,30 @@ def test_int8_embedding_range_headroom_keeps_the_model_consistent(exported, kera
     assert exported["report"]["tflite"]["int8"]["embedding_range_headroom"] == tflite_lib.EMBEDDING_HEADROOM
 
 
+def test_int8_file_is_integer_from_input_to_output(exported, keras_reference):
+    """No op of the exported int8 file reads or writes a float tensor (an int8-only NPU runs all of it);
+    the output is the un-normalised embedding, which the runners normalise."""
+    from ai_edge_litert.interpreter import Interpreter
+
+    from aaa_keras.deploy.runtime import load_exported
+
+    interpreter = Interpreter(model_path=exported["tflite"]["int8"])
+    dtypes = {t["index"]: np.dtype(t["dtype"]).name for t in interpreter.get_tensor_details()}
+    ops = [(op["op_name"], [dtypes[i] for i in op["inputs"] if i >= 0], [dtypes[i] for i in op["outputs"]])
+           for op in interpreter._get_ops_details()]
+    assert len(ops) > 10 and {"CONV_2D", "MEAN"} <= {name for name, _, _ in ops}
+    floating = [op for op in ops if {"float32", "float16"} & set(op[1] + op[2])]
+    assert floating == [], floating
+    assert np.dtype(interpreter.get_input_details()[0]["dtype"]) == np.uint8
+    output = interpreter.get_output_details()[0]
+    assert np.dtype(output["dtype"]) == np.int8
+    assert exported["report"]["tflite"]["int8"]["output"]["l2_normalized"] is False
+    assert exported["report"]["tflite"]["float32"]["output"]["l2_normalized"] is True
+    embeddings = load_exported(exported["tflite"]["int8"]).embed(keras_reference["images"])
+    assert np.allclose(np.linalg.norm(embeddings, axis=1), 1.0, rtol=1e-5)
+    assert _cosines(embeddings, keras_reference["embeddings"]).min() >= 0.98
+
+
 def test_round_trip_in_a_process_that_never_imports_aaa_keras(exported, keras_reference, tmp_path):
     np.save(tmp_path / "images.npy", keras_reference["images"])
     tflite_dir = os.path.dirname(exported["tflite"]["int8"])

@@ -6,7 +6,7 @@ Layout under ``out`` (``M`` = model name, ``V`` = version, an integer)::
     out/M/V/assets.extra/parity.json  the parity report of this export (TF Serving ignores it)
     out/tflite/M/V/M_vV_float32.tflite
     out/tflite/M/V/M_vV_float16.tflite
-    out/tflite/M/V/M_vV_int8.tflite   uint8 pixel input, int8 embedding output
+    out/tflite/M/V/M_vV_int8.tflite   uint8 pixel input, int8 un-normalised embedding output
     out/tflite/M/V/parity.json        the same report, beside the .tflite files
     out/onnx/M/V/M_vV.onnx            ONNX (ONNX Runtime, TensorRT), with its parity.json
     out/openvino/M/V/M_vV.xml, .bin   OpenVINO IR, with its parity.json
@@ -292,8 +292,11 @@ def _export_tflite_variants(parts, embedder, image_size, dataset, representative
     train_records = parity_lib.spread(list(dataset.train), representative_count)
     representative = read_images([r.path for r in train_records], image_size)
     info = {"source": "training split", "num_images": len(train_records), "requested": representative_count}
-    graph = tflite_lib.tflite_graph(parts)
-    _check_same_outputs(graph, embedder, representative[:8])
+    graphs = {"float": tflite_lib.tflite_graph(parts),  # float32 / float16: L2-normalised output
+              "int8": tflite_lib.tflite_graph(parts, normalize=tflite_lib.INT8_OUTPUT_L2_NORMALIZED)}
+    for graph in graphs.values():
+        _check_same_outputs(graph, embedder, representative[:8])
+    graph = graphs["float"]
     converted = {}
     if "int8" in quantizations:  # before the int8 calibration, which segfaults on overflowing activations
         converted["float32"] = tflite_lib.convert(graph, "float32")
@@ -301,8 +304,9 @@ def _export_tflite_variants(parts, embedder, image_size, dataset, representative
     entries, names = {}, {}
     for quantization in quantizations:
         name = tflite_lib.tflite_file_name(model_name, version, quantization)
-        entry, content = _export_tflite(graph, quantization, representative, reference, embedder.count_params(),
-                                        name, num_threads, converted.get(quantization))
+        entry, content = _export_tflite(graphs["int8" if quantization == "int8" else "float"], quantization,
+                                        representative, reference, embedder.count_params(), name, num_threads,
+                                        converted.get(quantization))
         write_bytes_atomically(os.path.join(partial, name), content)
         entries[quantization], names[quantization] = entry, name
         log(f"  {quantization}: {entry['bytes'] / 1e6:.1f} MB, cosine to Keras min "
@@ -356,7 +360,10 @@ def _pixel_noise_sensitivity(embedder, reference, image_size, sigma: float = PIX
 
 
 def _check_same_outputs(graph, embedder, images) -> None:
-    difference = float(np.abs(np.asarray(graph.predict(images, verbose=0))
+    """The TFLite graph's output, L2-normalised, equals the embedder's."""
+    from aaa_keras.deploy.contract import l2_normalized
+
+    difference = float(np.abs(l2_normalized(graph.predict(images, verbose=0))
                               - np.asarray(embedder.predict(images, verbose=0))).max())
     if difference > 1e-4:
         raise UserError(f"internal: the TFLite graph differs from the embedder by {difference:.2e}")
@@ -380,6 +387,7 @@ def _export_tflite(graph, quantization, representative, reference, num_weights, 
     entry = reference.compare(embeddings)
     entry.update({"file": name, "bytes": len(content), **runner.io_details(),
                   "convert_seconds": round(convert_seconds, 1)})
+    entry["output"]["l2_normalized"] = quantization != "int8" or tflite_lib.INT8_OUTPUT_L2_NORMALIZED
     if quantization == "int8":
         entry["embedding_range_headroom"] = tflite_lib.EMBEDDING_HEADROOM
     entry.update(reference.held.retrieval(embeddings))
