@@ -423,6 +423,33 @@ def test_broken_uint8_serving_signature_is_caught_and_nothing_installed(run_dir,
     assert report["saved_model"]["serving_uint8_cosine_min"] < 0.999
 
 
+def test_saved_model_signatures_are_checked_on_the_whole_held_set_with_map(exported, keras_reference, tmp_path,
+                                                                         run_dir, monkeypatch):
+    """serve_bytes wrong on one held image (not one of an evenly spread subset): caught, indexed in the full set."""
+    from aaa_keras.deploy import export_run
+    from aaa_keras.deploy import saved_model
+
+    entry, held = exported["report"]["saved_model"], len(keras_reference["paths"])
+    assert entry["num_images"] == held
+    for prefix in ("", "serving_uint8_", "serve_bytes_"):
+        assert entry[f"{prefix}mAP"] == pytest.approx(exported["report"]["keras"]["mAP"], rel=0.02)
+    with open(keras_reference["paths"][1], "rb") as f:
+        broken = f.read()
+    embed_bytes = saved_model.embed_bytes
+
+    def wrong_on_one_image(signature, encoded, batch_size=32):
+        embeddings = embed_bytes(signature, encoded, batch_size)
+        return np.where(np.array([data == broken for data in encoded])[:, None], -embeddings, embeddings)
+
+    monkeypatch.setattr(saved_model, "embed_bytes", wrong_on_one_image)
+    with pytest.raises(UserError, match=r"^parity missed: saved_model serve_bytes cosine to Keras min -1\.0000"):
+        export_run(run_dir, str(tmp_path), formats=("saved_model",), log=_quiet)
+    report = json.loads(open(glob.glob(str(tmp_path / "_rejected" / "*" / "saved_model" / "assets.extra"
+                                           / "parity.json"))[0]).read())
+    assert report["saved_model"]["serve_bytes_worst_image"] == 1
+    assert report["saved_model"]["cosine_min"] >= 0.999  # serving_default is fine
+
+
 def test_parity_verdict_covers_every_saved_model_signature():
     from aaa_keras.deploy import parity
 

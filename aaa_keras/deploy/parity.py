@@ -21,8 +21,9 @@ float32's, or below the Keras model's when float32 TFLite is not exported in the
 raises ``UserError("parity missed: ...")``.
 
 Which images: :func:`held_set` chooses the held set (the whole test split, or
-whole test identities of it up to a bound); :func:`spread` picks evenly spaced
-items (the SavedModel's signature checks, the int8 calibration images);
+whole test identities of it up to a bound; every format and every signature of
+the SavedModel is checked on all of it); :func:`spread` picks evenly spaced
+items (the int8 calibration images);
 :class:`Reference` holds the Keras embeddings of the held set and scores an
 exported model's embeddings against them.
 """
@@ -40,8 +41,6 @@ from aaa_keras.errors import UserError
 COSINE_THRESHOLDS = {"saved_model": 0.999, "onnx": 0.999, "openvino": 0.999, "float32": 0.999, "float16": 0.999,
                      "int8": 0.98}
 MAX_INT8_MAP_DROP = 1.0  # percentage points of mAP, int8 vs float32 TFLite (else vs Keras)
-SAVED_MODEL_CHECK_IMAGES = 64  # held images the SavedModel's float / uint8 signatures are checked on
-SAVED_MODEL_CHECK_FILES = 16  # held files whose encoded bytes go through serve_bytes
 # The SavedModel's other signatures, checked against the SavedModel's threshold: (report key, signature).
 SIGNATURE_COSINES = (("serving_uint8_cosine_min", "serving_uint8"), ("serve_bytes_cosine_min", "serve_bytes"))
 
@@ -89,13 +88,6 @@ def held_set(dataset, max_images: int | None = None) -> HeldSet:
     query = [r for r in query if r.pid in keep]
     gallery = [r for r in gallery if r.pid in keep or id(r) in other_kept]
     return HeldSet(query, gallery, subset=len(query) + len(gallery) < total)
-
-
-def saved_model_checks(count: int) -> tuple[list[int], list[int]]:
-    """Indices into a held set of ``count`` images: those the SavedModel's image signatures are run on,
-    and the subset of them whose files go through ``serve_bytes``."""
-    images = spread(list(range(count)), SAVED_MODEL_CHECK_IMAGES)
-    return images, spread(images, SAVED_MODEL_CHECK_FILES)
 
 
 @dataclasses.dataclass(frozen=True)
