@@ -29,7 +29,8 @@ METRIC_CHOICE = click.Choice([*vocabulary.METRICS, vocabulary.ALL])
 NECK_FEATURE_OPTION = click.option(
     "--neck-feature", type=click.Choice(config_lib.NECK_FEATURES), default=None,
     help="With a BNNeck: retrieve with the feature after its BatchNorm (default, BoT) or before it "
-         "(robust to int8: docs/deployment.md).")
+         "(robust to int8: docs/deployment.md). export: default before when int8 TFLite is exported, "
+         "in every format of that export; else the run's.")
 RECIPE_CHOICE = click.Choice(config_lib.RECIPES)
 OPTIMIZER_CHOICE = click.Choice(config_lib.OPTIMIZERS)
 LAST_STRIDE_CHOICE = click.Choice([str(s) for s in config_lib.LAST_STRIDES])

@@ -367,7 +367,8 @@ def test_missed_parity_installs_nothing_and_says_why(run_dir, tmp_path, monkeypa
     from aaa_keras.deploy import parity
 
     monkeypatch.setitem(parity.COSINE_THRESHOLDS, "int8", 0.99999999)
-    with pytest.raises(UserError, match=r"^parity missed: int8 per-image cosine to Keras min 0\.\d+ < 0\.99"):
+    with pytest.raises(UserError, match=r"^parity missed: int8 per-image cosine to Keras 1st percentile 0\.\d+ "
+                                        r"< 0\.99\d+ \(min 0\.\d+, mean"):
         export_run(run_dir, str(tmp_path), formats="tflite", quantizations=("int8",), log=_quiet)
     assert not os.path.exists(tmp_path / "tflite" / "aaa_net" / "1")
     rejected = glob.glob(str(tmp_path / "_rejected" / "aaa_net_v1_*" / "tflite" / "parity.json"))
@@ -465,13 +466,69 @@ def test_parity_verdict_covers_every_saved_model_signature():
 def test_a_missed_int8_cosine_says_whether_the_float_network_itself_is_that_sensitive():
     from aaa_keras.deploy import parity
 
-    int8 = {"tflite": {"int8": {"cosine_min": 0.71, "cosine_mean": 0.87}}}
+    int8 = {"tflite": {"int8": {"cosine_min": 0.71, "cosine_p1": 0.72, "cosine_mean": 0.87}}}
     fragile = parity.failures({**int8, "keras": {"pixel_noise": {"sigma": 2.0, "cosine_min": 0.94}}})
     assert len(fragile) == 1 and "0.9400 under Gaussian pixel noise of 2 grey levels" in fragile[0]
     assert "amplifies small perturbations" in fragile[0]
     robust = parity.failures({**int8, "keras": {"pixel_noise": {"sigma": 2.0, "cosine_min": 0.9990}}})
     assert "0.9990 under" in robust[0] and "amplifies" not in robust[0]
     assert "pixel noise" not in parity.failures(int8)[0]
+
+
+def test_int8_is_gated_on_a_low_percentile_of_the_cosine_and_float_formats_on_the_minimum():
+    from aaa_keras.deploy import parity
+
+    rng = np.random.default_rng(0)
+    keras = rng.normal(size=(500, 16))
+    candidate = keras + rng.normal(scale=0.05, size=keras.shape)
+    candidate[7] = -keras[7]  # one image of 500 lost entirely
+    entry = parity.compare(keras, candidate)
+    assert entry["cosine_min"] == pytest.approx(-1.0, rel=1e-6) and entry["worst_image"] == 7
+    expected = np.sort(parity.cosines(keras, candidate))[4]  # 1st percentile of 500: the 5th lowest
+    assert entry["cosine_p1"] == pytest.approx(expected, rel=1e-5)
+    assert entry["cosine_p1"] > 0.98
+    assert parity.failures({"tflite": {"int8": entry}}) == []  # one bad image of 500 does not reject int8
+    assert parity.failures({"tflite": {"float32": entry}})[0].startswith("float32 per-image cosine to Keras min ")
+    worse = {**entry, "cosine_p1": 0.975}
+    assert parity.failures({"tflite": {"int8": worse}}) == [
+        f"int8 per-image cosine to Keras 1st percentile 0.9750 < 0.98 (min -1.0000, mean {entry['cosine_mean']:.4f})"]
+
+
+@pytest.fixture(scope="module")
+def bnneck_run_dir(tiny_data, tmp_path_factory):
+    from aaa_keras.config import make_config
+    from aaa_keras.training import fit
+
+    path = tmp_path_factory.mktemp("bnneck_run") / "run"
+    config = make_config("demo", recipe="strong", data=tiny_data, backbone="tiny_resnet", batch_size=8, epochs=1,
+                         steps_per_epoch=2, image_height=64, image_width=32)
+    assert config.bnneck and config.neck_feature == "after"
+    fit("baseline", config, str(path), log=_quiet)
+    return str(path)
+
+
+def test_export_with_int8_retrieves_before_the_bnneck_in_every_format_unless_told(bnneck_run_dir, tmp_path,
+                                                                                 monkeypatch):
+    from aaa_keras.deploy import export_run
+    from aaa_keras.deploy import parity
+    from aaa_keras.deploy.runtime import embed_files, load_exported
+
+    monkeypatch.setattr(parity, "MAX_INT8_MAP_DROP", 100.0)  # 7 queries of a 2-step network: mAP is noise here
+
+    both = export_run(bnneck_run_dir, str(tmp_path), formats=("tflite", "onnx"), quantizations=("int8",),
+                      log=_quiet)
+    report = both["report"]
+    assert (report["neck_feature"], report["neck_feature_from"]) == ("before", "default where int8 is exported")
+    # one feature per model: the ONNX model's embeddings answer the int8 model's queries
+    paths = glob.glob(os.path.join(report["data"], "query", "*.jpg"))[:12]
+    onnx, int8 = (embed_files(load_exported(path), paths) for path in (both["onnx"], both["tflite"]["int8"]))
+    assert _cosines(onnx, int8).min() >= 0.98
+    alone = export_run(bnneck_run_dir, str(tmp_path), formats=("onnx",), log=_quiet)["report"]
+    assert (alone["neck_feature"], alone["neck_feature_from"]) == ("after", "the run's")
+    told = export_run(bnneck_run_dir, str(tmp_path), formats=("onnx",), neck_feature="before", log=_quiet)["report"]
+    assert (told["neck_feature"], told["neck_feature_from"]) == ("before", "--neck-feature")
+    assert told["onnx"]["mAP"] == pytest.approx(report["onnx"]["mAP"], rel=1e-6)
+    assert alone["keras"]["mAP"] != pytest.approx(report["keras"]["mAP"], rel=1e-9)  # another feature indeed
 
 
 # === The versioned install ===

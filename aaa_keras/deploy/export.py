@@ -142,6 +142,9 @@ def export_run(run_dir: str, out: str, stage: str | None = None, formats=FORMATS
     _check_arguments(run_dir, out, version, representative_count)
 
     # === The trained stage, the held set and its Keras embeddings ===
+    feature_source = "--neck-feature" if neck_feature else "the run's"
+    if not neck_feature and "int8" in quantizations:
+        neck_feature, feature_source = INT8_NECK_FEATURE, "default where int8 is exported"
     trained = load_trained(run_dir, stage, neck_feature)
     config, parts, stage = trained.config, trained.parts, trained.stage
     embedder = build_embedder(parts)
@@ -157,12 +160,15 @@ def export_run(run_dir: str, out: str, stage: str | None = None, formats=FORMATS
             f"({', '.join(formats)}{': ' + ', '.join(quantizations) if quantizations else ''}), "
             f"input {image_size[0]}x{image_size[1]}, embedding {parts.embedding_dim}-d")
         log(f"Parity held set: {len(held.query)} query + {len(held.gallery)} gallery images of {root}")
+        if config.bnneck:
+            log(f"Retrieval feature, in every format: {config.neck_feature} the BNNeck ({feature_source})")
         reference = parity_lib.Reference(held, extract_embeddings(embedder, held.records, image_size))
         _check_embeddings_usable(reference.embeddings, parts, held.records, image_size, run_dir, stage)
         report = {
             "model_name": model_name, "version": version, "run_dir": os.path.abspath(run_dir), "stage": stage,
             "backbone": config.backbone, "image_size": list(image_size), "embedding_dim": parts.embedding_dim,
             "neck_feature": config.neck_feature if config.bnneck else None,
+            "neck_feature_from": feature_source if config.bnneck else None,
             "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
             "data": root,
             "held_set": {"source": "test split (query + gallery)", "num_query": len(held.query),
@@ -314,8 +320,8 @@ def _export_tflite_variants(parts, embedder, image_size, dataset, representative
                                         converted.get(quantization))
         write_bytes_atomically(os.path.join(partial, name), content)
         entries[quantization], names[quantization] = entry, name
-        log(f"  {quantization}: {entry['bytes'] / 1e6:.1f} MB, cosine to Keras min "
-            f"{entry['cosine_min']:.5f} mean {entry['cosine_mean']:.5f} (centred min "
+        log(f"  {quantization}: {entry['bytes'] / 1e6:.1f} MB, cosine to Keras min {entry['cosine_min']:.5f} "
+            f"1st percentile {entry['cosine_p1']:.5f} mean {entry['cosine_mean']:.5f} (centred min "
             f"{entry['centred_cosine_min']:.4f}), mAP {entry['mAP']:.2f} "
             f"(Keras {reference.retrieval['mAP']:.2f})")
     return info, entries, names
@@ -337,6 +343,10 @@ def _check_embeddings_usable(reference, parts, held, image_size, run_dir, stage)
         "not settled; train it longer before exporting")
 
 
+# With a BNNeck, the retrieval feature every format of an export takes when int8 TFLite is among its
+# targets and --neck-feature is not given: int8 cannot hold the feature after the BNNeck (its per-dimension
+# gain amplifies rounding; docs/decisions.md, "The int8 gate"). One feature per exported model.
+INT8_NECK_FEATURE = "before"
 PIXEL_NOISE_SIGMA = 2.0  # grey levels
 
 
