@@ -29,7 +29,8 @@ METRIC_CHOICE = click.Choice([*vocabulary.METRICS, vocabulary.ALL])
 NECK_FEATURE_OPTION = click.option(
     "--neck-feature", type=click.Choice(config_lib.NECK_FEATURES), default=None,
     help="With a BNNeck: retrieve with the feature after its BatchNorm (BoT's) or before it "
-         "(robust to int8: docs/deployment.md). [default: fit: after; evaluate, export: the run's own]")
+         "(robust to int8: docs/deployment.md). [default: fit: after; evaluate: the run's own; export: "
+         "before when int8 TFLite is exported (in every format of that export), else the run's own]")
 RECIPE_CHOICE = click.Choice(config_lib.RECIPES)
 OPTIMIZER_CHOICE = click.Choice(config_lib.OPTIMIZERS)
 LAST_STRIDE_CHOICE = click.Choice([str(s) for s in config_lib.LAST_STRIDES])

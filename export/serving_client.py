@@ -6,7 +6,8 @@ A deployer copies this one file; it never imports the aaa_keras project.
 Signatures of the SavedModel (``python cli.py export``):
   serve_bytes      image_bytes: string [N], encoded JPEG/PNG, any size (decoded and
                    resized inside the model)                     -> embedding [N, D]
-  serving_default  images: float32 [N, H, W, 3], RGB 0-255, resized by the caller
+  serving_default  images: float32 [N, H, W, 3], RGB 0-255, resized by the caller (0-1 floats or
+                   normalised pixels give wrong embeddings: this client refuses them)
   serving_uint8    images: uint8   [N, H, W, 3], the same as bytes of pixels
 Embeddings are L2-normalised: compare them with a dot product or Euclidean distance.
 
@@ -89,6 +90,25 @@ def load_pixels(paths, image_size, dtype: str = "float32") -> np.ndarray:
     return np.round(pixels).astype(np.uint8) if dtype == "uint8" else pixels.astype(np.float32)
 
 
+def checked_pixels(pixels: np.ndarray) -> np.ndarray:
+    """``pixels`` if they are RGB 0-255, else ClientError: values below -1 or above 256 (normalised or
+    mean-subtracted), or all within [-1, 1] and not all zero (0-1 floats). The SavedModel normalises the
+    pixels itself and cannot tell; the project's runners apply the same rule (aaa_keras/deploy/contract.py)."""
+    pixels = np.asarray(pixels)
+    if pixels.dtype == np.uint8 or not pixels.size:
+        return pixels
+    low, high = float(np.min(pixels)), float(np.max(pixels))
+    if not (np.isfinite(low) and np.isfinite(high)):
+        raise ClientError("the pixels hold NaN or inf; expected RGB 0-255")
+    if low < -1.0 or high > 256.0:
+        raise ClientError(f"pixel values from {low:.4g} to {high:.4g}; expected RGB 0-255 (the model normalises "
+                          "them itself, so do not subtract a mean or divide by a standard deviation)")
+    if high <= 1.0 and (low != 0.0 or high != 0.0):
+        raise ClientError(f"pixel values from {low:.4g} to {high:.4g}, all within [-1, 1]: these look like "
+                          "normalised pixels; expected RGB 0-255 (multiply 0-1 floats by 255)")
+    return pixels
+
+
 # === REST ===
 
 def rest_url(server: str, model_name: str, version: int | None = None, verb: str = ":predict") -> str:
@@ -109,7 +129,7 @@ def rest_request(signature: str, encoded: list[bytes] | None = None, pixels: np.
         values = [{"b64": base64.b64encode(data).decode("ascii")} for data in encoded]
         name = BYTES_INPUT
     else:
-        values = pixels.tolist()
+        values = checked_pixels(pixels).tolist()
         name = IMAGES_INPUT
     if row_format:
         return {"signature_name": signature, "instances": [{name: value} for value in values]}
@@ -177,7 +197,7 @@ def grpc_request(model_name: str, signature: str, version: int | None = None,
     if signature == "serve_bytes":
         request.inputs[BYTES_INPUT].CopyFrom(tf.make_tensor_proto(encoded, dtype=tf.string, shape=[len(encoded)]))
     else:
-        request.inputs[IMAGES_INPUT].CopyFrom(tf.make_tensor_proto(pixels))
+        request.inputs[IMAGES_INPUT].CopyFrom(tf.make_tensor_proto(checked_pixels(pixels)))
     return request
 
 
@@ -222,7 +242,7 @@ def predict_local(loaded, signature: str, encoded=None, pixels=None) -> np.ndarr
         if signature == "serve_bytes":
             result = function(**{BYTES_INPUT: tf.constant(encoded, tf.string)})
         else:
-            result = function(**{IMAGES_INPUT: tf.constant(pixels)})
+            result = function(**{IMAGES_INPUT: tf.constant(checked_pixels(pixels))})
     except tf.errors.InvalidArgumentError as error:
         detail = next((line for line in str(error).splitlines() if "serve_bytes" in line or "Invalid" in line),
                       str(error).splitlines()[0])

@@ -7,14 +7,17 @@ OpenCV (``pip install ai-edge-litert numpy opencv-python-headless``).
 The three exports (``python cli.py export --format tflite --quantize all``):
   *_float32.tflite  float32 RGB 0-255 input              -> float32 embedding
   *_float16.tflite  the same, weights stored as float16 (half the size)
-  *_int8.tflite     uint8 RGB pixels (scale 1, zero point 0) -> int8 embedding
+  *_int8.tflite     uint8 RGB pixels (scale 1, zero point 0) -> int8 embedding, NOT L2-normalised
+                    (the graph is integer end to end; the normalisation is done here)
 Input and output tensors are (de)quantised here with their own scale and
 zero point, whatever the model; the embedding is returned L2-normalised, so
 two crops compare by a dot product (cosine) or Euclidean distance.
 
 In camera code: ``embedder = CropEmbedder("aaa_net_v1_int8.tflite")`` once,
 then ``embedder.embed(rgb_crop)`` per detection (an ``H x W x 3`` uint8 RGB
-array of any size; it is resized bilinearly to the model's input size).
+array of any size, or float32 on the same 0-255 scale; it is resized bilinearly to the model's input
+size). A float crop on another scale (0-1, [-1, 1], mean-subtracted) is refused with a ValueError:
+the model normalises the pixels itself.
 """
 
 from __future__ import annotations
@@ -51,6 +54,9 @@ class CropEmbedder:
         crop = np.asarray(rgb_crop)
         if crop.ndim != 3 or crop.shape[2] != 3 or min(crop.shape[:2]) < 1:
             raise ValueError(f"expected an H x W x 3 RGB crop, got shape {crop.shape}")
+        problem = pixel_range_problem(crop)
+        if problem:
+            raise ValueError(problem)
         pixels = cv2.resize(crop.astype(np.float32), (self.width, self.height), interpolation=cv2.INTER_LINEAR)
         pixels = np.clip(pixels, 0.0, 255.0)[None]
         dtype = np.dtype(self.input["dtype"])
@@ -68,6 +74,24 @@ class CropEmbedder:
             scale, zero_point = self.output["quantization"]
             values = (values.astype(np.float32) - zero_point) * (scale or 1.0)
         return (values / max(float(np.linalg.norm(values)), 1e-12)).astype(np.float32)
+
+
+def pixel_range_problem(pixels: np.ndarray) -> str | None:
+    """Why ``pixels`` are not RGB 0-255, or None: values below -1 or above 256 (normalised or
+    mean-subtracted), or all within [-1, 1] and not all zero (0-1 floats). The project's runners apply
+    the same rule (aaa_keras/deploy/contract.py); a uint8 crop always passes."""
+    if pixels.dtype == np.uint8 or not pixels.size:
+        return None
+    low, high = float(np.min(pixels)), float(np.max(pixels))
+    if not (np.isfinite(low) and np.isfinite(high)):
+        return "the crop holds NaN or inf; expected RGB pixels 0-255"
+    if low < -1.0 or high > 256.0:
+        return (f"pixel values from {low:.4g} to {high:.4g}; expected RGB 0-255 (the model normalises "
+                "them itself, so do not subtract a mean or divide by a standard deviation)")
+    if high <= 1.0 and (low != 0.0 or high != 0.0):
+        return (f"pixel values from {low:.4g} to {high:.4g}, all within [-1, 1]: these look like normalised "
+                "pixels; expected RGB 0-255 (multiply 0-1 floats by 255)")
+    return None
 
 
 def read_rgb(path: str) -> np.ndarray:

@@ -10,6 +10,7 @@ import glob
 import importlib.util
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -234,6 +235,30 @@ def test_int8_embedding_range_headroom_keeps_the_model_consistent(exported, kera
     assert exported["report"]["tflite"]["int8"]["embedding_range_headroom"] == tflite_lib.EMBEDDING_HEADROOM
 
 
+def test_int8_file_is_integer_from_input_to_output(exported, keras_reference):
+    """No op of the exported int8 file reads or writes a float tensor (an int8-only NPU runs all of it);
+    the output is the un-normalised embedding, which the runners normalise."""
+    from ai_edge_litert.interpreter import Interpreter
+
+    from aaa_keras.deploy.runtime import load_exported
+
+    interpreter = Interpreter(model_path=exported["tflite"]["int8"])
+    dtypes = {t["index"]: np.dtype(t["dtype"]).name for t in interpreter.get_tensor_details()}
+    ops = [(op["op_name"], [dtypes[i] for i in op["inputs"] if i >= 0], [dtypes[i] for i in op["outputs"]])
+           for op in interpreter._get_ops_details()]
+    assert len(ops) > 10 and {"CONV_2D", "MEAN"} <= {name for name, _, _ in ops}
+    floating = [op for op in ops if {"float32", "float16"} & set(op[1] + op[2])]
+    assert floating == [], floating
+    assert np.dtype(interpreter.get_input_details()[0]["dtype"]) == np.uint8
+    output = interpreter.get_output_details()[0]
+    assert np.dtype(output["dtype"]) == np.int8
+    assert exported["report"]["tflite"]["int8"]["output"]["l2_normalized"] is False
+    assert exported["report"]["tflite"]["float32"]["output"]["l2_normalized"] is True
+    embeddings = load_exported(exported["tflite"]["int8"]).embed(keras_reference["images"])
+    assert np.allclose(np.linalg.norm(embeddings, axis=1), 1.0, rtol=1e-5)
+    assert _cosines(embeddings, keras_reference["embeddings"]).min() >= 0.98
+
+
 def test_round_trip_in_a_process_that_never_imports_aaa_keras(exported, keras_reference, tmp_path):
     np.save(tmp_path / "images.npy", keras_reference["images"])
     tflite_dir = os.path.dirname(exported["tflite"]["int8"])
@@ -342,11 +367,36 @@ def test_missed_parity_installs_nothing_and_says_why(run_dir, tmp_path, monkeypa
     from aaa_keras.deploy import parity
 
     monkeypatch.setitem(parity.COSINE_THRESHOLDS, "int8", 0.99999999)
-    with pytest.raises(UserError, match=r"^parity missed: int8 per-image cosine to Keras min 0\.\d+ < 0\.99"):
+    with pytest.raises(UserError, match=r"^parity missed: int8 per-image cosine to Keras 1st percentile 0\.\d+ "
+                                        r"< 0\.99\d+ \(min 0\.\d+, mean"):
         export_run(run_dir, str(tmp_path), formats="tflite", quantizations=("int8",), log=_quiet)
     assert not os.path.exists(tmp_path / "tflite" / "aaa_net" / "1")
     rejected = glob.glob(str(tmp_path / "_rejected" / "aaa_net_v1_*" / "tflite" / "parity.json"))
     assert len(rejected) == 1 and json.loads(open(rejected[0]).read())["passed"] is False
+
+
+def test_int8_map_gate_compares_with_keras_when_float32_is_not_exported():
+    from aaa_keras.deploy import parity
+
+    int8 = {"cosine_min": 0.999, "cosine_p1": 0.999, "cosine_mean": 0.9995, "mAP": 37.0}
+    alone = parity.failures({"keras": {"mAP": 40.0}, "tflite": {"int8": int8}})
+    assert alone == ["int8 mAP 37.00 is 3.00 points below keras's 40.00 (at most 1.0 allowed)"]
+    beside = {"keras": {"mAP": 40.0}, "tflite": {"int8": int8, "float32": {**int8, "mAP": 37.5}}}
+    assert parity.failures(beside) == []  # float32 TFLite, when exported, is the reference
+    assert parity.int8_map_drop(beside) == {"reference": "float32", "reference_mAP": 37.5, "points": 0.5}
+
+
+def test_int8_exported_alone_is_judged_by_map_too(run_dir, tmp_path, monkeypatch):
+    from aaa_keras.deploy import export_run
+    from aaa_keras.deploy import parity
+
+    monkeypatch.setattr(parity, "MAX_INT8_MAP_DROP", -1000.0)  # any int8 mAP now misses, if it is judged
+    with pytest.raises(UserError, match=r"^parity missed: int8 mAP \d+\.\d+ is -?\d+\.\d+ points below keras's"):
+        export_run(run_dir, str(tmp_path), formats="tflite", quantizations=("int8",), log=_quiet)
+    report = json.loads(open(glob.glob(str(tmp_path / "_rejected" / "*" / "tflite" / "parity.json"))[0]).read())
+    assert report["int8_map_reference"] == "keras"
+    assert report["int8_map_drop_points"] == pytest.approx(report["keras"]["mAP"] - report["tflite"]["int8"]["mAP"],
+                                                           rel=1e-6, abs=1e-3)
 
 
 def test_broken_uint8_serving_signature_is_caught_and_nothing_installed(run_dir, tmp_path, monkeypatch):
@@ -374,6 +424,33 @@ def test_broken_uint8_serving_signature_is_caught_and_nothing_installed(run_dir,
     assert report["saved_model"]["serving_uint8_cosine_min"] < 0.999
 
 
+def test_saved_model_signatures_are_checked_on_the_whole_held_set_with_map(exported, keras_reference, tmp_path,
+                                                                         run_dir, monkeypatch):
+    """serve_bytes wrong on one held image (not one of an evenly spread subset): caught, indexed in the full set."""
+    from aaa_keras.deploy import export_run
+    from aaa_keras.deploy import saved_model
+
+    entry, held = exported["report"]["saved_model"], len(keras_reference["paths"])
+    assert entry["num_images"] == held
+    for prefix in ("", "serving_uint8_", "serve_bytes_"):
+        assert entry[f"{prefix}mAP"] == pytest.approx(exported["report"]["keras"]["mAP"], rel=0.02)
+    with open(keras_reference["paths"][1], "rb") as f:
+        broken = f.read()
+    embed_bytes = saved_model.embed_bytes
+
+    def wrong_on_one_image(signature, encoded, batch_size=32):
+        embeddings = embed_bytes(signature, encoded, batch_size)
+        return np.where(np.array([data == broken for data in encoded])[:, None], -embeddings, embeddings)
+
+    monkeypatch.setattr(saved_model, "embed_bytes", wrong_on_one_image)
+    with pytest.raises(UserError, match=r"^parity missed: saved_model serve_bytes cosine to Keras min -1\.0000"):
+        export_run(run_dir, str(tmp_path), formats=("saved_model",), log=_quiet)
+    report = json.loads(open(glob.glob(str(tmp_path / "_rejected" / "*" / "saved_model" / "assets.extra"
+                                           / "parity.json"))[0]).read())
+    assert report["saved_model"]["serve_bytes_worst_image"] == 1
+    assert report["saved_model"]["cosine_min"] >= 0.999  # serving_default is fine
+
+
 def test_parity_verdict_covers_every_saved_model_signature():
     from aaa_keras.deploy import parity
 
@@ -389,13 +466,69 @@ def test_parity_verdict_covers_every_saved_model_signature():
 def test_a_missed_int8_cosine_says_whether_the_float_network_itself_is_that_sensitive():
     from aaa_keras.deploy import parity
 
-    int8 = {"tflite": {"int8": {"cosine_min": 0.71, "cosine_mean": 0.87}}}
+    int8 = {"tflite": {"int8": {"cosine_min": 0.71, "cosine_p1": 0.72, "cosine_mean": 0.87}}}
     fragile = parity.failures({**int8, "keras": {"pixel_noise": {"sigma": 2.0, "cosine_min": 0.94}}})
     assert len(fragile) == 1 and "0.9400 under Gaussian pixel noise of 2 grey levels" in fragile[0]
     assert "amplifies small perturbations" in fragile[0]
     robust = parity.failures({**int8, "keras": {"pixel_noise": {"sigma": 2.0, "cosine_min": 0.9990}}})
     assert "0.9990 under" in robust[0] and "amplifies" not in robust[0]
     assert "pixel noise" not in parity.failures(int8)[0]
+
+
+def test_int8_is_gated_on_a_low_percentile_of_the_cosine_and_float_formats_on_the_minimum():
+    from aaa_keras.deploy import parity
+
+    rng = np.random.default_rng(0)
+    keras = rng.normal(size=(500, 16))
+    candidate = keras + rng.normal(scale=0.05, size=keras.shape)
+    candidate[7] = -keras[7]  # one image of 500 lost entirely
+    entry = parity.compare(keras, candidate)
+    assert entry["cosine_min"] == pytest.approx(-1.0, rel=1e-6) and entry["worst_image"] == 7
+    expected = np.sort(parity.cosines(keras, candidate))[4]  # 1st percentile of 500: the 5th lowest
+    assert entry["cosine_p1"] == pytest.approx(expected, rel=1e-5)
+    assert entry["cosine_p1"] > 0.98
+    assert parity.failures({"tflite": {"int8": entry}}) == []  # one bad image of 500 does not reject int8
+    assert parity.failures({"tflite": {"float32": entry}})[0].startswith("float32 per-image cosine to Keras min ")
+    worse = {**entry, "cosine_p1": 0.975}
+    assert parity.failures({"tflite": {"int8": worse}}) == [
+        f"int8 per-image cosine to Keras 1st percentile 0.9750 < 0.98 (min -1.0000, mean {entry['cosine_mean']:.4f})"]
+
+
+@pytest.fixture(scope="module")
+def bnneck_run_dir(tiny_data, tmp_path_factory):
+    from aaa_keras.config import make_config
+    from aaa_keras.training import fit
+
+    path = tmp_path_factory.mktemp("bnneck_run") / "run"
+    config = make_config("demo", recipe="strong", data=tiny_data, backbone="tiny_resnet", batch_size=8, epochs=1,
+                         steps_per_epoch=2, image_height=64, image_width=32)
+    assert config.bnneck and config.neck_feature == "after"
+    fit("baseline", config, str(path), log=_quiet)
+    return str(path)
+
+
+def test_export_with_int8_retrieves_before_the_bnneck_in_every_format_unless_told(bnneck_run_dir, tmp_path,
+                                                                                 monkeypatch):
+    from aaa_keras.deploy import export_run
+    from aaa_keras.deploy import parity
+    from aaa_keras.deploy.runtime import embed_files, load_exported
+
+    monkeypatch.setattr(parity, "MAX_INT8_MAP_DROP", 100.0)  # 7 queries of a 2-step network: mAP is noise here
+
+    both = export_run(bnneck_run_dir, str(tmp_path), formats=("tflite", "onnx"), quantizations=("int8",),
+                      log=_quiet)
+    report = both["report"]
+    assert (report["neck_feature"], report["neck_feature_from"]) == ("before", "default where int8 is exported")
+    # one feature per model: the ONNX model's embeddings answer the int8 model's queries
+    paths = glob.glob(os.path.join(report["data"], "query", "*.jpg"))[:12]
+    onnx, int8 = (embed_files(load_exported(path), paths) for path in (both["onnx"], both["tflite"]["int8"]))
+    assert _cosines(onnx, int8).min() >= 0.98
+    alone = export_run(bnneck_run_dir, str(tmp_path), formats=("onnx",), log=_quiet)["report"]
+    assert (alone["neck_feature"], alone["neck_feature_from"]) == ("after", "the run's")
+    told = export_run(bnneck_run_dir, str(tmp_path), formats=("onnx",), neck_feature="before", log=_quiet)["report"]
+    assert (told["neck_feature"], told["neck_feature_from"]) == ("before", "--neck-feature")
+    assert told["onnx"]["mAP"] == pytest.approx(report["onnx"]["mAP"], rel=1e-6)
+    assert alone["keras"]["mAP"] != pytest.approx(report["keras"]["mAP"], rel=1e-9)  # another feature indeed
 
 
 # === The versioned install ===
@@ -768,6 +901,41 @@ def test_tflite_embed_needs_only_litert_numpy_and_opencv(exported, keras_referen
     failed = subprocess.run([sys.executable, script, exported["tflite"]["int8"], str(tmp_path / "none.jpg")],
                             capture_output=True, text=True, env=_clean_env(), timeout=120)
     assert failed.returncode == 2 and "none.jpg: cannot read this image" in failed.stderr
+
+
+# What each normalisation convention makes of the crops; every one must be refused, real pixels never.
+NOT_0_255 = {"0-1 floats": lambda x: x / 255.0, "[-1, 1]": lambda x: x / 127.5 - 1.0,
+             "ImageNet mean / std": lambda x: (x / 255.0 - 0.45) / 0.225, "caffe mean": lambda x: x - 116.0}
+
+
+def test_runners_refuse_pixels_that_are_not_0_255_and_accept_every_real_crop(exported):
+    from aaa_keras.deploy.contract import pixel_range_problem
+    from aaa_keras.deploy.runtime import load_exported, read_images
+
+    models = [exported["saved_model"], exported["onnx"], exported["openvino"], *exported["tflite"].values()]
+    paths = sorted(glob.glob(os.path.join(exported["report"]["data"], "*", "*.jpg")))
+    for path in paths:  # every crop of the data set, alone: real pixels are never refused
+        assert pixel_range_problem(read_images([path], (64, 32))) is None, path
+    images = read_images(paths[:6], (64, 32))
+    for path in models:
+        model = load_exported(path)
+        assert model.embed(images).shape == (6, model.embedding_dim)
+        assert np.isfinite(model.embed(np.zeros_like(images))).all()  # black crops are black on any scale
+        for transform in NOT_0_255.values():
+            with pytest.raises(UserError, match=rf"^{re.escape(path)}: pixel values from .*expected RGB 0-255"):
+                model.embed(transform(images))
+
+
+def test_clients_refuse_pixels_that_are_not_0_255(exported, keras_reference):
+    client, camera = _load_script("serving_client"), _load_script("tflite_embed")
+    embedder = camera.CropEmbedder(exported["tflite"]["int8"])
+    crop = keras_reference["images"][0]
+    assert embedder.embed(crop.astype(np.uint8)).shape == embedder.embed(crop).shape
+    for transform in NOT_0_255.values():
+        with pytest.raises(ValueError, match=r"^pixel values from .*expected RGB 0-255"):
+            embedder.embed(transform(crop))
+        with pytest.raises(client.ClientError, match=r"^pixel values from .*expected RGB 0-255"):
+            client.rest_request("serving_default", pixels=transform(keras_reference["images"][:2]))
 
 
 @pytest.mark.parametrize("script", ["serving_client.py", "tflite_embed.py"])

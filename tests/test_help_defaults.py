@@ -59,10 +59,10 @@ def _check_test_ids(tmp_path):
 DESCRIBED = {
     ("fit", "baseline_epochs"): ("--epochs", lambda tmp: all(
         config_lib.make_config(p, epochs=7).stage_epochs("baseline") == 7 for p in PRESETS)),
-    ("fit", "neck_feature"): ("fit: after; evaluate, export: the run's own", lambda tmp: all(
+    ("fit", "neck_feature"): ("fit: after; evaluate: the run's own; export: before when int8 TFLite is exported (in every format of that export), else the run's own", lambda tmp: all(
         config_lib.make_config(p, recipe=r).neck_feature == "after" for p in PRESETS for r in config_lib.RECIPES)),
-    ("evaluate", "neck_feature"): ("fit: after; evaluate, export: the run's own", None),
-    ("export", "neck_feature"): ("fit: after; evaluate, export: the run's own", None),
+    ("evaluate", "neck_feature"): ("fit: after; evaluate: the run's own; export: before when int8 TFLite is exported (in every format of that export), else the run's own", None),
+    ("export", "neck_feature"): ("fit: after; evaluate: the run's own; export: before when int8 TFLite is exported (in every format of that export), else the run's own", None),
     ("index", "nlist"): ("min(4 sqrt(N), N // 39)", lambda tmp: _check_nlist()),
     ("index", "pq_m"): ("the largest divisor of D up to min(64, D / 2)", lambda tmp: _check_pq_m()),
     ("data synth", "test_ids"): ("half, rounded up", _check_test_ids),

@@ -6,7 +6,7 @@ Layout under ``out`` (``M`` = model name, ``V`` = version, an integer)::
     out/M/V/assets.extra/parity.json  the parity report of this export (TF Serving ignores it)
     out/tflite/M/V/M_vV_float32.tflite
     out/tflite/M/V/M_vV_float16.tflite
-    out/tflite/M/V/M_vV_int8.tflite   uint8 pixel input, int8 embedding output
+    out/tflite/M/V/M_vV_int8.tflite   uint8 pixel input, int8 un-normalised embedding output
     out/tflite/M/V/parity.json        the same report, beside the .tflite files
     out/onnx/M/V/M_vV.onnx            ONNX (ONNX Runtime, TensorRT), with its parity.json
     out/openvino/M/V/M_vV.xml, .bin   OpenVINO IR, with its parity.json
@@ -142,6 +142,9 @@ def export_run(run_dir: str, out: str, stage: str | None = None, formats=FORMATS
     _check_arguments(run_dir, out, version, representative_count)
 
     # === The trained stage, the held set and its Keras embeddings ===
+    feature_source = "--neck-feature" if neck_feature else "the run's"
+    if not neck_feature and "int8" in quantizations:
+        neck_feature, feature_source = INT8_NECK_FEATURE, "default where int8 is exported"
     trained = load_trained(run_dir, stage, neck_feature)
     config, parts, stage = trained.config, trained.parts, trained.stage
     embedder = build_embedder(parts)
@@ -157,12 +160,15 @@ def export_run(run_dir: str, out: str, stage: str | None = None, formats=FORMATS
             f"({', '.join(formats)}{': ' + ', '.join(quantizations) if quantizations else ''}), "
             f"input {image_size[0]}x{image_size[1]}, embedding {parts.embedding_dim}-d")
         log(f"Parity held set: {len(held.query)} query + {len(held.gallery)} gallery images of {root}")
+        if config.bnneck:
+            log(f"Retrieval feature, in every format: {config.neck_feature} the BNNeck ({feature_source})")
         reference = parity_lib.Reference(held, extract_embeddings(embedder, held.records, image_size))
         _check_embeddings_usable(reference.embeddings, parts, held.records, image_size, run_dir, stage)
         report = {
             "model_name": model_name, "version": version, "run_dir": os.path.abspath(run_dir), "stage": stage,
             "backbone": config.backbone, "image_size": list(image_size), "embedding_dim": parts.embedding_dim,
             "neck_feature": config.neck_feature if config.bnneck else None,
+            "neck_feature_from": feature_source if config.bnneck else None,
             "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
             "data": root,
             "held_set": {"source": "test split (query + gallery)", "num_query": len(held.query),
@@ -185,9 +191,9 @@ def export_run(run_dir: str, out: str, stage: str | None = None, formats=FORMATS
             report["representative_set"], report["tflite"], files["tflite"] = _export_tflite_variants(
                 parts, embedder, image_size, dataset, representative_count, quantizations, model_name, version,
                 install.partial("tflite", parents["tflite"]), reference, num_threads, log)
-            if "int8" in report["tflite"] and "float32" in report["tflite"]:
-                report["int8_map_drop_points"] = round(
-                    report["tflite"]["float32"]["mAP"] - report["tflite"]["int8"]["mAP"], 3)
+            drop = parity_lib.int8_map_drop(report)
+            if drop:
+                report["int8_map_drop_points"], report["int8_map_reference"] = drop["points"], drop["reference"]
 
         # === ONNX and OpenVINO ===
         for kind in ("onnx", "openvino"):
@@ -240,9 +246,8 @@ def _result(finals: dict, files: dict, version: int, stage: str, report: dict, m
 # === One format each: write, load back with its own runtime, score against Keras ===
 
 def _export_saved_model(embedder, image_size, path, reference, log) -> dict:
-    """Write the SavedModel to ``path``, load it back, and compare its three signatures with Keras."""
-    import tensorflow as tf
-
+    """Write the SavedModel to ``path``, load it back, and compare its three signatures with Keras on the
+    whole held set (``serving_uint8`` against Keras on the same pixels rounded; ``serve_bytes`` on the files)."""
     from aaa_keras.deploy import saved_model
     from aaa_keras.deploy.runtime import read_images
 
@@ -252,33 +257,39 @@ def _export_saved_model(embedder, image_size, path, reference, log) -> dict:
     missing = [name for name in saved_model.SIGNATURES if name not in signatures]
     if missing:
         raise UserError(f"{path}: the written SavedModel lacks the signatures {missing}")
-    held = reference.held.records
-    check, files = parity_lib.saved_model_checks(len(held))
-    images = read_images([held[i].path for i in check], image_size)
-    entry = reference.compare(saved_model.embed_images(signatures[saved_model.SIGNATURE_FLOAT], images), check)
-    rounded = np.round(images)
-    uint8_entry = reference.compare(
-        saved_model.embed_images(signatures[saved_model.SIGNATURE_UINT8], rounded.astype(np.uint8)),
-        reference=np.asarray(embedder.predict(rounded, verbose=0)))
-    encoded = []
-    for i in files:
-        with open(held[i].path, "rb") as f:
-            encoded.append(f.read())
-    try:
-        from_bytes = saved_model.embed_bytes(signatures[saved_model.SIGNATURE_BYTES], encoded)
-    except tf.errors.InvalidArgumentError as error:
-        raise UserError(f"{path}: serve_bytes refused the test images ({str(error).splitlines()[0]})") from None
-    bytes_entry = reference.compare(from_bytes, files)
+    outputs = {"float": [], "uint8": [], "rounded_keras": [], "bytes": []}
+    paths = [record.path for record in reference.held.records]
+    for start in range(0, len(paths), SAVED_MODEL_BATCH):
+        batch = paths[start:start + SAVED_MODEL_BATCH]
+        images = read_images(batch, image_size)
+        rounded = np.round(images)
+        outputs["float"].append(saved_model.embed_images(signatures[saved_model.SIGNATURE_FLOAT], images))
+        outputs["uint8"].append(saved_model.embed_images(signatures[saved_model.SIGNATURE_UINT8],
+                                                         rounded.astype(np.uint8)))
+        outputs["rounded_keras"].append(np.asarray(embedder.predict(rounded, verbose=0)))
+        outputs["bytes"].append(saved_model.embed_files(signatures[saved_model.SIGNATURE_BYTES], batch, path))
+    outputs = {name: np.concatenate(values) for name, values in outputs.items()}
+    entry = reference.compare(outputs["float"])
+    entry.update(reference.held.retrieval(outputs["float"]))
+    for key, signature, embeddings, keras in (("serving_uint8", "uint8", outputs["uint8"], outputs["rounded_keras"]),
+                                              ("serve_bytes", "bytes", outputs["bytes"], None)):
+        compared = reference.compare(embeddings, reference=keras)
+        entry.update({f"{key}_cosine_min": compared["cosine_min"], f"{key}_cosine_mean": compared["cosine_mean"],
+                      f"{key}_worst_image": compared.get("worst_image"),
+                      f"{key}_mAP": reference.held.retrieval(embeddings)["mAP"]})
     entry.update({
-        "num_images": len(check), "serving_uint8_cosine_min": uint8_entry["cosine_min"],
-        "serve_bytes_cosine_min": bytes_entry["cosine_min"], "serve_bytes_num_images": len(files),
-        "signatures": list(saved_model.SIGNATURES),
+        "num_images": len(paths), "signatures": list(saved_model.SIGNATURES),
         "bytes": sum(os.path.getsize(os.path.join(d, f)) for d, _, fs in os.walk(path) for f in fs),
+        "check_seconds": round(time.time() - started, 1),
     })
     log(f"  SavedModel: {entry['bytes'] / 1e6:.1f} MB in {time.time() - started:.0f} s, loaded back: cosine to "
         f"Keras min {entry['cosine_min']:.6f} (serving_uint8 {entry['serving_uint8_cosine_min']:.6f}, "
-        f"serve_bytes {entry['serve_bytes_cosine_min']:.6f})")
+        f"serve_bytes {entry['serve_bytes_cosine_min']:.6f}), mAP {entry['mAP']:.2f} "
+        f"(Keras {reference.retrieval['mAP']:.2f})")
     return entry
+
+
+SAVED_MODEL_BATCH = 64  # held images read and run through each signature at a time
 
 
 def _export_tflite_variants(parts, embedder, image_size, dataset, representative_count, quantizations, model_name,
@@ -292,8 +303,11 @@ def _export_tflite_variants(parts, embedder, image_size, dataset, representative
     train_records = parity_lib.spread(list(dataset.train), representative_count)
     representative = read_images([r.path for r in train_records], image_size)
     info = {"source": "training split", "num_images": len(train_records), "requested": representative_count}
-    graph = tflite_lib.tflite_graph(parts)
-    _check_same_outputs(graph, embedder, representative[:8])
+    graphs = {"float": tflite_lib.tflite_graph(parts),  # float32 / float16: L2-normalised output
+              "int8": tflite_lib.tflite_graph(parts, normalize=tflite_lib.INT8_OUTPUT_L2_NORMALIZED)}
+    for graph in graphs.values():
+        _check_same_outputs(graph, embedder, representative[:8])
+    graph = graphs["float"]
     converted = {}
     if "int8" in quantizations:  # before the int8 calibration, which segfaults on overflowing activations
         converted["float32"] = tflite_lib.convert(graph, "float32")
@@ -301,12 +315,13 @@ def _export_tflite_variants(parts, embedder, image_size, dataset, representative
     entries, names = {}, {}
     for quantization in quantizations:
         name = tflite_lib.tflite_file_name(model_name, version, quantization)
-        entry, content = _export_tflite(graph, quantization, representative, reference, embedder.count_params(),
-                                        name, num_threads, converted.get(quantization))
+        entry, content = _export_tflite(graphs["int8" if quantization == "int8" else "float"], quantization,
+                                        representative, reference, embedder.count_params(), name, num_threads,
+                                        converted.get(quantization))
         write_bytes_atomically(os.path.join(partial, name), content)
         entries[quantization], names[quantization] = entry, name
-        log(f"  {quantization}: {entry['bytes'] / 1e6:.1f} MB, cosine to Keras min "
-            f"{entry['cosine_min']:.5f} mean {entry['cosine_mean']:.5f} (centred min "
+        log(f"  {quantization}: {entry['bytes'] / 1e6:.1f} MB, cosine to Keras min {entry['cosine_min']:.5f} "
+            f"1st percentile {entry['cosine_p1']:.5f} mean {entry['cosine_mean']:.5f} (centred min "
             f"{entry['centred_cosine_min']:.4f}), mAP {entry['mAP']:.2f} "
             f"(Keras {reference.retrieval['mAP']:.2f})")
     return info, entries, names
@@ -328,6 +343,10 @@ def _check_embeddings_usable(reference, parts, held, image_size, run_dir, stage)
         "not settled; train it longer before exporting")
 
 
+# With a BNNeck, the retrieval feature every format of an export takes when int8 TFLite is among its
+# targets and --neck-feature is not given: int8 cannot hold the feature after the BNNeck (its per-dimension
+# gain amplifies rounding; docs/decisions.md, "The int8 gate"). One feature per exported model.
+INT8_NECK_FEATURE = "before"
 PIXEL_NOISE_SIGMA = 2.0  # grey levels
 
 
@@ -356,7 +375,10 @@ def _pixel_noise_sensitivity(embedder, reference, image_size, sigma: float = PIX
 
 
 def _check_same_outputs(graph, embedder, images) -> None:
-    difference = float(np.abs(np.asarray(graph.predict(images, verbose=0))
+    """The TFLite graph's output, L2-normalised, equals the embedder's."""
+    from aaa_keras.deploy.contract import l2_normalized
+
+    difference = float(np.abs(l2_normalized(graph.predict(images, verbose=0))
                               - np.asarray(embedder.predict(images, verbose=0))).max())
     if difference > 1e-4:
         raise UserError(f"internal: the TFLite graph differs from the embedder by {difference:.2e}")
@@ -380,6 +402,7 @@ def _export_tflite(graph, quantization, representative, reference, num_weights, 
     entry = reference.compare(embeddings)
     entry.update({"file": name, "bytes": len(content), **runner.io_details(),
                   "convert_seconds": round(convert_seconds, 1)})
+    entry["output"]["l2_normalized"] = quantization != "int8" or tflite_lib.INT8_OUTPUT_L2_NORMALIZED
     if quantization == "int8":
         entry["embedding_range_headroom"] = tflite_lib.EMBEDDING_HEADROOM
     entry.update(reference.held.retrieval(embeddings))

@@ -45,6 +45,7 @@ import warnings
 
 import numpy as np
 
+from aaa_keras.deploy.contract import checked_pixels
 from aaa_keras.errors import UserError
 from aaa_keras.files import atomic_path, partial_path
 
@@ -129,7 +130,7 @@ class OnnxEmbedder:
         self.embedding_dim = int(outputs[0].shape[-1])
 
     def embed(self, images: np.ndarray, batch_size: int = 32) -> np.ndarray:
-        images = _checked(images, self.image_size, self.path)
+        images = checked_pixels(images, self.image_size, self.path)
         results = [self.session.run([self._output], {self._input: images[start:start + batch_size]})[0]
                    for start in range(0, len(images), batch_size)]
         return np.concatenate(results).astype(np.float32) if results else np.zeros((0, self.embedding_dim),
@@ -212,7 +213,7 @@ class OpenVINOEmbedder:
         self._request = self.compiled.create_infer_request()
 
     def embed(self, images: np.ndarray, batch_size: int = 32) -> np.ndarray:
-        images = _checked(images, self.image_size, self.path)
+        images = checked_pixels(images, self.image_size, self.path)
         results = []
         for start in range(0, len(images), batch_size):
             self._request.infer({0: images[start:start + batch_size]})
@@ -224,11 +225,3 @@ def _one_line(error, limit: int = 300) -> str:
     """A runtime's multi-line exception text as one line (OpenVINO puts the reason after a source location)."""
     text = " ".join(line.strip() for line in str(error).splitlines() if line.strip())
     return (text[:limit] + "...") if len(text) > limit else text or type(error).__name__
-
-
-def _checked(images, image_size, path) -> np.ndarray:
-    images = np.ascontiguousarray(images, np.float32)
-    if images.ndim != 4 or tuple(images.shape[1:]) != (*image_size, 3):
-        raise UserError(f"{path}: expects images of shape [N, {image_size[0]}, {image_size[1]}, 3], "
-                        f"got {list(images.shape)}")
-    return images

@@ -13,15 +13,18 @@ and gallery, never used for calibration):
 - ``mAP`` / ``rank1`` (percent): retrieval on the test split (query vs
   gallery, standard Market-1501 protocol via ``evaluate_rank``).
 
-Thresholds (SPEC section 4), applied per image: cosine >= 0.999 for float32,
-float16, the SavedModel, ONNX and OpenVINO, >= 0.98 for int8; int8 mAP at most 1 point below
-float32's. The SavedModel's other two signatures (``serving_uint8``,
+Thresholds (SPEC section 4), on the per-image cosine: its minimum >= 0.999 for
+float32, float16, the SavedModel, ONNX and OpenVINO; for int8 its 1st percentile
+>= 0.98 (:data:`GATED_COSINE`; the minimum is reported beside it); int8 mAP at most 1 point below
+float32's, or below the Keras model's when float32 TFLite is not exported in the same call
+(:func:`int8_map_drop`). The SavedModel's other two signatures (``serving_uint8``,
 ``serve_bytes``) are held to the SavedModel's threshold too. Missing one
 raises ``UserError("parity missed: ...")``.
 
 Which images: :func:`held_set` chooses the held set (the whole test split, or
-whole test identities of it up to a bound); :func:`spread` picks evenly spaced
-items (the SavedModel's signature checks, the int8 calibration images);
+whole test identities of it up to a bound; every format and every signature of
+the SavedModel is checked on all of it); :func:`spread` picks evenly spaced
+items (the int8 calibration images);
 :class:`Reference` holds the Keras embeddings of the held set and scores an
 exported model's embeddings against them.
 """
@@ -36,11 +39,14 @@ import numpy as np
 from aaa_keras.data.names import record_ids
 from aaa_keras.errors import UserError
 
+# The per-image cosine statistic each format is gated on: int8 by a low percentile (its rounding noise is
+# statistical and the minimum over N images falls as N grows; docs/decisions.md, "The int8 gate"), every
+# float format by the minimum (any image below 0.999 there is a defect). The minimum is reported for all.
+GATED_COSINE = {"int8": "cosine_p1"}
+INT8_COSINE_PERCENTILE = 1.0
 COSINE_THRESHOLDS = {"saved_model": 0.999, "onnx": 0.999, "openvino": 0.999, "float32": 0.999, "float16": 0.999,
                      "int8": 0.98}
-MAX_INT8_MAP_DROP = 1.0  # percentage points of mAP, int8 vs float32
-SAVED_MODEL_CHECK_IMAGES = 64  # held images the SavedModel's float / uint8 signatures are checked on
-SAVED_MODEL_CHECK_FILES = 16  # held files whose encoded bytes go through serve_bytes
+MAX_INT8_MAP_DROP = 1.0  # percentage points of mAP, int8 vs float32 TFLite (else vs Keras)
 # The SavedModel's other signatures, checked against the SavedModel's threshold: (report key, signature).
 SIGNATURE_COSINES = (("serving_uint8_cosine_min", "serving_uint8"), ("serve_bytes_cosine_min", "serve_bytes"))
 
@@ -88,13 +94,6 @@ def held_set(dataset, max_images: int | None = None) -> HeldSet:
     query = [r for r in query if r.pid in keep]
     gallery = [r for r in gallery if r.pid in keep or id(r) in other_kept]
     return HeldSet(query, gallery, subset=len(query) + len(gallery) < total)
-
-
-def saved_model_checks(count: int) -> tuple[list[int], list[int]]:
-    """Indices into a held set of ``count`` images: those the SavedModel's image signatures are run on,
-    and the subset of them whose files go through ``serve_bytes``."""
-    images = spread(list(range(count)), SAVED_MODEL_CHECK_IMAGES)
-    return images, spread(images, SAVED_MODEL_CHECK_FILES)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -162,6 +161,8 @@ def compare(reference: np.ndarray, candidate: np.ndarray, mean: np.ndarray | Non
     centred = centred_cosines(reference, candidate, mean)
     return {
         "cosine_min": round(float(plain.min()), 6), "cosine_mean": round(float(plain.mean()), 6),
+        # an actual image's cosine: the minimum on a held set of 100 images or fewer
+        "cosine_p1": round(float(np.percentile(plain, INT8_COSINE_PERCENTILE, method="lower")), 6),
         "centred_cosine_min": round(float(centred.min()), 6),
         "centred_cosine_mean": round(float(centred.mean()), 6),
         "worst_image": int(np.argmin(plain)), "finite": True,
@@ -174,23 +175,38 @@ def failures(report: dict) -> list[str]:
     variants = {name: report[name] for name in ("saved_model", "onnx", "openvino") if report.get(name)}
     variants.update(report.get("tflite", {}))
     for name, entry in variants.items():
-        threshold = COSINE_THRESHOLDS[name]
+        threshold, gated = COSINE_THRESHOLDS[name], GATED_COSINE.get(name, "cosine_min")
         if not entry.get("finite", True):
             problems.append(f"{name} outputs NaN or inf")
-        elif entry["cosine_min"] < threshold:
-            problems.append(f"{name} per-image cosine to Keras min {entry['cosine_min']:.4f} < {threshold} "
-                            f"(mean {entry['cosine_mean']:.4f}){_noise_hint(report, name, threshold)}")
+        elif entry[gated] < threshold:
+            statistic = "min" if gated == "cosine_min" else f"{INT8_COSINE_PERCENTILE:g}st percentile"
+            beside = "" if gated == "cosine_min" else f"min {entry['cosine_min']:.4f}, "
+            problems.append(f"{name} per-image cosine to Keras {statistic} {entry[gated]:.4f} < {threshold} "
+                            f"({beside}mean {entry['cosine_mean']:.4f}){_noise_hint(report, name, threshold)}")
         for key, signature in SIGNATURE_COSINES:
             value = entry.get(key)
             if value is not None and not value >= threshold:  # NaN misses too
                 problems.append(f"{name} {signature} cosine to Keras min {value:.4f} < {threshold}")
-    tflite = report.get("tflite", {})
-    if "int8" in tflite and "float32" in tflite and "mAP" in tflite["int8"] and "mAP" in tflite["float32"]:
-        drop = tflite["float32"]["mAP"] - tflite["int8"]["mAP"]
-        if drop > MAX_INT8_MAP_DROP:
-            problems.append(f"int8 mAP {tflite['int8']['mAP']:.2f} is {drop:.2f} points below float32's "
-                            f"{tflite['float32']['mAP']:.2f} (at most {MAX_INT8_MAP_DROP} allowed)")
+    drop = int8_map_drop(report)
+    if drop is not None and drop["points"] > MAX_INT8_MAP_DROP:
+        problems.append(f"int8 mAP {report['tflite']['int8']['mAP']:.2f} is {drop['points']:.2f} points below "
+                        f"{drop['reference']}'s {drop['reference_mAP']:.2f} (at most {MAX_INT8_MAP_DROP} allowed)")
     return problems
+
+
+def int8_map_drop(report: dict) -> dict | None:
+    """``{"reference", "reference_mAP", "points"}``: how far int8's mAP is below float32 TFLite's, or below
+    the Keras model's (``report["keras"]``) when float32 is not in the report; None without an int8 mAP."""
+    tflite = report.get("tflite", {})
+    if "mAP" not in tflite.get("int8", {}):
+        return None
+    if "mAP" in tflite.get("float32", {}):
+        reference, value = "float32", tflite["float32"]["mAP"]
+    elif "mAP" in report.get("keras", {}):
+        reference, value = "keras", report["keras"]["mAP"]
+    else:
+        return None
+    return {"reference": reference, "reference_mAP": value, "points": round(value - tflite["int8"]["mAP"], 3)}
 
 
 def _noise_hint(report: dict, name: str, threshold: float) -> str:
@@ -202,10 +218,12 @@ def _noise_hint(report: dict, name: str, threshold: float) -> str:
             f"of {noise['sigma']:g} grey levels")
     if noise["cosine_min"] < threshold:
         hint += (": it amplifies small perturbations, so int8's rounding cannot stay within the gate; "
-                 "with a BNNeck export the feature before it (--neck-feature before), or train longer or "
-                 "from ImageNet weights, or deploy float16")
+                 "with a BNNeck export the feature before it (--neck-feature before, the default where int8 "
+                 "is exported), or train longer or from ImageNet weights, or deploy float16")
     return hint
 
 
 def thresholds() -> dict:
-    return {"cosine_min": dict(COSINE_THRESHOLDS), "int8_max_map_drop_points": MAX_INT8_MAP_DROP}
+    return {"cosine": dict(COSINE_THRESHOLDS),
+            "cosine_statistic": {name: GATED_COSINE.get(name, "cosine_min") for name in COSINE_THRESHOLDS},
+            "int8_max_map_drop_points": MAX_INT8_MAP_DROP}

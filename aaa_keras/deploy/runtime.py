@@ -2,7 +2,8 @@
 
 ``load_exported(path)`` detects which, and returns an object with
 ``kind``, ``path``, ``image_size``, ``embedding_dim`` and ``embed(images)``
-(float32 0-255 RGB ``[N, H, W, 3]`` -> L2-normalised ``[N, D]``). Images are
+(float32 0-255 RGB ``[N, H, W, 3]`` -> L2-normalised ``[N, D]``; other pixel scales are refused:
+:mod:`aaa_keras.deploy.contract`). Images are
 read with the training / evaluation decoder
 (:func:`aaa_keras.data.pipeline.decode_image`), so an exported model sees the
 pixels ``evaluate`` fed the Keras model.
@@ -16,6 +17,7 @@ import re
 import numpy as np
 
 from aaa_keras.data.names import is_image_file
+from aaa_keras.deploy.contract import checked_pixels
 from aaa_keras.errors import UserError
 
 
@@ -49,7 +51,7 @@ class SavedModelEmbedder:
     def embed(self, images: np.ndarray, batch_size: int = 32) -> np.ndarray:
         from aaa_keras.deploy.saved_model import embed_images
 
-        return embed_images(self._signature, np.asarray(images, np.float32), batch_size)
+        return embed_images(self._signature, checked_pixels(images, self.image_size, self.path), batch_size)
 
 
 MODEL_KINDS = "a SavedModel directory, a .tflite, .onnx or OpenVINO .xml file"

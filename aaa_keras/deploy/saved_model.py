@@ -36,6 +36,8 @@ import os
 import numpy as np
 import tensorflow as tf
 
+from aaa_keras.errors import UserError
+
 SIGNATURE_FLOAT = "serving_default"
 SIGNATURE_UINT8 = "serving_uint8"
 SIGNATURE_BYTES = "serve_bytes"
@@ -182,6 +184,19 @@ def embed_bytes(signature, encoded: list[bytes], batch_size: int = 32) -> np.nda
                [OUTPUT_EMBEDDING].numpy() for start in range(0, len(encoded), batch_size)]
     dim = signature.structured_outputs[OUTPUT_EMBEDDING].shape[-1]
     return np.concatenate(results) if results else np.zeros((0, dim), np.float32)
+
+
+def embed_files(signature, paths, model_path: str) -> np.ndarray:
+    """``serve_bytes`` on the encoded bytes of image files; UserError naming ``model_path`` when it refuses one."""
+    encoded = []
+    for file_path in paths:
+        with open(file_path, "rb") as f:
+            encoded.append(f.read())
+    try:
+        return embed_bytes(signature, encoded)
+    except tf.errors.InvalidArgumentError as error:
+        raise UserError(f"{model_path}: serve_bytes refused the test images "
+                        f"({str(error).splitlines()[0]})") from None
 
 
 def is_saved_model_dir(path: str) -> bool:

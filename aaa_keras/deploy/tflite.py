@@ -7,8 +7,12 @@ Three quantisations (SPEC section 4), all from the same Keras graph:
 - ``int8``: full-integer post-training quantisation (every op int8, weights
   per-channel) calibrated on representative images from the training split,
   with **uint8 pixel input** (scale 1, zero point 0: a camera feeds its raw
-  0-255 RGB pixels) and **int8 embedding output** (dequantise with the output
-  tensor's scale / zero point, then L2-normalise again).
+  0-255 RGB pixels) and **int8 un-normalised embedding output**: the graph
+  ends before the L2 normalisation (:data:`INT8_OUTPUT_L2_NORMALIZED`), whose
+  ``SQUARE`` LiteRT's converter keeps in float between a ``DEQUANTIZE`` and a
+  ``QUANTIZE``; the reader dequantises with the output tensor's scale / zero
+  point and L2-normalises. :func:`check_tflite` refuses an int8 model with
+  any op that reads or writes a float tensor (:func:`float_ops`).
 
 The graph converted is :func:`tflite_graph`, not ``build_embedder``'s: the
 ImageNet preprocessing (RGB -> BGR, minus the mean) becomes an exactly
@@ -21,12 +25,10 @@ model). :func:`check_tflite` refuses any model that still has such an op.
 The camera backbones (mobilenet_v3_large, efficientnet_b0) normalise 0-255
 RGB themselves with per-channel multiply / add (keras.applications'
 ``Rescaling`` / ``Normalization``; no channel flip, no ``REVERSE_V2``), so
-their graph is ``build_embedder``'s unchanged. In their int8 models every
+their graph runs ``parts.network`` unchanged. In their int8 models every
 backbone op is int8, as in ResNet-50's: MobileNetV3's hard-swish is LiteRT's
 int8 ``HARD_SWISH``, its squeeze-excite blocks ``MEAN`` / ``CONV_2D`` /
-``MUL``; EfficientNet's swish is ``LOGISTIC`` + ``MUL`` (in every backbone the
-L2 normalisation's ``SQUARE`` runs in float between a ``DEQUANTIZE`` and a
-``QUANTIZE``).
+``MUL``; EfficientNet's swish is ``LOGISTIC`` + ``MUL``.
 
 Every model is run with ``ai_edge_litert.interpreter.Interpreter``
 (``tf.lite.Interpreter`` is deprecated).
@@ -43,43 +45,50 @@ import numpy as np
 from ai_edge_litert.interpreter import Interpreter
 from keras import layers
 
+from aaa_keras.deploy.contract import checked_pixels, l2_normalized
 from aaa_keras.errors import UserError
-from aaa_keras.model.backbone import IMAGENET_BGR_MEAN, ImageNetPreprocessing, ReidParts, build_embedder
+from aaa_keras.model.backbone import IMAGENET_BGR_MEAN, ImageNetPreprocessing, ReidParts
 
 from aaa_keras.vocabulary import QUANTIZATIONS
 # Bytes per weight of each quantisation; a model far below it holds no weights.
 BYTES_PER_WEIGHT = {"float32": 4, "float16": 2, "int8": 1}
 # Ops that mean the weights were not frozen into the model (the 0.2 MB NaN trap).
 VARIABLE_OPS = ("READ_VARIABLE", "VAR_HANDLE", "ASSIGN_VARIABLE", "CALL_ONCE")
+# The int8 graph ends at the un-normalised embedding: an L2 normalisation in it runs its SQUARE in float
+# between a DEQUANTIZE and a QUANTIZE (what LiteRT's int8 converter makes of it), which an int8-only
+# accelerator cannot run. Every reader of the file L2-normalises after dequantising.
+INT8_OUTPUT_L2_NORMALIZED = False
+FLOAT_TYPES = ("float32", "float16", "float64", "bfloat16")
 
 
 # === The graph that is converted ===
 
-def tflite_graph(parts: ReidParts) -> keras.Model:
-    """``build_embedder(parts)`` with the preprocessing as a 1x1 convolution.
+def tflite_graph(parts: ReidParts, normalize: bool = True) -> keras.Model:
+    """``build_embedder(parts)`` with the preprocessing as a 1x1 convolution; ``normalize=False`` ends at
+    the un-normalised embedding (the int8 graph: :data:`INT8_OUTPUT_L2_NORMALIZED`).
 
     Same weights (shared layers), same outputs in float32 (the permutation and
     mean subtraction are exact), but no ``REVERSE_V2`` op for the converter to
-    mis-quantise. Falls back to ``build_embedder`` when the stem is not
-    ``Input -> ImageNetPreprocessing -> backbone``: the camera backbones,
-    whose stem is ``Input -> backbone`` with their own preprocessing inside
+    mis-quantise. The camera backbones, whose stem is ``Input -> backbone``
+    with their own preprocessing inside, run ``parts.network`` unchanged
     (the int8 check still runs).
     """
+    images = keras.Input(parts.network.input.shape[1:], name="image")
     stem_layers = [layer for layer in parts.stem.layers if not isinstance(layer, layers.InputLayer)]
     if len(stem_layers) != 2 or not isinstance(stem_layers[0], ImageNetPreprocessing):
-        return build_embedder(parts)
-    backbone_stem = stem_layers[1]
-    images = keras.Input(parts.network.input.shape[1:], name="image")
-    to_bgr = layers.Conv2D(3, 1, name="imagenet_preprocessing_1x1")
-    preprocessed = to_bgr(images)
-    kernel = np.zeros((1, 1, 3, 3), np.float32)
-    for bgr_channel in range(3):
-        kernel[0, 0, 2 - bgr_channel, bgr_channel] = 1.0  # output B <- input channel 2 (R G B)
-    to_bgr.set_weights([kernel, -np.asarray(IMAGENET_BGR_MEAN, np.float32)])
-    embedding, _ = parts.tail(backbone_stem(preprocessed), training=False)
-    normalized = layers.UnitNormalization(axis=-1, name="l2_normalize")(
-        layers.Activation("linear", dtype="float32", name="to_float32")(embedding))
-    return keras.Model(images, normalized, name="embedder_tflite")
+        embedding, _ = parts.network(images, training=False)
+    else:
+        to_bgr = layers.Conv2D(3, 1, name="imagenet_preprocessing_1x1")
+        preprocessed = to_bgr(images)
+        kernel = np.zeros((1, 1, 3, 3), np.float32)
+        for bgr_channel in range(3):
+            kernel[0, 0, 2 - bgr_channel, bgr_channel] = 1.0  # output B <- input channel 2 (R G B)
+        to_bgr.set_weights([kernel, -np.asarray(IMAGENET_BGR_MEAN, np.float32)])
+        embedding, _ = parts.tail(stem_layers[1](preprocessed), training=False)
+    output = layers.Activation("linear", dtype="float32", name="to_float32")(embedding)
+    if normalize:
+        output = layers.UnitNormalization(axis=-1, name="l2_normalize")(output)
+    return keras.Model(images, output, name="embedder_tflite")
 
 
 # === Conversion ===
@@ -228,6 +237,11 @@ def check_tflite(content: bytes, quantization: str, num_weights: int, name: str 
         raise UserError(f"{name}: the {quantization} TFLite model contains {', '.join(variable_ops)} "
                         "ops (unfrozen variables, outputs NaN); not writing it")
     if quantization == "int8":
+        floating = float_ops(interpreter)
+        if floating:
+            raise UserError(f"{name}: the int8 model computes in float at {len(floating)} ops ("
+                            f"{', '.join(floating[:5])}{', ...' if len(floating) > 5 else ''}); an int8-only "
+                            "accelerator cannot run it. Export float16 for this network, or report the op")
         tensors = {detail["index"]: detail for detail in interpreter.get_tensor_details()}
         for op in ops:
             if op["op_name"] != "REVERSE_V2":
@@ -238,6 +252,20 @@ def check_tflite(content: bytes, quantization: str, num_weights: int, name: str 
                     f"{name}: the int8 model has a REVERSE_V2 op ({target['name']}) whose output "
                     f"quantisation {target['quantization']} differs from its input's "
                     f"{source['quantization']}; LiteRT copies the bytes, so the values would be wrong")
+
+
+def op_types(interpreter) -> list[tuple[str, list[str], list[str]]]:
+    """``(op name, input dtypes, output dtypes)`` of every op of a loaded model, in execution order."""
+    dtypes = {detail["index"]: np.dtype(detail["dtype"]).name for detail in interpreter.get_tensor_details()}
+    return [(op["op_name"], [dtypes[i] for i in op["inputs"] if i >= 0], [dtypes[i] for i in op["outputs"]])
+            for op in interpreter._get_ops_details()]
+
+
+def float_ops(interpreter) -> list[str]:
+    """``"OP (dtypes)"`` for every op that reads or writes a float tensor (DEQUANTIZE / QUANTIZE at a float
+    boundary included): empty for a model that is integer from its input to its output."""
+    return [f"{name} ({', '.join(inputs)} -> {', '.join(outputs)})" for name, inputs, outputs in
+            op_types(interpreter) if any(dtype in FLOAT_TYPES for dtype in inputs + outputs)]
 
 
 # === Running a .tflite model ===
@@ -294,18 +322,16 @@ class TFLiteEmbedder:
         return np.clip(values, info.min, info.max).astype(dtype)
 
     def _dequantize_output(self, values: np.ndarray) -> np.ndarray:
+        """Dequantised with the output's scale / zero point, then L2-normalised (the int8 model's output is
+        not normalised: :data:`INT8_OUTPUT_L2_NORMALIZED`)."""
         if values.dtype != np.float32:
             scale, zero_point = self._output["quantization"]
             values = (values.astype(np.float32) - zero_point) * (scale or 1.0)
-        norms = np.linalg.norm(values, axis=1, keepdims=True)
-        return values / np.maximum(norms, 1e-12)
+        return l2_normalized(values)
 
     def embed(self, images: np.ndarray, batch_size: int = 32) -> np.ndarray:
         """``(N, D)`` float32 L2-normalised embeddings of float32 0-255 images ``(N, H, W, 3)``."""
-        images = np.asarray(images, np.float32)
-        if images.ndim != 4 or tuple(images.shape[1:]) != (*self.image_size, 3):
-            raise UserError(f"{self.path or 'model'}: expects images of shape [N, {self.image_size[0]}, "
-                            f"{self.image_size[1]}, 3], got {list(images.shape)}")
+        images = checked_pixels(images, self.image_size, self.path or "model")
         results = []
         for start in range(0, len(images), batch_size):
             batch = images[start:start + batch_size]
