@@ -143,7 +143,7 @@ PRESETS: dict[str, dict] = {
 # 5e-4, linear warm-up then step decay, random erasing and last stride 1, scaled to 10
 # epochs per stage: one warm-up epoch (BoT: 10 of 120) and x0.1 every 4 epochs (BoT: at
 # 40 and 70 of 120). Stage 3 fine-tunes at 0.1x stage 1's lr, the paper's ratio. Not BoT's:
-# precise BatchNorm after stages 1 and 3 (model/backbone.py: recompute_batchnorm).
+# precise BatchNorm after stages 1 and 3 (model/batchnorm.py: recompute_batchnorm).
 RECIPE_DEFAULTS: dict[str, dict] = {
     "paper": {},
     "strong": dict(ids_per_batch=16, images_per_id=4, label_smoothing=0.1, triplet=True,

@@ -21,7 +21,7 @@ from aaa_keras.data.source import portable_data, resolve_data
 from aaa_keras.errors import UserError
 from aaa_keras.execution import distribution_strategy, precision_policy
 from aaa_keras.files import json_text
-from aaa_keras.model.backbone import recompute_batchnorm
+from aaa_keras.model.batchnorm import recompute_batchnorm
 from aaa_keras.model.stages import AdversarialModel, AttentionAssignmentModel, BaselineModel, NetworkLoss
 from aaa_keras.run_dir import (
     ATTENTION_WEIGHTS, BACKUP_DIR, DONE_FILE, LOG_FILE, NETWORK_WEIGHTS, TENSORBOARD_DIR,

@@ -442,7 +442,8 @@ def compare_backbones(args):
     import keras
 
     from aaa_keras.deploy import tflite as tflite_lib
-    from aaa_keras.model.backbone import build_embedder, build_parts, settle_batchnorm
+    from aaa_keras.model.backbone import build_embedder, build_parts
+    from aaa_keras.model.batchnorm import settle_batchnorm
 
     names = [name.strip() for name in args.backbones.split(",") if name.strip()]
     unknown = [name for name in names if name not in BACKBONES]

@@ -21,7 +21,8 @@ from aaa_keras.data.pipeline import train_dataset  # noqa: E402
 from aaa_keras.data.synth import resolve_data  # noqa: E402
 from aaa_keras.evaluation.report import evaluate_features  # noqa: E402
 from aaa_keras.evaluation.run import extract_embeddings  # noqa: E402
-from aaa_keras.model.backbone import build_embedder, recompute_batchnorm  # noqa: E402
+from aaa_keras.model.backbone import build_embedder  # noqa: E402
+from aaa_keras.model.batchnorm import recompute_batchnorm  # noqa: E402
 from aaa_keras.run_dir import load_trained  # noqa: E402
 
 

@@ -10,7 +10,8 @@ import pytest
 
 from aaa_keras.errors import UserError
 from aaa_keras.model.backbone import (OCCLUSION_LAYERS, ImageNetPreprocessing, VariableNormalization, build_backbone,
-                                      build_embedder, build_parts, settle_batchnorm)
+                                      build_embedder, build_parts)
+from aaa_keras.model.batchnorm import settle_batchnorm
 
 # conv2..conv5 downsample a 128x128 input by 4, 8, 16 and 32 (4x4 at conv5: the attention grid's minimum)
 SIZE = (128, 128)

@@ -328,7 +328,7 @@ def test_fit_trains_a_strong_baseline_on_pk_batches(tiny_data, tmp_path):
 
 
 def test_precise_batchnorm_sets_the_mean_of_the_batch_statistics_and_reports_how_far_off_they_were():
-    from aaa_keras.model.backbone import recompute_batchnorm
+    from aaa_keras.model.batchnorm import recompute_batchnorm
 
     inputs = keras.Input((4,))
     network = keras.Model(inputs, keras.layers.BatchNormalization(momentum=0.99)(inputs))

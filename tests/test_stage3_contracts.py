@@ -7,7 +7,8 @@ import keras
 import tensorflow as tf
 
 from aaa_keras.model.attention import build_attention_branch
-from aaa_keras.model.backbone import batchnorm_layers, build_parts
+from aaa_keras.model.backbone import build_parts
+from aaa_keras.model.batchnorm import batchnorm_layers
 from aaa_keras.model.stages import AdversarialModel, AttentionAssignmentModel, BaselineModel, NetworkLoss
 
 NUM_CLASSES = 4

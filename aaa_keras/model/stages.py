@@ -16,7 +16,8 @@ from __future__ import annotations
 import keras
 import tensorflow as tf
 
-from aaa_keras.model.backbone import ReidParts, batch_statistics_only
+from aaa_keras.model.backbone import ReidParts
+from aaa_keras.model.batchnorm import batch_statistics_only
 from aaa_keras.model.losses import (adversarial_gate, adversarial_loss, attention_loss,
                                     batch_hard_triplet_loss, gated_adversarial_loss,
                                     label_smoothing_cross_entropy, regularization_loss)
