@@ -26,7 +26,7 @@ import secrets
 import sqlite3
 import zipfile
 
-from aaa_keras.errors import DamagedFile
+from aaa_keras.errors import DamagedFile, UserError
 
 PARTIAL_PREFIX = "_partial_"
 
@@ -123,6 +123,13 @@ def reading(path: str, what: str, remedy: str):
     """Inside the block, a reader's error on ``path`` becomes one DamagedFile line (UserErrors pass)."""
     try:
         yield
+    except PermissionError as error:  # the file may be sound: not "damaged", not "rebuild"
+        raise UserError(f"{path}: {what} cannot be read ({_reason(error)}); check its permissions") from None
+    except sqlite3.OperationalError as error:
+        if "locked" in str(error) or "busy" in str(error):  # another writer holds it: not damage
+            raise UserError(f"{path}: {what} is locked by another process ({_reason(error)}); "
+                            "try again when it is done") from None
+        raise DamagedFile(f"{path}: {what} is damaged ({_reason(error)}); {remedy}") from None
     except DAMAGE_ERRORS as error:
         raise DamagedFile(f"{path}: {what} is damaged ({_reason(error)}); {remedy}") from None
 

@@ -1,11 +1,16 @@
-"""SIGTERM (a preemption) during ``fit``: save at the next step, say so in one line, exit 143.
+"""SIGTERM (a preemption) during ``fit``: save within about a second and a step, say so in one line, exit 143.
 
 A cloud scheduler sends SIGTERM and waits a grace period before SIGKILL.
 TensorFlow's ``tf.distribute.experimental.PreemptionCheckpointHandler`` does
 the agreeing: the worker that received SIGTERM publishes a step through
 MultiWorkerMirroredStrategy's coordination service, every worker trains up to
 that step (the all-reduce needs all of them), saves and exits; in one process
-it simply saves at the next step. It is driven from a Keras callback
+it simply saves at the next step. The handler polls the flag once a second, so
+the save lands up to about a second plus one step after the signal (far
+inside a scheduler's grace period: GCE gives 30 s, Kubernetes 30 s by default).
+Building the handler asks TensorFlow's ``detect_platform``, which tries the GCP
+metadata server (``metadata.google.internal``, 5 s timeout; refused at once on
+a closed network). It is driven from a Keras callback
 (``save_checkpoint_if_preempted`` at every batch end) with a
 ``TerminationConfig`` whose ``save_fn`` writes the stage's ``BackupAndRestore``
 backup (weights + optimizer, Keras' own layout) and whose watcher is this
@@ -100,6 +105,10 @@ class StepSaver(keras.callbacks.Callback):
         self.saved = (epoch, steps)
 
 
+def _quiet_total_run_calls(record) -> bool:
+    return "total_run_calls" not in record.getMessage()
+
+
 class Watcher:
     """One per process (the handler's coordination keys are per process): the SIGTERM flag and TF's handler."""
 
@@ -108,7 +117,9 @@ class Watcher:
 
         self.log, self.current = log, None
         # the handler reads its own deprecated total_run_calls when it saves: not the user's concern
-        tf.get_logger().addFilter(lambda record: "total_run_calls" not in record.getMessage())
+        logger = tf.get_logger()
+        if _quiet_total_run_calls not in logger.filters:
+            logger.addFilter(_quiet_total_run_calls)
         self.signalled = threading.Event()
         self.checkpoint_dir = tempfile.mkdtemp(prefix="aaa_keras_preemption_")  # the handler's own, unused
         resolver = getattr(strategy, "cluster_resolver", None)
@@ -138,6 +149,12 @@ class Watcher:
         raise SystemExit(EXIT_CODE)
 
     def close(self) -> None:
+        # stop the handler's once-a-second poll of the flag (a thread per fit otherwise; it ends
+        # within a second, not joined). The event is TF 2.21's (requirements pin tensorflow 2.21.*),
+        # looked up so that another version only keeps the thread.
+        stop = getattr(self.handler, "_poll_termination_signal_thread_should_stop", None)
+        if stop is not None:
+            stop.set()
         shutil.rmtree(self.checkpoint_dir, ignore_errors=True)
 
 

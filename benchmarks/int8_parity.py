@@ -31,7 +31,7 @@ PERCENTILES = (0.1, 0.5, 1.0, 2.0, 5.0)
 
 def measure(run_dir, stage, feature, ends, data, max_images, representative_count) -> dict:
     from aaa_keras.data.names import load_dataset
-    from aaa_keras.data.synth import resolve_data
+    from aaa_keras.data.source import resolve_run_data
     from aaa_keras.deploy import parity, tflite
     from aaa_keras.deploy.runtime import embed_files, read_images
     from aaa_keras.evaluation.run import extract_embeddings
@@ -39,7 +39,7 @@ def measure(run_dir, stage, feature, ends, data, max_images, representative_coun
     from aaa_keras.run_dir import load_trained
 
     trained = load_trained(run_dir, stage, feature)
-    dataset = load_dataset(resolve_data(data or trained.config.data, lambda *_: None))
+    dataset = load_dataset(resolve_run_data(data, trained.config.data, run_dir, lambda *_: None))
     held = parity.held_set(dataset, max_images)
     size = trained.config.image_size
     reference = parity.Reference(held, extract_embeddings(build_embedder(trained.parts), held.records, size))

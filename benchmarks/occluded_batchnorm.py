@@ -18,7 +18,7 @@ from common import machine_description  # noqa: E402  (puts the repo on sys.path
 
 from aaa_keras.data.names import load_dataset, record_ids  # noqa: E402
 from aaa_keras.data.pipeline import train_dataset  # noqa: E402
-from aaa_keras.data.synth import resolve_data  # noqa: E402
+from aaa_keras.data.source import resolve_run_data  # noqa: E402
 from aaa_keras.evaluation.report import evaluate_features  # noqa: E402
 from aaa_keras.evaluation.run import extract_embeddings  # noqa: E402
 from aaa_keras.model.backbone import build_embedder  # noqa: E402
@@ -39,7 +39,7 @@ def rank1_map(parts, dataset, config):
 def measure(run_dir, batches):
     trained = load_trained(run_dir, "adversarial")
     config = trained.config
-    dataset = load_dataset(resolve_data(config.data, lambda *_: None))
+    dataset = load_dataset(resolve_run_data(None, config.data, run_dir, lambda *_: None))
     own = rank1_map(trained.parts, dataset, config)
     records = dataset.train_identities()
     labels, _ = dataset.relabel(records)

@@ -77,3 +77,23 @@ def test_the_image_check_cache_is_best_effort_and_atomic(tmp_path, monkeypatch):
     check._save_cache(path, "decoder", {"/b.jpg": [3, 4, None]})  # no error: the next run decodes again
     assert check._load_cache(path, "decoder") == {"/a.jpg": [1, 2, None]}
     assert os.listdir(tmp_path / "run") == [check.IMAGE_CHECK_FILE]
+
+
+# === Reading back: damage vs a file that is sound but busy or unreadable ===
+
+@pytest.mark.parametrize("error,kind,words", [
+    (ValueError("Expecting value: line 1"), "DamagedFile", "is damaged"),
+    (__import__("sqlite3").DatabaseError("file is not a database"), "DamagedFile", "is damaged"),
+    (__import__("sqlite3").OperationalError("database is locked"), "UserError", "is locked by another process"),
+    (PermissionError(13, "Permission denied"), "UserError", "check its permissions"),
+])
+def test_reading_calls_only_real_damage_damaged(error, kind, words):
+    from aaa_keras.errors import DamagedFile
+    from aaa_keras.files import reading
+
+    with pytest.raises(Exception) as raised:
+        with reading("/x/meta.sqlite", "the index's metadata (SQLite)", "rebuild the index"):
+            raise error
+    assert (type(raised.value).__name__, isinstance(raised.value, DamagedFile)) == (kind, kind == "DamagedFile")
+    assert str(raised.value).startswith("/x/meta.sqlite: the index's metadata (SQLite) ") and words in str(raised.value)
+    assert ("rebuild the index" in str(raised.value)) == (kind == "DamagedFile")

@@ -62,7 +62,8 @@ DESCRIBED = {
     ("fit", "neck_feature"): ("fit: after; evaluate: the run's own; export: before when int8 TFLite is exported (in every format of that export), else the run's own", lambda tmp: all(
         config_lib.make_config(p, recipe=r).neck_feature == "after" for p in PRESETS for r in config_lib.RECIPES)),
     ("evaluate", "neck_feature"): ("fit: after; evaluate: the run's own; export: before when int8 TFLite is exported (in every format of that export), else the run's own", None),
-    ("export", "neck_feature"): ("fit: after; evaluate: the run's own; export: before when int8 TFLite is exported (in every format of that export), else the run's own", None),
+    ("export", "neck_feature"): ("fit: after; evaluate: the run's own; export: before when int8 TFLite is exported (in every format of that export), else the run's own",
+                                 lambda tmp: __import__("aaa_keras.deploy.export", fromlist=["x"]).INT8_NECK_FEATURE == "before"),
     ("index", "nlist"): ("min(4 sqrt(N), N // 39)", lambda tmp: _check_nlist()),
     ("index", "pq_m"): ("the largest divisor of D up to min(64, D / 2)", lambda tmp: _check_pq_m()),
     ("data synth", "test_ids"): ("half, rounded up", _check_test_ids),

@@ -11,6 +11,9 @@ Faults (test-only; nothing in the package reads them):
 - ``keras-version:V`` -- ``keras.__version__`` reads V (another Keras than the multi-worker patch's).
 - ``steps:SECONDS`` -- after every training step print ``step STAGE EPOCH STEP`` (1-based) and sleep
   SECONDS, so a test can send SIGTERM at a known step.
+- ``sigterm-at:EPOCH:STEP`` -- the process sends itself SIGTERM after that training step (1-based) and
+  then takes 1.5 s per step: longer than TensorFlow's 1-second poll of the termination flag, so the
+  save lands a step or two later whatever the machine's load (no race with a parent's signal).
 """
 
 import errno
@@ -52,7 +55,8 @@ def nan_at(stage, epoch, step):
     training.train_stage = train_stage
 
 
-def announce_steps(seconds):
+def announce_steps(seconds, sigterm_at=None):
+    import signal
     import time
 
     import keras
@@ -68,7 +72,11 @@ def announce_steps(seconds):
             self.epoch = epoch
 
         def on_train_batch_end(self, batch, logs=None):
+            nonlocal seconds
             print(f"step {self.stage} {self.epoch + 1} {batch + 1}", flush=True)
+            if sigterm_at == (self.epoch + 1, batch + 1):
+                os.kill(os.getpid(), signal.SIGTERM)
+                seconds = 1.5
             time.sleep(seconds)
 
     real_train_stage = training.train_stage
@@ -113,6 +121,9 @@ def main():
         shutil.disk_usage = lambda path: usage(10 * int(spec), 9 * int(spec), int(spec))
     elif kind == "steps":
         announce_steps(float(spec))
+    elif kind == "sigterm-at":
+        epoch, step = spec.split(":")
+        announce_steps(0.0, sigterm_at=(int(epoch), int(step)))
     elif kind == "keras-version":
         import keras
 
