@@ -4,9 +4,12 @@ the un-normalised embedding, and is judged by the 1st percentile of its cosine a
 
 import json
 
+import pytest
+
 from conftest import TINY, cli, succeeded
 
 
+@pytest.mark.slow  # a minute; tests/test_export.py checks the same default through export_run in the default set
 def test_int8_export_of_a_bnneck_model_passes_with_the_defaults(tiny_data, tmp_path):
     run_dir, models = tmp_path / "run", tmp_path / "models"
     succeeded(cli("fit", "--stage", "baseline", "--data", tiny_data, "--run-dir", run_dir, *TINY,
