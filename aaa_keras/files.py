@@ -118,19 +118,25 @@ def _reason(error: BaseException) -> str:
     return text if len(text) <= 160 else text[:157] + "..."
 
 
+def _sound_but_unreadable(error: BaseException) -> str | None:
+    """What keeps a possibly sound file from being read (not damage: no "rebuild"), or None."""
+    if isinstance(error, PermissionError):
+        return "cannot be read ({}); check its permissions"
+    if isinstance(error, sqlite3.OperationalError) and ("locked" in str(error) or "busy" in str(error)):
+        return "is locked by another process ({}); try again when it is done"
+    return None
+
+
 @contextlib.contextmanager
 def reading(path: str, what: str, remedy: str):
-    """Inside the block, a reader's error on ``path`` becomes one DamagedFile line (UserErrors pass)."""
+    """Inside the block, a reader's error on ``path`` becomes one DamagedFile line (UserErrors pass);
+    a permission error or a lock held by another process is a plain UserError line instead."""
     try:
         yield
-    except PermissionError as error:  # the file may be sound: not "damaged", not "rebuild"
-        raise UserError(f"{path}: {what} cannot be read ({_reason(error)}); check its permissions") from None
-    except sqlite3.OperationalError as error:
-        if "locked" in str(error) or "busy" in str(error):  # another writer holds it: not damage
-            raise UserError(f"{path}: {what} is locked by another process ({_reason(error)}); "
-                            "try again when it is done") from None
-        raise DamagedFile(f"{path}: {what} is damaged ({_reason(error)}); {remedy}") from None
     except DAMAGE_ERRORS as error:
+        not_damage = _sound_but_unreadable(error)
+        if not_damage:
+            raise UserError(f"{path}: {what} " + not_damage.format(_reason(error))) from None
         raise DamagedFile(f"{path}: {what} is damaged ({_reason(error)}); {remedy}") from None
 
 

@@ -224,8 +224,8 @@ def train_stage(stage: str, config: RunConfig, dataset: ReidDataset, run_dir: st
     """Train one stage to completion (resuming a backup if one exists); returns its summary.
 
     ``callbacks`` are added after the run's own (BackupAndRestore, CSVLogger,
-    TensorBoard). ``watcher`` (``preemption.watch``): SIGTERM saves the backup
-    at the next step and exits 143; a backup saved mid-epoch resumes at that step.
+    TensorBoard). ``watcher`` (``preemption.watch``): SIGTERM saves the backup within
+    about a second and a step, and exits 143; a backup saved mid-epoch resumes at that step.
     """
     directory = stage_dir(run_dir, stage)
     os.makedirs(directory, exist_ok=True)
@@ -356,7 +356,7 @@ def fit(stage: str, config: RunConfig, run_dir: str, log=print, callbacks=(),
     shared_run_dir = run_dir
     run_dir, temporary = multiworker.worker_run_dir(run_dir, strategy, log)  # only the chief writes RUN
     try:
-        with preemption.watch(strategy, log) as watcher:  # SIGTERM: save at the next step, exit 143
+        with preemption.watch(strategy, log) as watcher:  # SIGTERM: save within ~1 s and a step, exit 143
             return _fit_plan(stage, plan, config, run_dir, log, callbacks, skip_bad_images, strategy, watcher)
     finally:
         if temporary:

@@ -305,8 +305,7 @@ def _export_tflite_variants(parts, embedder, image_size, dataset, representative
     info = {"source": "training split", "num_images": len(train_records), "requested": representative_count}
     graphs = {"float": tflite_lib.tflite_graph(parts),  # float32 / float16: L2-normalised output
               "int8": tflite_lib.tflite_graph(parts, normalize=tflite_lib.INT8_OUTPUT_L2_NORMALIZED)}
-    for graph in graphs.values():
-        _check_same_outputs(graph, embedder, representative[:8])
+    _check_same_outputs(graphs.values(), embedder, representative[:8])
     graph = graphs["float"]
     converted = {}
     if "int8" in quantizations:  # before the int8 calibration, which segfaults on overflowing activations
@@ -374,14 +373,15 @@ def _pixel_noise_sensitivity(embedder, reference, image_size, sigma: float = PIX
             "cosine_mean": round(float(cosines.mean()), 6)}
 
 
-def _check_same_outputs(graph, embedder, images) -> None:
-    """The TFLite graph's output, L2-normalised, equals the embedder's."""
+def _check_same_outputs(graphs, embedder, images) -> None:
+    """Each TFLite graph's output, L2-normalised, equals the embedder's."""
     from aaa_keras.deploy.contract import l2_normalized
 
-    difference = float(np.abs(l2_normalized(graph.predict(images, verbose=0))
-                              - np.asarray(embedder.predict(images, verbose=0))).max())
-    if difference > 1e-4:
-        raise UserError(f"internal: the TFLite graph differs from the embedder by {difference:.2e}")
+    expected = np.asarray(embedder.predict(images, verbose=0))
+    for graph in graphs:
+        difference = float(np.abs(l2_normalized(graph.predict(images, verbose=0)) - expected).max())
+        if difference > 1e-4:
+            raise UserError(f"internal: the TFLite graph differs from the embedder by {difference:.2e}")
 
 
 def _export_tflite(graph, quantization, representative, reference, num_weights, name, num_threads,
