@@ -40,6 +40,19 @@ RECIPE_HELP = ("Training recipe: paper = the paper's (softmax CE, SGD); strong =
                "flag below, which wins). [default: demo preset strong, paper preset paper]")
 
 
+DATA_HELP = ("A dataset root (Market-1501, DukeMTMC-reID, Occluded-DukeMTMC, CUHK03-NP labeled/ or detected/, "
+             "MSMT17, Occluded-REID, Partial-REID: recognised by their files), folder:DIR (a sub-folder per "
+             "identity), csv:FILE (path,pid,camid[,split]), or builtin:demo / builtin:ablate (docs/data.md).")
+CAMERA_PATTERN_OPTION = click.option(
+    "--camera-pattern", default=None, metavar="REGEX",
+    help="folder:/csv: data: read each image's camera from its path relative to DIR with this regular "
+         r"expression's group 'cam', e.g. '_c(?P<cam>\d+)'. Unset: a camera folder level, else one camera.")
+SAME_CAMERA_OK_OPTION = click.option(
+    "--same-camera-ok", is_flag=True,
+    help="Evaluate single-camera data: keep gallery images of the query's identity from its own camera "
+         "(never the query image itself). Another protocol than Market-1501's; the result says same-camera-ok.")
+
+
 def user_errors(command):
     """Print a UserError (or an OSError on a given path) as one ``Error:`` line and exit 2."""
 
@@ -120,20 +133,28 @@ def data_synth(out, ids, test_ids, queries_per_camera, cams, seed):
 
 
 @data.command("check")
-@click.argument("root", type=click.Path())
+@click.argument("root", metavar="DATA")
 @click.option("--strict", is_flag=True, help="Every warning is an error (e.g. a query id with no gallery match in another camera).")
+@CAMERA_PATTERN_OPTION
 @user_errors
-def data_check(root, strict):
-    """Count ids / images / cameras per split; fail clearly on malformed data.
+def data_check(root, strict, camera_pattern):
+    """Recognise DATA's layout, count ids / images / cameras per split; fail clearly on malformed data.
+
+    DATA is anything --data accepts: a dataset root (Market-1501, DukeMTMC-reID,
+    Occluded-DukeMTMC, CUHK03-NP, MSMT17, Occluded-REID, Partial-REID), folder:DIR,
+    csv:FILE or a built-in name.
 
     \b
     Example:
       python cli.py data check ~/datasets/Market-1501-v15.09.15
+      python cli.py data check folder:~/crops --camera-pattern '_c(?P<cam>\d+)'
+      python cli.py data check builtin:demo
     """
-    from aaa_keras.data.check import check_dataset, format_report
+    from aaa_keras.data.check import check_data, format_report
+    from aaa_keras.data.layouts import with_camera_pattern
 
-    report = check_dataset(root, strict=strict)
-    click.echo(format_report(report))
+    for report in check_data(with_camera_pattern(root, camera_pattern), strict=strict, log=click.echo):
+        click.echo(format_report(report))
 
 
 # === fit ===
@@ -141,7 +162,8 @@ def data_check(root, strict):
 @cli.command()
 @click.option("--stage", type=STAGE_CHOICE, default="adversarial", show_default=True,
               help="Train up to this stage (earlier untrained stages are trained first).")
-@click.option("--data", "data_dir", default=None, help="Dataset root (Market-1501 layout), or builtin:demo / builtin:ablate. [default: builtin:demo]")
+@click.option("--data", "data_dir", default=None, help=DATA_HELP + " [default: builtin:demo]")
+@CAMERA_PATTERN_OPTION
 @click.option("--run-dir", default="runs/demo", show_default=True, help="Where config, weights and logs go.")
 @click.option("--preset", type=PRESET_CHOICE, default="demo", show_default=True,
               help="demo = tiny_resnet at 128x64, strong recipe, minutes on a CPU; paper = ResNet-50 224x224, "
@@ -223,10 +245,11 @@ def data_check(root, strict):
               help="Evaluate the stage after training.")
 @click.option("--skip-bad-images", is_flag=True,
               help="Leave out images that do not decode (named, with a count) instead of stopping.")
+@SAME_CAMERA_OK_OPTION
 @user_errors
 @locks_run_dir("fit")
 def fit(stage, data_dir, run_dir, preset, image_size, no_finetune, no_take_turns, cells_per_call,
-        evaluate_after, last_stride, **options):
+        evaluate_after, last_stride, camera_pattern, same_camera_ok, **options):
     """Train a stage (and the stages before it that are not trained yet).
 
     \b
@@ -235,10 +258,13 @@ def fit(stage, data_dir, run_dir, preset, image_size, no_finetune, no_take_turns
       python cli.py fit --stage baseline --data ~/Market-1501 --preset paper --run-dir runs/market
       python cli.py fit --stage adversarial --occlude-after conv4 --run-dir runs/conv4
       python cli.py fit --stage baseline --recipe strong --run-dir runs/strong
+      python cli.py fit --data folder:~/crops --run-dir runs/crops
     An interrupted run resumes when the same command is run again.
     """
+    from aaa_keras.data.layouts import with_camera_pattern
     from aaa_keras.training import fit as fit_stages
 
+    data_dir = with_camera_pattern(data_dir, camera_pattern)
     if image_size is not None:
         options["image_height"], options["image_width"] = config_lib.parse_image_size(image_size)
     if cells_per_call is not None:
@@ -259,7 +285,8 @@ def fit(stage, data_dir, run_dir, preset, image_size, no_finetune, no_take_turns
     if evaluate_after:
         from aaa_keras.evaluation.run import evaluate_run
 
-        evaluate_run(run_dir, stage, log=click.echo, skip_bad_images=skip_bad_images)
+        evaluate_run(run_dir, stage, log=click.echo, skip_bad_images=skip_bad_images,
+                     **({"same_camera_ok": True} if same_camera_ok else {}))
     click.echo("\nNext:\n"
                f"  python cli.py evaluate --run-dir {run_dir} --stage {stage} --metric all --rerank\n"
                f"  python cli.py visualize --run-dir {run_dir} --stage {stage} --what all\n"
@@ -271,7 +298,11 @@ def fit(stage, data_dir, run_dir, preset, image_size, no_finetune, no_take_turns
 @cli.command()
 @click.option("--run-dir", required=True, help="A run directory made by `fit`.")
 @click.option("--stage", type=STAGE_CHOICE, default=None, help="Default: the latest trained stage.")
-@click.option("--data", "data_dir", default=None, help="Default: the run's own dataset.")
+@click.option("--data", "data_dir", default=None,
+              help="Default: the run's own dataset. Another one (other identities) works: only its query and "
+                   "gallery are used. " + DATA_HELP)
+@CAMERA_PATTERN_OPTION
+@SAME_CAMERA_OK_OPTION
 @click.option("--metric", type=METRIC_CHOICE, default="euclidean",
               show_default=True, help="Distance; xqda/kissme are learned on the training split.")
 @click.option("--rerank", is_flag=True, help="Add k-reciprocal re-ranking rows (k1=20, k2=6, lambda=0.3).")
@@ -286,20 +317,24 @@ def fit(stage, data_dir, run_dir, preset, image_size, no_finetune, no_take_turns
 @NECK_FEATURE_OPTION
 @user_errors
 @locks_run_dir("evaluate", when=lambda options: options["json_path"] or options["metric"] != "euclidean")
-def evaluate(run_dir, stage, data_dir, metric, rerank, json_path, distribute, mixed_precision,
-             jit_compile, skip_bad_images, neck_feature):
+def evaluate(run_dir, stage, data_dir, camera_pattern, same_camera_ok, metric, rerank, json_path, distribute,
+             mixed_precision, jit_compile, skip_bad_images, neck_feature):
     """CMC Rank-1/5/10, mAP and mINP under the standard Market-1501 protocol.
 
     \b
     Example:
       python cli.py evaluate --run-dir runs/demo --stage adversarial --metric all --rerank --json runs/demo/eval.json
+      python cli.py evaluate --run-dir runs/market --data ~/datasets/Occluded_REID
     """
+    from aaa_keras.data.layouts import with_camera_pattern
     from aaa_keras.evaluation.run import evaluate_run
 
+    data_dir = with_camera_pattern(data_dir, camera_pattern)
     metrics = vocabulary.METRICS if metric == vocabulary.ALL else (metric,)
     evaluate_run(run_dir, stage, data_dir, metrics, rerank, json_path, log=click.echo,
                  distribute=distribute, mixed_precision=mixed_precision or "",
-                 jit_compile=jit_compile, skip_bad_images=skip_bad_images, neck_feature=neck_feature)
+                 jit_compile=jit_compile, skip_bad_images=skip_bad_images, neck_feature=neck_feature,
+                 **({"same_camera_ok": True} if same_camera_ok else {}))
 
 
 # === visualize ===
@@ -307,7 +342,7 @@ def evaluate(run_dir, stage, data_dir, metric, rerank, json_path, distribute, mi
 @cli.command()
 @click.option("--run-dir", required=True, help="A run directory made by `fit`.")
 @click.option("--stage", type=STAGE_CHOICE, default=None, help="Default: the latest trained stage.")
-@click.option("--data", "data_dir", default=None, help="Default: the run's own dataset.")
+@click.option("--data", "data_dir", default=None, help="Default: the run's own dataset. " + DATA_HELP)
 @click.option("--what", type=click.Choice([*vocabulary.VISUALIZATIONS, vocabulary.ALL]),
               default="all", show_default=True)
 @click.option("--num", type=click.IntRange(1), default=8, show_default=True, help="Images per picture.")
@@ -341,7 +376,8 @@ def visualize(run_dir, stage, data_dir, what, num, out_dir):
 @click.option("--version", type=click.IntRange(1), default=None, help="Default: the next free version.")
 @click.option("--representative-count", type=click.IntRange(1), default=100, show_default=True,
               help="Training images that calibrate int8.")
-@click.option("--data", "data_dir", default=None, help="Default: the run's own dataset (parity, calibration).")
+@click.option("--data", "data_dir", default=None,
+              help="Default: the run's own dataset (parity, calibration). " + DATA_HELP)
 @click.option("--parity-max-images", type=click.IntRange(1), default=None,
               help="Bound the parity held set (whole test ids) on large datasets; default all.")
 @click.option("--threads", type=click.IntRange(1), default=2, show_default=True,
@@ -442,8 +478,7 @@ def search(index_path, model_path, images, top, nprobe, picture):
 
 @cli.command()
 @click.option("--data", "data_dir", default="builtin:ablate", show_default=True,
-              help="Dataset root (Market-1501 layout), or a built-in dataset: builtin:ablate (250 test ids, "
-                   "~1,600 queries) or builtin:demo.")
+              help=DATA_HELP + " builtin:ablate: 250 test ids, ~1,600 queries.")
 @click.option("--out", required=True, help="Grid directory: OUT/seed<S>/<config>/ run dirs, results.json/.md, claims.png.")
 @click.option("--table", type=click.Choice([*vocabulary.ABLATION_TABLES, vocabulary.ALL]), default="all", show_default=True,
               help="Paper Table 3 (occlusion point), 4 (fine-tuning), 5 (random erasing), the controls, or all.")

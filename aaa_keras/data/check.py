@@ -1,11 +1,17 @@
-"""``python cli.py data check DIR``: count what a dataset holds and find what is wrong.
+"""``python cli.py data check DATA``: count what a dataset holds and find what is wrong.
 
+``DATA`` is anything ``--data`` accepts: a directory in any layout
+``layouts.py`` recognises, ``folder:DIR``, ``csv:FILE`` or a built-in name.
 Hard errors (a DatasetError naming the file or directory): a missing or empty
-split, a file name that does not parse, an image that is empty or does not
-decode. Warnings (errors with ``strict=True``): query ids with no gallery
-image of the same id from another camera (evaluation skips those queries),
-junk or distractor images in the query or training split, identities shared
-by the training and test splits, file names mixing Market and Duke patterns.
+split, a file name or list row that does not parse, an image that is empty or
+does not decode. Warnings (errors with ``strict=True``): query ids with no
+gallery image of the same id from another camera (evaluation skips those
+queries; none at all names the two fixes), junk or distractor images in the
+query or training split, identities shared by the training and test splits,
+file names mixing Market and Duke patterns, TIFF images (named with the
+conversion). The report also says which layout was recognised, how it was
+read (``ReidDataset.notes``), the camera rule, and, where the root has an
+``occlusion.json`` (``builtin:occluded``), the share of occluded images.
 """
 
 from __future__ import annotations
@@ -20,7 +26,8 @@ import time
 import numpy as np
 
 from aaa_keras.data.names import (
-    DISTRACTOR_PID, JUNK_PID, SPLITS, ImageRecord, ReidDataset, load_dataset, name_format)
+    DISTRACTOR_PID, JUNK_PID, SPLITS, ImageRecord, ReidDataset, is_cuhk03_root, name_format)
+from aaa_keras.data.layouts_bench import TIFF_EXTENSIONS
 from aaa_keras.errors import DatasetError
 from aaa_keras.files import write_text_atomically
 
@@ -50,10 +57,12 @@ class SplitStats:
 @dataclasses.dataclass
 class CheckReport:
     root: str
-    naming: str  # "Market-1501", "DukeMTMC-reID" or "mixed"
+    naming: str  # "Market-1501", "DukeMTMC-reID", "CUHK03-NP" or "mixed"; for other layouts the layout
     splits: dict[str, SplitStats]
     warnings: list[str]
     decoded: bool
+    layout: str = ""  # the layout's name (layouts.py), e.g. "Occluded-DukeMTMC", "folder (...)"
+    notes: list = dataclasses.field(default_factory=list)  # how the data was read, the camera rule, occlusion
 
     @property
     def ok(self) -> bool:
@@ -139,8 +148,9 @@ def _split_stats(split: str, directory: str, records: list[ImageRecord],
         num_junk=sum(r.pid == JUNK_PID for r in records),
         num_distractors=sum(r.pid == DISTRACTOR_PID for r in records),
     )
-    if decode:
-        decoded, errors = decode_files([r.path for r in records])
+    decodable = [r.path for r in records if not r.path.lower().endswith(TIFF_EXTENSIONS)]
+    if decode and decodable:
+        decoded, errors = decode_files(decodable)
         if errors:
             raise DatasetError(bad_images_message(errors, "check"))
         sizes = list(decoded.values())
@@ -268,8 +278,14 @@ def _unmatched_queries(dataset: ReidDataset) -> dict[int, list[int]]:
 def _query_warnings(dataset: ReidDataset, query_dir: str) -> list[str]:
     warnings = []
     unmatched = _unmatched_queries(dataset)
-    if unmatched:
-        num_query_ids = len({r.pid for r in dataset.query if r.is_identity})
+    num_query_ids = len({r.pid for r in dataset.query if r.is_identity})
+    if unmatched and len(unmatched) == num_query_ids:
+        warnings.append(
+            f"{query_dir}: no query has a gallery image of its identity from another camera, so this split gives "
+            "no valid query (a query is matched only against other cameras); fix: give the images distinct camera "
+            "ids (a camera folder level, --camera-pattern, the CSV's camid), or evaluate with --same-camera-ok for "
+            "single-camera data (another protocol, written in the result)")
+    elif unmatched:
         examples = ", ".join(f"{pid:04d} (camera {'/'.join(map(str, cams))})"
                              for pid, cams in sorted(unmatched.items())[:_MAX_LISTED])
         more = ", ..." if len(unmatched) > _MAX_LISTED else ""
@@ -278,6 +294,47 @@ def _query_warnings(dataset: ReidDataset, query_dir: str) -> list[str]:
             f"of the same id from another camera: {examples}{more}; evaluation skips them")
     warnings += _non_identity_warning(dataset.query, query_dir, "query images", "evaluation skips them")
     return warnings
+
+
+def camera_rule(dataset: ReidDataset) -> str:
+    """One line: the camera rule and how many queries it leaves."""
+    gallery = collections.defaultdict(set)
+    for record in dataset.gallery:
+        gallery[record.pid].add(record.camid)
+    valid = sum(1 for r in dataset.query if r.is_identity and gallery[r.pid] - {r.camid})
+    return (f"Camera rule: a query is matched only against gallery images from other cameras "
+            f"(same identity and camera are left out): {valid} of {len(dataset.query)} queries have a match")
+
+
+OCCLUSION_FILE = "occlusion.json"  # written by builtin:occluded (data/synth.py)
+
+
+def occlusion_shares(dataset: ReidDataset) -> tuple[str | None, str | None]:
+    """``(line, warning)``: the share of occluded images per split from the root's ``occlusion.json``
+    (``{"occluded": {"query": [names], "gallery": [...], "train": [...]}}``, names relative to their
+    split folder), or, for Occluded-REID / Partial-REID, that every query is occluded by definition."""
+    if dataset.layout in ("Occluded-REID", "Partial-REID"):
+        what = "partial" if dataset.layout == "Partial-REID" else "occluded"
+        return (f"Occlusion: every query is {what} by definition ({dataset.layout}); the gallery is whole-body", None)
+    path = os.path.join(dataset.root, OCCLUSION_FILE)
+    if not os.path.isfile(path):
+        return None, None
+    try:
+        with open(path, encoding="utf-8") as f:
+            lists = json.load(f)["occluded"]
+        occluded = {split: set(lists.get(split, [])) for split in SPLITS}
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as error:
+        return None, f"{path}: not read ({type(error).__name__}: {error}); expected {{\"occluded\": {{\"query\": " \
+                     "[file names], \"gallery\": [...], \"train\": [...]}}}}"
+    parts = []
+    for split in ("query", "gallery", "train"):
+        records = getattr(dataset, split)
+        directory = dataset.sources.get(split, "")
+        names = {os.path.relpath(r.path, directory) if directory else os.path.basename(r.path) for r in records}
+        hits = len(names & occluded[split])
+        share = 100.0 * hits / len(records) if records else 0.0
+        parts.append(f"{split} {share:.1f} % ({hits} of {len(records)})")
+    return f"Occluded images ({OCCLUSION_FILE}): " + ", ".join(parts), None
 
 
 def _non_identity_warning(records, directory: str, what: str, consequence: str) -> list[str]:
@@ -302,19 +359,41 @@ def _train_warnings(dataset: ReidDataset, train_dir: str) -> list[str]:
 
 
 def _naming(dataset: ReidDataset) -> str:
-    formats = {name_format(r.path) for r in dataset.train + dataset.query + dataset.gallery}
-    return _NAMING_TITLES[formats.pop()] if len(formats) == 1 else "mixed"
+    if dataset.sources.get("query") != os.path.join(dataset.root, SPLITS["query"]):
+        return dataset.layout  # not Market-1501's directories: the layout is the naming
+    cuhk03 = is_cuhk03_root(dataset.root)
+    formats = {name_format(r.path, cuhk03) for r in dataset.train + dataset.query + dataset.gallery}
+    titles = {**_NAMING_TITLES, "cuhk03": "CUHK03-NP"}
+    return titles[formats.pop()] if len(formats) == 1 else "mixed"
+
+
+def check_data(data: str, strict: bool = False, decode: bool = True, log=print) -> list[CheckReport]:
+    """``check_dataset`` on anything ``--data`` accepts: a built-in name is made (or found) first,
+    and CUHK03-NP's root gives one report per protocol (labeled, detected)."""
+    from aaa_keras.data.layouts import cuhk03_subsets, detect_layout, parse_spec
+    from aaa_keras.data.source import resolve_data
+    from aaa_keras.data.synth import builtin_settings
+
+    if builtin_settings(data) is not None:
+        data = resolve_data(data, log)
+    if parse_spec(data) is None and os.path.isdir(data) and detect_layout(data) == "cuhk03-np-root":
+        return [check_dataset(subset, strict, decode) for subset in cuhk03_subsets(data)]
+    return [check_dataset(data, strict, decode)]
 
 
 def check_dataset(root: str, strict: bool = False, decode: bool = True) -> CheckReport:
-    """Count and validate a dataset root in the Market-1501 layout.
+    """Count and validate a dataset (``root``: a directory in any layout, or a ``folder:`` /
+    ``csv:`` spec).
 
     Raises DatasetError for a missing root or split, an empty split, a file
-    name that does not parse, or (with ``decode``) an image that does not
-    decode. With ``strict`` every warning is an error too.
+    name or list row that does not parse, or (with ``decode``) an image that
+    does not decode. With ``strict`` every warning is an error too.
     """
-    dataset = load_dataset(root)
-    directories = {split: os.path.join(dataset.root, name) for split, name in SPLITS.items()}
+    from aaa_keras.data.layouts import load_layout
+
+    dataset = load_layout(root, allow_tiff=True)
+    directories = {split: dataset.sources.get(split) or dataset.sources.get("all") or "-"
+                   for split in SPLITS}
     splits = {split: _split_stats(split, directories[split], getattr(dataset, split), decode)
               for split in SPLITS}
     naming = _naming(dataset)
@@ -322,10 +401,26 @@ def check_dataset(root: str, strict: bool = False, decode: bool = True) -> Check
     warnings += _train_warnings(dataset, directories["train"])
     if naming == "mixed":
         warnings.append(f"{dataset.root}: file names mix Market-1501 and DukeMTMC-reID patterns")
+    tiff = [r.path for r in dataset.query + dataset.gallery + dataset.train if r.path.lower().endswith(TIFF_EXTENSIONS)]
+    if tiff:
+        warnings.append(f"{dataset.root}: {len(tiff)} TIFF images (e.g. {tiff[0]}), which TensorFlow's decoder does "
+                        f"not read; convert them once: python -m aaa_keras.data.layouts_bench {dataset.root} "
+                        f"{dataset.root.rstrip(os.sep)}-png")
+    notes = list(dataset.notes) + [camera_rule(dataset)]
+    occlusion, occlusion_warning = occlusion_shares(dataset)
+    notes += [occlusion] if occlusion else []
+    warnings += [occlusion_warning] if occlusion_warning else []
     if strict and warnings:
         raise DatasetError(f"strict check failed: {'; '.join(warnings)}")
     return CheckReport(root=dataset.root, naming=naming, splits=splits, warnings=warnings,
-                       decoded=decode)
+                       decoded=decode, layout=dataset.layout, notes=notes)
+
+
+def _directory_text(directory: str) -> str:
+    """A split's source as the table shows it: a directory's name with ``/``, a list file's name."""
+    if os.path.isdir(directory):
+        return os.path.basename(os.path.normpath(directory)) + "/"
+    return os.path.basename(directory)
 
 
 def _size_text(stats: SplitStats) -> str:
@@ -339,7 +434,7 @@ def format_report(report: CheckReport) -> str:
     """A small table of the counts, then the warnings, for printing."""
     header = ("split", "directory", "images", "ids", "cameras", "junk", "distractors", "size")
     rows = [header] + [
-        (s.split, os.path.basename(s.directory) + "/", str(s.num_images), str(s.num_ids),
+        (s.split, _directory_text(s.directory), str(s.num_images), str(s.num_ids),
          str(s.num_cameras), str(s.num_junk), str(s.num_distractors), _size_text(s))
         for s in report.splits.values()
     ]
@@ -351,8 +446,10 @@ def format_report(report: CheckReport) -> str:
                  for i, (cell, w) in enumerate(zip(row, widths))]
         return "  ".join(cells).rstrip()
 
-    lines = [f"Dataset {report.root} ({report.naming} file names)", line(header)]
+    naming = f" ({report.naming} file names)" if report.naming != report.layout else ""
+    lines = [f"Dataset {report.root}: layout {report.layout or report.naming}{naming}", line(header)]
     lines += [line(row) for row in rows[1:]]
+    lines += [f"  {note}" for note in report.notes]
     if report.warnings:
         lines.append(f"{len(report.warnings)} warning(s):")
         lines += [f"  - {warning}" for warning in report.warnings]

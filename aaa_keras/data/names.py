@@ -9,6 +9,12 @@ file name carries its person id and camera:
 
 Person id ``-1`` marks junk images and ``0000`` distractors: both stay in the
 gallery for evaluation and never take part in training.
+
+CUHK03-NP (``PPPP_cC_N.png``, e.g. ``0001_c1_1.png``) uses the same layout;
+its names are read only under a directory named like CUHK03 (``cuhk03-np/labeled``),
+so that a malformed Market name is not silently taken for one. The other
+layouts (MSMT17, Occluded-REID, Partial-REID, a folder per identity, a CSV
+list) live in ``layouts.py``; :func:`load_dataset` dispatches to them.
 """
 
 from __future__ import annotations
@@ -29,6 +35,7 @@ DISTRACTOR_PID = 0
 
 _MARKET_NAME = re.compile(r"(?P<pid>-?\d+)_c(?P<cam>\d+)s\d+_\d+_\d+")
 _DUKE_NAME = re.compile(r"(?P<pid>-?\d+)_c(?P<cam>\d+)_f\d+")
+_CUHK03_NAME = re.compile(r"(?P<pid>-?\d+)_c(?P<cam>\d+)_\d+")
 _ACCEPTED_PATTERNS = (
     "expected Market-1501 'PPPP_cCsS_FFFFFF_DD.jpg' (e.g. 0002_c1s1_000451_03.jpg) "
     "or DukeMTMC-reID 'PPPP_cC_fFFFFFFF.jpg' (e.g. 0001_c2_f0046182.jpg), "
@@ -55,10 +62,13 @@ def is_image_file(name: str) -> bool:
     return not name.startswith(".") and name.lower().endswith(IMAGE_EXTENSIONS)
 
 
-def _match_name(path: str) -> tuple[int, int, str]:
-    """``(pid, camid, "market" | "duke")`` for a file path, or a DatasetError."""
+def _match_name(path: str, cuhk03: bool = False) -> tuple[int, int, str]:
+    """``(pid, camid, "market" | "duke" | "cuhk03")`` for a file path, or a DatasetError.
+
+    ``cuhk03``: also accept CUHK03-NP names (``PPPP_cC_N``)."""
     stem = os.path.splitext(os.path.basename(path))[0]
-    for naming, pattern in (("market", _MARKET_NAME), ("duke", _DUKE_NAME)):
+    patterns = (("market", _MARKET_NAME), ("duke", _DUKE_NAME)) + ((("cuhk03", _CUHK03_NAME),) if cuhk03 else ())
+    for naming, pattern in patterns:
         match = pattern.fullmatch(stem)
         if match:
             pid, camid = int(match.group("pid")), int(match.group("cam"))
@@ -66,7 +76,8 @@ def _match_name(path: str) -> tuple[int, int, str]:
                 raise DatasetError(
                     f"{path}: person id {pid} is not valid; {_ACCEPTED_PATTERNS}")
             return pid, camid, naming
-    raise DatasetError(f"{path}: file name does not parse; {_ACCEPTED_PATTERNS}")
+    accepted = _ACCEPTED_PATTERNS + (", or CUHK03-NP 'PPPP_cC_N.png' (e.g. 0001_c1_1.png)" if cuhk03 else "")
+    raise DatasetError(f"{path}: file name does not parse; {accepted}")
 
 
 def parse_name(path: str) -> tuple[int, int]:
@@ -79,9 +90,15 @@ def parse_name(path: str) -> tuple[int, int]:
     return pid, camid
 
 
-def name_format(path: str) -> str:
-    """``"market"`` or ``"duke"``: which naming scheme a file name follows."""
-    return _match_name(path)[2]
+def name_format(path: str, cuhk03: bool = False) -> str:
+    """``"market"``, ``"duke"`` (or, with ``cuhk03``, ``"cuhk03"``): which naming scheme a file name follows."""
+    return _match_name(path, cuhk03)[2]
+
+
+def is_cuhk03_root(root: str) -> bool:
+    """Whether CUHK03-NP names are read under ``root``: it or its parent is named like CUHK03."""
+    parts = os.path.normpath(os.path.abspath(root)).split(os.sep)[-2:]
+    return any("cuhk03" in part.lower().replace("_", "").replace("-", "") for part in parts)
 
 
 def split_dir(root: str, split: str) -> str:
@@ -91,8 +108,12 @@ def split_dir(root: str, split: str) -> str:
     return os.path.join(root, SPLITS[split])
 
 
-def list_split(root: str, split: str) -> list[ImageRecord]:
-    """Every image of one split, sorted by file name; non-image files are ignored."""
+def list_split(root: str, split: str, cuhk03: bool | None = None) -> list[ImageRecord]:
+    """Every image of one split, sorted by file name; non-image files are ignored.
+
+    ``cuhk03``: accept CUHK03-NP names too (default: when :func:`is_cuhk03_root`)."""
+    if cuhk03 is None:
+        cuhk03 = is_cuhk03_root(root)
     directory = split_dir(root, split)
     if not os.path.isdir(directory):
         raise DatasetError(
@@ -107,7 +128,7 @@ def list_split(root: str, split: str) -> list[ImageRecord]:
     records = []
     for name in names:
         path = os.path.join(directory, name)
-        pid, camid = parse_name(path)
+        pid, camid, _ = _match_name(path, cuhk03)
         records.append(ImageRecord(path=path, pid=pid, camid=camid))
     return records
 
@@ -134,12 +155,21 @@ def relabel(records: list[ImageRecord]) -> tuple[np.ndarray, dict[int, int]]:
 
 @dataclasses.dataclass
 class ReidDataset:
-    """The three splits of a Market-1501-layout dataset root."""
+    """The three splits of a dataset (``train`` may be empty: an evaluation-only benchmark).
+
+    ``layout``: its layout's name as ``data check`` prints it; ``sources``:
+    where each split comes from (a directory, a list file), for messages;
+    ``notes``: what a user should know about how it was read (the camera
+    rule of a layout without camera ids, a split made by identity).
+    """
 
     root: str
     train: list[ImageRecord]
     query: list[ImageRecord]
     gallery: list[ImageRecord]
+    layout: str = "Market-1501"
+    sources: dict = dataclasses.field(default_factory=dict)
+    notes: list = dataclasses.field(default_factory=list)
 
     def train_identities(self) -> list[ImageRecord]:
         """The training records without junk (-1) and distractors (0)."""
@@ -157,14 +187,24 @@ class ReidDataset:
 
 
 def load_dataset(root: str) -> ReidDataset:
-    """Read a dataset root in the Market-1501 layout (Market or Duke file names)."""
+    """Read a dataset: a root in any layout ``layouts.py`` recognises, or a ``folder:`` /
+    ``csv:`` spec (``data/source.py`` resolves ``--data`` to one of these)."""
+    from aaa_keras.data.layouts import load_layout  # layouts builds on this module
+
+    return load_layout(os.fspath(root))
+
+
+def load_market(root: str) -> ReidDataset:
+    """Read a dataset root in the Market-1501 layout (Market, Duke or, under a CUHK03 directory,
+    CUHK03-NP file names)."""
     root = os.fspath(root)
     if not os.path.isdir(root):
         what = "is not a directory" if os.path.exists(root) else "does not exist"
         raise DatasetError(
             f"{root}: dataset root {what}; expected a directory with "
             f"{', '.join(SPLITS.values())}/ (Market-1501 layout)")
-    return ReidDataset(root=root, **{split: list_split(root, split) for split in SPLITS})
+    return ReidDataset(root=root, **{split: list_split(root, split) for split in SPLITS},
+                       sources={split: split_dir(root, split) for split in SPLITS})
 
 
 def dataset_fingerprint(dataset: ReidDataset) -> dict:

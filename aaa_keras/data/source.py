@@ -7,13 +7,16 @@ settings), and a real dataset by its absolute path; when that path is not
 here (moved, or the run dir was copied to another machine) the one line names
 ``--data`` as the fix. Run dirs written before names were stored hold the
 absolute path of a built-in dataset's cache directory; such a path that is
-gone is recognised by its directory name and re-made the same way.
+gone is recognised by its directory name and re-made the same way. A
+``folder:DIR`` / ``csv:FILE`` spec is stored with its absolute path and its
+options (``layouts.py``), so the same split is read again.
 """
 
 from __future__ import annotations
 
 import os
 
+from aaa_keras.data.layouts import LAYOUT_CHOICES, parse_spec
 from aaa_keras.data.synth import BUILTIN_PREFIX, BUILTIN_SIZES, builtin_settings, default_synthetic_dir, \
     ensure_synthetic
 from aaa_keras.errors import UserError
@@ -27,9 +30,16 @@ def resolve_data(data: str, log=print) -> str:
     settings = builtin_settings(data)
     if settings is not None:
         return ensure_synthetic(log=log, **settings)
+    spec = parse_spec(data)
+    if spec is not None:
+        path = os.path.abspath(os.path.expanduser(spec.path))
+        exists = os.path.isdir(path) if spec.kind == "folder" else os.path.isfile(path)
+        if not exists:
+            raise UserError(f"--data: {data}: {path} is not {'a directory' if spec.kind == 'folder' else 'a file'}")
+        return spec.text()
     if not os.path.isdir(data):
-        raise UserError(f"--data: {data} does not exist or is not a directory; expected a "
-                        "Market-1501-layout root (or omit --data for the built-in synthetic data)")
+        raise UserError(f"--data: {data} does not exist or is not a directory; expected a dataset root in one of "
+                        f"the layouts {LAYOUT_CHOICES}, or a built-in name (omit --data for builtin:demo)")
     return os.path.abspath(data)
 
 
@@ -38,7 +48,8 @@ def portable_data(data: str) -> str:
     ``builtin:demo``), a directory by its absolute path."""
     if builtin_settings(data) is not None:
         return data or DEFAULT_BUILTIN
-    return os.path.abspath(data)
+    spec = parse_spec(data)
+    return spec.text() if spec is not None else os.path.abspath(data)
 
 
 def resolve_run_data(data: str | None, saved: str, run_dir: str, log=print) -> str:
@@ -49,7 +60,9 @@ def resolve_run_data(data: str | None, saved: str, run_dir: str, log=print) -> s
     name = _builtin_name(saved)
     if name is not None:
         return resolve_data(name, log)
-    if not os.path.isdir(saved):
+    spec = parse_spec(saved)
+    here = os.path.exists(os.path.abspath(spec.path)) if spec is not None else os.path.isdir(saved)
+    if not here:
         raise UserError(f"--run-dir {run_dir}: its dataset {saved} is not here (moved, or the run dir was "
                         "copied from another machine); pass --data with the dataset's root")
     return saved
@@ -60,7 +73,7 @@ def _builtin_name(saved: str) -> str | None:
     a built-in cache directory that is gone, the name of the built-in dataset kept there."""
     if builtin_settings(saved) is not None:
         return saved or DEFAULT_BUILTIN
-    if os.path.isdir(saved):
+    if parse_spec(saved) is not None or os.path.isdir(saved):
         return None
     for name, settings in BUILTIN_SIZES.items():
         if os.path.basename(os.path.normpath(saved)) == os.path.basename(default_synthetic_dir(**settings)):

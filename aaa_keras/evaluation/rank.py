@@ -9,6 +9,11 @@ only ``chunk_size x num_gallery`` sort indices exist at any time.
 The rule lives here once, in :func:`protocol_masks`; :func:`match_kind` (one
 gallery entry, for the pictures) and :func:`ranked_gallery` (each query's
 top-k, junk removed or kept and flagged) apply the same rule.
+
+``--same-camera-ok`` (single-camera data, another protocol) keeps a query's
+same-camera gallery images of its identity: :func:`same_camera_ok_cameras`
+gives every query a camera of its own and a gallery copy of the query image
+that query's camera, so the one rule above removes only the image itself.
 """
 
 from __future__ import annotations
@@ -19,6 +24,13 @@ import numpy as np
 
 from aaa_keras.data.names import JUNK_PID
 from aaa_keras.errors import UserError
+
+
+NO_VALID_QUERY_FIX = (
+    "A query is matched only against other cameras: give the images distinct camera ids (check with "
+    "`python cli.py data check`), or pass --same-camera-ok for single-camera data (another protocol, "
+    "written in the result).")
+SAME_CAMERA_OK = "same-camera-ok"
 
 
 # === The protocol's match / junk rule (the one copy of it) ===
@@ -38,6 +50,18 @@ def protocol_masks(q_pids, q_camids, g_pids, g_camids):
     junk |= np.equal(g_pids, JUNK_PID)
     matches &= ~junk
     return matches, junk
+
+
+def same_camera_ok_cameras(query_keys, gallery_keys) -> tuple[np.ndarray, np.ndarray]:
+    """``(q_camids, g_camids)`` for the same-camera-ok protocol: query ``i`` is camera ``-(i + 1)``,
+    a camera no gallery image has, except a gallery image with the query's key (its file path):
+    that copy of the query image gets the query's camera and so is removed as junk."""
+    q_camids = -np.arange(1, len(query_keys) + 1, dtype=np.int64)
+    first = {}
+    for index, key in enumerate(query_keys):
+        first.setdefault(key, index)
+    g_camids = np.array([q_camids[first[key]] if key in first else 0 for key in gallery_keys], np.int64)
+    return q_camids, g_camids
 
 
 def match_kind(query: dict, entry: dict) -> str:
@@ -125,7 +149,7 @@ def evaluate_rank(
         raise UserError(
             f"No query has a true match in another camera: all {len(q_pids)} queries "
             "were skipped after removing same-camera matches and junk (pid -1). "
-            "Check that query person ids appear in the gallery under other cameras."
+            + NO_VALID_QUERY_FIX
         )
     cmc = _cumulative_match_curve(first_rank, max_rank)
     return {
@@ -276,7 +300,8 @@ def evaluate_rank_per_query(distmat, q_pids, g_pids, q_camids, g_camids, chunk_s
     if len(query_index) == 0:
         raise UserError(
             f"No query has a true match in another camera: all {len(q_pids)} queries "
-            "were skipped after removing same-camera matches and junk (pid -1)."
+            "were skipped after removing same-camera matches and junk (pid -1). "
+            + NO_VALID_QUERY_FIX
         )
     return {
         "query_index": query_index.astype(np.int64),

@@ -35,12 +35,14 @@ def extract_embeddings(embedder, records: list[ImageRecord], image_size, batch_s
 def evaluate_run(run_dir: str, stage: str | None = None, data: str | None = None,
                  metrics=("euclidean",), rerank: bool = False, json_path: str | None = None,
                  log=print, distribute: str = "none", mixed_precision: str = "",
-                 jit_compile: bool = False, skip_bad_images: bool = False, neck_feature: str | None = None) -> dict:
+                 jit_compile: bool = False, skip_bad_images: bool = False, neck_feature: str | None = None,
+                 same_camera_ok: bool = False) -> dict:
     """Evaluate ``stage`` of ``run_dir`` on ``data`` (default: the run's own dataset).
 
     ``distribute`` / ``mixed_precision`` / ``jit_compile`` apply to the
     embedding extraction. An image that does not decode is an error naming it,
-    unless ``skip_bad_images`` drops it (and says so).
+    unless ``skip_bad_images`` drops it (and says so). ``same_camera_ok``:
+    the single-camera protocol (``rank.same_camera_ok_cameras``), marked in the result.
     """
     import tensorflow as tf
 
@@ -63,7 +65,7 @@ def evaluate_run(run_dir: str, stage: str | None = None, data: str | None = None
     dataset = verify_images(dataset, splits, run_dir, skip_bad_images, log, purpose="evaluate")
     try:
         return _evaluate_embedder(embedder, dataset, config, run_dir, stage, root, metrics, rerank,
-                                  json_path, log)
+                                  json_path, log, same_camera_ok)
     except tf.errors.InvalidArgumentError as error:
         if not is_decode_error(error):  # a shape or dtype problem, not an image: TensorFlow's own error
             raise
@@ -71,7 +73,8 @@ def evaluate_run(run_dir: str, stage: str | None = None, data: str | None = None
                         f"find it with `python cli.py data check {root}` or pass --skip-bad-images") from None
 
 
-def _evaluate_embedder(embedder, dataset, config, run_dir, stage, root, metrics, rerank, json_path, log):
+def _evaluate_embedder(embedder, dataset, config, run_dir, stage, root, metrics, rerank, json_path, log,
+                       same_camera_ok=False):
     log(f"Evaluating stage {stage} of {run_dir} on {root}: "
         f"{len(dataset.query)} query, {len(dataset.gallery)} gallery images")
     qf = extract_embeddings(embedder, dataset.query, config.image_size)
@@ -86,8 +89,16 @@ def _evaluate_embedder(embedder, dataset, config, run_dir, stage, root, metrics,
             metric_dir=os.path.join(run_dir, stage, "metrics", _dataset_key(root)))
     q_pids, q_camids = record_ids(dataset.query)
     g_pids, g_camids = record_ids(dataset.gallery)
+    if same_camera_ok:
+        from aaa_keras.evaluation.rank import SAME_CAMERA_OK, same_camera_ok_cameras
+
+        q_camids, g_camids = same_camera_ok_cameras([r.path for r in dataset.query], [r.path for r in dataset.gallery])
     results = evaluate_features(qf, gf, q_pids, g_pids, q_camids, g_camids, metrics=tuple(metrics),
                                 rerank=rerank, **train_kwargs)
+    if same_camera_ok:
+        results = {name: {**entry, "protocol": SAME_CAMERA_OK} for name, entry in results.items()}
+        log(f"Protocol: {SAME_CAMERA_OK} (same-camera gallery images of the query's identity count as matches; "
+            "not comparable with Market-1501's cross-camera protocol)")
     log(format_table(results))
     if json_path:
         os.makedirs(os.path.dirname(os.path.abspath(json_path)), exist_ok=True)
