@@ -96,9 +96,14 @@ def name_format(path: str, cuhk03: bool = False) -> str:
 
 
 def is_cuhk03_root(root: str) -> bool:
-    """Whether CUHK03-NP names are read under ``root``: it or its parent is named like CUHK03."""
-    parts = os.path.normpath(os.path.abspath(root)).split(os.sep)[-2:]
-    return any("cuhk03" in part.lower().replace("_", "").replace("-", "") for part in parts)
+    """Whether CUHK03-NP names are read under ``root``: it is named like CUHK03 (``cuhk03-np``), or
+    it is ``labeled/`` or ``detected/`` of a directory named so (``cuhk03-np/labeled``)."""
+    parent, name = os.path.split(os.path.normpath(os.path.abspath(root)))
+
+    def cuhk03(part: str) -> bool:
+        return "cuhk03" in part.lower().replace("_", "").replace("-", "")
+
+    return cuhk03(name) or (name.lower() in ("labeled", "detected") and cuhk03(os.path.basename(parent)))
 
 
 def split_dir(root: str, split: str) -> str:
