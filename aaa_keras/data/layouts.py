@@ -193,8 +193,7 @@ def load_layout(text: str, allow_tiff: bool = False) -> ReidDataset:
         from aaa_keras.data import layouts_bench
 
         return layouts_bench.load(layout, root, allow_tiff)
-    if layout is None and os.listdir(root) and not any(
-            os.path.isdir(os.path.join(root, name)) and name in SPLITS.values() for name in os.listdir(root)):
+    if layout is None:  # no split folder at all: a Market root with one missing reads as before
         subdirs = [name for name in sorted(os.listdir(root)) if os.path.isdir(os.path.join(root, name))]
         if subdirs:
             raise DatasetError(f"{root}: no dataset layout recognised (sub-folders {', '.join(subdirs[:4])}"
