@@ -324,7 +324,7 @@ def evaluate(run_dir, stage, data_dir, camera_pattern, same_camera_ok, metric, r
     \b
     Example:
       python cli.py evaluate --run-dir runs/demo --stage adversarial --metric all --rerank --json runs/demo/eval.json
-      python cli.py evaluate --run-dir runs/market --data ~/datasets/Occluded_REID
+      python cli.py evaluate --run-dir runs/market --data ~/datasets/Occluded_REID-png
     """
     from aaa_keras.data.layouts import with_camera_pattern
     from aaa_keras.evaluation.run import evaluate_run
