@@ -288,7 +288,8 @@ def fit(stage, data_dir, run_dir, preset, image_size, no_finetune, no_take_turns
         evaluate_run(run_dir, stage, log=click.echo, skip_bad_images=skip_bad_images,
                      **({"same_camera_ok": True} if same_camera_ok else {}))
     click.echo("\nNext:\n"
-               f"  python cli.py evaluate --run-dir {run_dir} --stage {stage} --metric all --rerank\n"
+               f"  python cli.py evaluate --run-dir {run_dir} --stage {stage} --metric all --rerank"
+               f"{' --same-camera-ok' if same_camera_ok else ''}\n"
                f"  python cli.py visualize --run-dir {run_dir} --stage {stage} --what all\n"
                f"  python cli.py export --run-dir {run_dir} --stage {stage} --out models --format all")
 

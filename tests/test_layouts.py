@@ -125,6 +125,17 @@ def test_a_csv_list_with_splits_and_a_tsv_without(tmp_path):
     assert all(q.camid == 1 for q in unsplit.query) and all(g.camid == 2 for g in unsplit.gallery)
 
 
+def test_an_empty_csv_camid_is_read_by_the_camera_pattern_or_is_camera_1(tmp_path):
+    rows = [(os.path.relpath(files.write_image(tmp_path / f"c{cam}" / f"{pid}_{k}.jpg", pid, k), tmp_path), pid, "")
+            for pid in (1, 2, 3, 4) for cam in (1, 2) for k in (cam, cam + 2)]
+    path = _csv(tmp_path, rows, header="")
+    assert {r.camid for r in (lambda d: d.train + d.query + d.gallery)(load_dataset(f"csv:{path}"))} == {1}
+    spec = layouts.with_camera_pattern(f"csv:{path}", r"^c(?P<cam>\d+)/")
+    dataset = load_dataset(spec)
+    assert all(os.path.basename(os.path.dirname(r.path)) == f"c{r.camid}" for r in dataset.train + dataset.gallery)
+    assert {r.camid for r in dataset.query} == {1, 2}
+
+
 @pytest.mark.parametrize("row, fragment", [
     (("img/x.png", "abc", 1, "train"), "person id 'abc'"),
     (("img/x.png", 1, 1, "valid"), "split 'valid'"),

@@ -1,6 +1,6 @@
-"""Datasets in the Market-1501 layout: file names, loading, checking, and the
-built-in synthetic generator. Importing this package never imports TensorFlow
-(the tf.data input pipeline lives in ``aaa_keras.data.pipeline``)."""
+"""Datasets: the Market-1501 layout and its file names (``names.py``), the other layouts and your
+own data (``layouts*.py``), loading, checking, and the built-in synthetic generator. Importing this
+package never imports TensorFlow (the tf.data input pipeline lives in ``aaa_keras.data.pipeline``)."""
 
 from aaa_keras.data.check import CheckReport, SplitStats, check_dataset, format_report
 from aaa_keras.data.names import (
