@@ -18,6 +18,7 @@ that query's camera, so the one rule above removes only the image itself.
 
 from __future__ import annotations
 
+import dataclasses
 import sys
 
 import numpy as np
@@ -62,6 +63,20 @@ def same_camera_ok_cameras(query_keys, gallery_keys) -> tuple[np.ndarray, np.nda
         first.setdefault(key, index)
     g_camids = np.array([q_camids[first[key]] if key in first else 0 for key in gallery_keys], np.int64)
     return q_camids, g_camids
+
+
+def same_camera_ok_records(query, gallery) -> tuple[list, list]:
+    """``(query, gallery)`` records (``data.names.ImageRecord``) with the cameras of
+    :func:`same_camera_ok_cameras`, keyed by file path."""
+    q_camids, g_camids = same_camera_ok_cameras([r.path for r in query], [r.path for r in gallery])
+    return ([dataclasses.replace(r, camid=int(c)) for r, c in zip(query, q_camids)],
+            [dataclasses.replace(r, camid=int(c)) for r, c in zip(gallery, g_camids)])
+
+
+def mark_same_camera_ok(results: dict) -> dict:
+    """``results`` (``{metric: entry}``) with ``"protocol": "same-camera-ok"`` in every metric entry."""
+    return {name: {**entry, "protocol": SAME_CAMERA_OK} if isinstance(entry, dict) and "mAP" in entry else entry
+            for name, entry in results.items()}
 
 
 def match_kind(query: dict, entry: dict) -> str:

@@ -41,8 +41,8 @@ def evaluate_run(run_dir: str, stage: str | None = None, data: str | None = None
 
     ``distribute`` / ``mixed_precision`` / ``jit_compile`` apply to the
     embedding extraction. An image that does not decode is an error naming it,
-    unless ``skip_bad_images`` drops it (and says so). ``same_camera_ok``:
-    the single-camera protocol (``rank.same_camera_ok_cameras``), marked in the result.
+    unless ``skip_bad_images`` drops it (and says so). ``same_camera_ok``: the single-camera
+    protocol (``rank.same_camera_ok_records``), marked in the printed and the JSON result.
     """
     import tensorflow as tf
 
@@ -63,9 +63,12 @@ def evaluate_run(run_dir: str, stage: str | None = None, data: str | None = None
     dataset = load_dataset(root)
     splits = ("query", "gallery") + (("train",) if any(m != "euclidean" for m in metrics) else ())
     dataset = verify_images(dataset, splits, run_dir, skip_bad_images, log, purpose="evaluate")
+    if same_camera_ok:  # every query a camera of its own; the JSON is written once marked, below
+        dataset = _same_camera_ok_dataset(dataset, log)
     try:
-        return _evaluate_embedder(embedder, dataset, config, run_dir, stage, root, metrics, rerank,
-                                  json_path, log, same_camera_ok)
+        results = _evaluate_embedder(embedder, dataset, config, run_dir, stage, root, metrics, rerank,
+                                     None if same_camera_ok else json_path, log)
+        return _mark_same_camera_ok(results, json_path, log) if same_camera_ok else results
     except tf.errors.InvalidArgumentError as error:
         if not is_decode_error(error):  # a shape or dtype problem, not an image: TensorFlow's own error
             raise
@@ -73,8 +76,7 @@ def evaluate_run(run_dir: str, stage: str | None = None, data: str | None = None
                         f"find it with `python cli.py data check {root}` or pass --skip-bad-images") from None
 
 
-def _evaluate_embedder(embedder, dataset, config, run_dir, stage, root, metrics, rerank, json_path, log,
-                       same_camera_ok=False):
+def _evaluate_embedder(embedder, dataset, config, run_dir, stage, root, metrics, rerank, json_path, log):
     log(f"Evaluating stage {stage} of {run_dir} on {root}: "
         f"{len(dataset.query)} query, {len(dataset.gallery)} gallery images")
     qf = extract_embeddings(embedder, dataset.query, config.image_size)
@@ -89,17 +91,33 @@ def _evaluate_embedder(embedder, dataset, config, run_dir, stage, root, metrics,
             metric_dir=os.path.join(run_dir, stage, "metrics", _dataset_key(root)))
     q_pids, q_camids = record_ids(dataset.query)
     g_pids, g_camids = record_ids(dataset.gallery)
-    if same_camera_ok:
-        from aaa_keras.evaluation.rank import SAME_CAMERA_OK, same_camera_ok_cameras
-
-        q_camids, g_camids = same_camera_ok_cameras([r.path for r in dataset.query], [r.path for r in dataset.gallery])
     results = evaluate_features(qf, gf, q_pids, g_pids, q_camids, g_camids, metrics=tuple(metrics),
                                 rerank=rerank, **train_kwargs)
-    if same_camera_ok:
-        results = {name: {**entry, "protocol": SAME_CAMERA_OK} for name, entry in results.items()}
-        log(f"Protocol: {SAME_CAMERA_OK} (same-camera gallery images of the query's identity count as matches; "
-            "not comparable with Market-1501's cross-camera protocol)")
     log(format_table(results))
+    if json_path:
+        os.makedirs(os.path.dirname(os.path.abspath(json_path)), exist_ok=True)
+        write_json_atomically(json_path, results)
+        log(f"Wrote {json_path}")
+    return results
+
+
+def _same_camera_ok_dataset(dataset, log):
+    """``dataset`` with the cameras of ``rank.same_camera_ok_records`` (its own file never a match)."""
+    import dataclasses
+
+    from aaa_keras.evaluation.rank import SAME_CAMERA_OK, same_camera_ok_records
+
+    query, gallery = same_camera_ok_records(dataset.query, dataset.gallery)
+    log(f"Protocol: {SAME_CAMERA_OK} (same-camera gallery images of the query's identity count as matches, "
+        "the query image itself never; not comparable with Market-1501's cross-camera protocol)")
+    return dataclasses.replace(dataset, query=query, gallery=gallery)
+
+
+def _mark_same_camera_ok(results: dict, json_path, log) -> dict:
+    """``results`` marked ``same-camera-ok`` in every metric entry, written to ``json_path``."""
+    from aaa_keras.evaluation.rank import mark_same_camera_ok
+
+    results = mark_same_camera_ok(results)
     if json_path:
         os.makedirs(os.path.dirname(os.path.abspath(json_path)), exist_ok=True)
         write_json_atomically(json_path, results)
