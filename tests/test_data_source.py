@@ -21,6 +21,23 @@ def test_config_names_a_builtin_dataset_and_a_directory_by_its_absolute_path(tmp
         source.portable_data("builtin:nope")
 
 
+def test_a_folder_or_csv_spec_is_stored_with_its_absolute_path_and_options(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "crops").mkdir()
+    (tmp_path / "list.csv").write_text("")
+    assert source.portable_data("folder:crops") == f"folder:{tmp_path / 'crops'}"
+    assert source.portable_data("csv:list.csv?seed=2") == f"csv:{tmp_path / 'list.csv'}?seed=2"
+    spec = source.portable_data(r"folder:crops?camera-pattern=a%26b_c(?P<cam>\d+)&test-fraction=0.25")
+    assert spec == f"folder:{tmp_path / 'crops'}?camera-pattern=a%26b_c(?P<cam>\\d+)&test-fraction=0.25"
+    assert source.resolve_run_data(None, spec, "runs/x") == spec  # the same split is read again
+    with pytest.raises(UserError, match="--data: folder:nowhere"):
+        source.resolve_data("folder:nowhere")
+    moved = f"folder:{tmp_path / 'moved'}?seed=1"
+    with pytest.raises(UserError, match="pass --data") as caught:
+        source.resolve_run_data(None, moved, "runs/x")
+    assert moved in str(caught.value)
+
+
 def _config_data(run_dir):
     return json.loads((run_dir / "config.json").read_text())["data"]
 

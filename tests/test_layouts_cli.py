@@ -68,3 +68,8 @@ def test_data_check_prints_the_layout_and_a_bad_row_is_one_line(tmp_path):
     assert "layout Partial-REID" in output and "every query is partial by definition" in output
     code, output = run("data", "check", partial, "--camera-pattern", r"_c(?P<cam>\d+)")
     assert_user_error(code, output, "--camera-pattern applies to --data folder:DIR or csv:FILE")
+    crops = files.folder_dataset(tmp_path / "crops", ids=3, cams=2, per_camera=1)
+    victim = tmp_path / "crops" / "0002" / "cam2" / "0002_c2_000.jpg"
+    victim.write_bytes(b"\xff\xd8 not a jpeg")
+    code, output = run("data", "check", f"folder:{crops}")
+    assert_user_error(code, output, str(victim), "does not decode")
