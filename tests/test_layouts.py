@@ -265,6 +265,10 @@ def test_an_unknown_directory_names_the_layouts_and_folder_spec(tmp_path):
     with pytest.raises(DatasetError) as caught:
         load_dataset(str(tmp_path / "crops"))
     assert "folder:" in one_line(caught) and "MSMT17" in str(caught.value)
+    partial = files.partial_reid(tmp_path / "downloads" / "Partial_REID")
+    with pytest.raises(DatasetError) as caught:
+        load_dataset(str(tmp_path / "downloads"))
+    assert f"but in {partial}" in one_line(caught)
 
 
 # === --same-camera-ok ===

@@ -196,6 +196,10 @@ def load_layout(text: str, allow_tiff: bool = False) -> ReidDataset:
     if layout is None:  # no split folder at all: a Market root with one missing reads as before
         subdirs = [name for name in sorted(os.listdir(root)) if os.path.isdir(os.path.join(root, name))]
         if subdirs:
+            inside = [os.path.join(root, name) for name in subdirs if detect_layout(os.path.join(root, name))]
+            if inside:
+                raise DatasetError(f"{root}: no dataset layout here, but in {' and '.join(inside[:2])}; "
+                                   "pass that directory")
             raise DatasetError(f"{root}: no dataset layout recognised (sub-folders {', '.join(subdirs[:4])}"
                                f"{', ...' if len(subdirs) > 4 else ''}); expected {LAYOUT_CHOICES}; "
                                f"a folder per identity is read with --data folder:{root}")
