@@ -1,0 +1,96 @@
+#!/usr/bin/env python
+"""Latency of each `export --for boxmot` file through BoxMOT's own re-ID backend (docs/deployment.md, BoxMOT).
+
+Runs ``export/boxmot_reid.py latency`` in BoxMOT's virtual environment (the one
+tests/test_boxmot.py makes: ``~/.cache/aaa_keras/boxmot-venv`` or
+``--venv``) on every model file of one export version: milliseconds per
+``ReID(crops)`` call (BoxMOT's crop preprocessing, the backend's forward, the
+L2 normalisation) at each ``--batch`` (crops per call, e.g. the detections of
+one frame), median of ``--repeats`` calls after ``--warmup``. The whole set
+is measured ``--rounds`` times, formats interleaved, and the median of the
+rounds is reported, with each format's ratio to ONNX in the same round (the
+machine is shared and noisy: the ratio is the figure to compare). Threads:
+BoxMOT's backends use their runtime's default (all cores); ``--cores`` pins
+the process to that many cores with ``taskset`` where it exists.
+
+    python benchmarks/boxmot_latency.py --models models/boxmot/aaa_net/1 --crops '~/synth/query/*.jpg'
+"""
+
+from __future__ import annotations
+
+import argparse
+import glob
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from common import REPO_ROOT, machine_description  # noqa: E402
+
+SCRIPT = os.path.join(REPO_ROOT, "export", "boxmot_reid.py")
+DEFAULT_VENV = os.path.expanduser("~/.cache/aaa_keras/boxmot-venv")
+
+
+def model_files(directory: str) -> list[str]:
+    """The re-ID files of one export version, in a fixed order: ONNX, OpenVINO, TFLite float32/16, int8."""
+    names = sorted(os.listdir(directory))
+    order = [n for n in names if n.endswith(".onnx")] + [n for n in names if n.endswith("_openvino_model")]
+    order += [n for q in ("float32", "float16", "int8") for n in names if n.endswith(f"_{q}.tflite")]
+    if not order:
+        sys.exit(f"Error: --models {directory}: no .onnx, *_openvino_model or .tflite here; run "
+                 "`python cli.py export --for boxmot` first")
+    return [os.path.join(directory, n) for n in order]
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--models", required=True, help="An export version directory, models/boxmot/aaa_net/1.")
+    parser.add_argument("--crops", required=True, help="Glob of person crops (any size; BoxMOT resizes).")
+    parser.add_argument("--venv", default=DEFAULT_VENV, help="BoxMOT's environment. [default: %(default)s]")
+    parser.add_argument("--batch", type=int, action="append", help="Crops per call; repeat. [default: 1 and 8]")
+    parser.add_argument("--repeats", type=int, default=30, help="Timed calls per format. [default: %(default)s]")
+    parser.add_argument("--warmup", type=int, default=5, help="Untimed calls first. [default: %(default)s]")
+    parser.add_argument("--rounds", type=int, default=3, help="Whole measurements. [default: %(default)s]")
+    parser.add_argument("--cores", type=int, default=2, help="taskset to this many cores. [default: %(default)s]")
+    args = parser.parse_args(argv)
+    python = os.path.join(args.venv, "bin", "python")
+    if not os.path.exists(python):
+        sys.exit(f"Error: --venv {args.venv}: no Python there; `pytest -m slow tests/test_boxmot.py` makes it")
+    crops = sorted(glob.glob(os.path.expanduser(args.crops)))[:16]
+    if not crops:
+        sys.exit(f"Error: --crops {args.crops}: matches no file")
+    models = model_files(args.models)
+    prefix = (["taskset", "-c", f"0-{args.cores - 1}"] if shutil.which("taskset") and os.cpu_count() >= args.cores
+              else [])
+    rows = {}
+    for batch in args.batch or [1, 8]:
+        rounds = []
+        for _ in range(args.rounds):
+            command = [*prefix, python, SCRIPT, "latency", "--crops", *crops, "--batch", str(batch),
+                       "--repeats", str(args.repeats), "--warmup", str(args.warmup)]
+            for model in models:
+                command += ["--model", model]
+            done = subprocess.run(command, capture_output=True, text=True, env=dict(os.environ, PYTHONPATH=""))
+            if done.returncode != 0:
+                sys.exit(f"Error: {done.stderr.strip().splitlines()[-1]}")
+            rounds.append(json.loads(done.stdout.strip().splitlines()[-1]))
+        for index, model in enumerate(models):
+            times = [r[index]["ms_median"] for r in rounds]
+            ratios = [r[index]["ms_median"] / r[0]["ms_median"] for r in rounds]
+            rows.setdefault(model, {"backend": rounds[0][index]["backend"]})[batch] = (
+                statistics.median(times), statistics.median(ratios))
+    print(f"Machine: {machine_description()}; pinned: {' '.join(prefix) or 'no'}")
+    print(f"Crops: {len(crops)} of {args.crops}; median of {args.rounds} rounds of {args.repeats} calls each")
+    batches = args.batch or [1, 8]
+    print("| file | BoxMOT backend | " + " | ".join(f"batch {b}: ms per call (x ONNX)" for b in batches) + " |")
+    print("|---|---|" + "---:|" * len(batches))
+    for model, row in rows.items():
+        cells = " | ".join(f"{row[b][0]:.2f} ({row[b][1]:.2f}x)" for b in batches)
+        print(f"| {os.path.basename(model)} | {row['backend']} | {cells} |")
+
+
+if __name__ == "__main__":
+    main()
