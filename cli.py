@@ -346,7 +346,7 @@ def visualize(run_dir, stage, data_dir, what, num, out_dir):
               help="Bound the parity held set (whole test ids) on large datasets; default all.")
 @click.option("--threads", type=click.IntRange(1), default=2, show_default=True,
               help="LiteRT threads for the parity runs.")
-@click.option("--for", "target", type=click.Choice(["aaa-keras", "boxmot"]), default="aaa-keras", show_default=True,
+@click.option("--for", "target", type=click.Choice(vocabulary.EXPORT_TARGETS), default="aaa-keras", show_default=True,
               help="aaa-keras: the project's contract (RGB 0-255 NHWC input); boxmot: ONNX, OpenVINO and TFLite in "
                    "BoxMOT's re-ID contract (normalised NCHW input, metadata sidecar) under "
                    "OUT/boxmot/MODEL_NAME/VERSION/; --format and --quantize pick among them.")

@@ -14,6 +14,8 @@ BoxMOT's backends use their runtime's default (all cores); ``--cores`` pins
 the process to that many cores with ``taskset`` where it exists.
 
     python benchmarks/boxmot_latency.py --models models/boxmot/aaa_net/1 --crops '~/synth/query/*.jpg'
+    python benchmarks/boxmot_latency.py --models models/boxmot/aaa_net/1 --crops '~/synth/*/*.jpg' \
+        --parity-run-dir runs/demo
 """
 
 from __future__ import annotations
@@ -45,6 +47,37 @@ def model_files(directory: str) -> list[str]:
     return [os.path.join(directory, n) for n in order]
 
 
+def parity_through_boxmot(python, models, crops, run_dir, models_dir) -> None:
+    """Per-image cosine of BoxMOT's embeddings (its backends, its preprocessing) to the Keras embedder's."""
+    import tempfile
+
+    import numpy as np
+
+    from aaa_keras.deploy.boxmot import read_crops
+    from aaa_keras.deploy.parity import cosines
+    from aaa_keras.model.backbone import build_embedder
+    from aaa_keras.run_dir import load_trained
+
+    report = json.load(open(os.path.join(models_dir, "parity.json")))
+    with tempfile.TemporaryDirectory() as scratch:
+        out = os.path.join(scratch, "boxmot.npz")
+        command = [python, SCRIPT, "embed", "--out", out, "--crops", *crops]
+        for model in models:
+            command += ["--model", model]
+        done = subprocess.run(command, capture_output=True, text=True, env=dict(os.environ, PYTHONPATH=""))
+        if done.returncode != 0:
+            sys.exit(f"Error: {done.stderr.strip().splitlines()[-1]}")
+        saved = dict(np.load(out))
+    trained = load_trained(run_dir, report["stage"], report.get("neck_feature"))
+    keras = np.asarray(build_embedder(trained.parts).predict(read_crops(crops, trained.config.image_size),
+                                                             verbose=0))
+    print(f"Cosine to Keras of what BoxMOT returns, {len(crops)} crops (min / 1st percentile / mean):")
+    for index, model in enumerate(models):
+        values = cosines(keras, saved[f"emb_{index}"])
+        print(f"  {os.path.basename(model)} ({str(saved['backends'][index]).split()[0]}): {values.min():.6f} / "
+              f"{np.percentile(values, 1, method='lower'):.6f} / {values.mean():.6f}")
+
+
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--models", required=True, help="An export version directory, models/boxmot/aaa_net/1.")
@@ -55,14 +88,20 @@ def main(argv=None) -> None:
     parser.add_argument("--warmup", type=int, default=5, help="Untimed calls first. [default: %(default)s]")
     parser.add_argument("--rounds", type=int, default=3, help="Whole measurements. [default: %(default)s]")
     parser.add_argument("--cores", type=int, default=2, help="taskset to this many cores. [default: %(default)s]")
+    parser.add_argument("--parity-run-dir", default=None,
+                        help="Also: the cosine of what BoxMOT's backends return to this run's Keras embedder, on "
+                             "every --crops image (not only the 16 timed).")
     args = parser.parse_args(argv)
     python = os.path.join(args.venv, "bin", "python")
     if not os.path.exists(python):
         sys.exit(f"Error: --venv {args.venv}: no Python there; `pytest -m slow tests/test_boxmot.py` makes it")
-    crops = sorted(glob.glob(os.path.expanduser(args.crops)))[:16]
+    every_crop = sorted(glob.glob(os.path.expanduser(args.crops)))
+    crops = every_crop[:16]
     if not crops:
         sys.exit(f"Error: --crops {args.crops}: matches no file")
     models = model_files(args.models)
+    if args.parity_run_dir:
+        parity_through_boxmot(python, models, every_crop, args.parity_run_dir, args.models)
     prefix = (["taskset", "-c", f"0-{args.cores - 1}"] if shutil.which("taskset") and os.cpu_count() >= args.cores
               else [])
     rows = {}

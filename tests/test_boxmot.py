@@ -166,6 +166,18 @@ def test_a_boxmot_export_whose_graph_misses_the_normalisation_is_rejected_and_in
 
 # === Slow: BoxMOT's own backends, in BoxMOT's own environment ===
 
+def _cpu_torch_index() -> list[str]:
+    """PyTorch's CPU wheel index when it answers (PyPI's torch brings several GB of CUDA libraries)."""
+    import urllib.request
+
+    url = "https://download.pytorch.org/whl/cpu/"
+    try:
+        urllib.request.urlopen(url, timeout=5).close()
+    except OSError:
+        return []
+    return ["--extra-index-url", url]
+
+
 def _boxmot_python() -> str:
     """The Python of a virtual environment with BoxMOT, made on first use; skips the test when it cannot be."""
     venv = os.environ.get("AAA_KERAS_BOXMOT_VENV", os.path.expanduser("~/.cache/aaa_keras/boxmot-venv"))
@@ -174,7 +186,7 @@ def _boxmot_python() -> str:
     if os.path.exists(python) and subprocess.run(probe, capture_output=True).returncode == 0:
         return python
     steps = [[sys.executable, "-m", "venv", venv],
-             [python, "-m", "pip", "install", "--quiet", *BOXMOT_REQUIREMENTS]]
+             [python, "-m", "pip", "install", "--quiet", *_cpu_torch_index(), *BOXMOT_REQUIREMENTS]]
     for step in steps:
         try:
             done = subprocess.run(step, capture_output=True, text=True, timeout=3600)
