@@ -367,7 +367,7 @@ def export(run_dir, stage, out, formats, quantize, model_name, version, represen
     models/onnx/aaa_net/<version>/*.onnx and models/openvino/aaa_net/<version>/*.xml
     with parity.json; a missed parity threshold fails the export and installs nothing.
     --for boxmot writes models/boxmot/aaa_net/<version>/ for a BoxMOT tracker's
-    reid_weights (docs/deployment.md, section BoxMOT).
+    reid_weights (docs/deployment.md, section 9).
     """
     if target == "boxmot":
         from aaa_keras.deploy.boxmot_export import export_boxmot

@@ -19,7 +19,8 @@ latency  milliseconds per ``ReID(crops)`` call of a batch of BATCH crops
 Examples:
   python export/boxmot_reid.py embed --out emb.npz --crops crops/*.jpg --model models/boxmot/aaa_net/1/aaa_net_v1.onnx
   python export/boxmot_reid.py track --crops crops/*.jpg --model models/boxmot/aaa_net/1/aaa_net_v1_openvino_model
-  python export/boxmot_reid.py latency --crops crops/*.jpg --batch 8 --model models/boxmot/aaa_net/1/aaa_net_v1_int8.tflite
+  python export/boxmot_reid.py latency --crops crops/*.jpg --batch 8 \
+      --model models/boxmot/aaa_net/1/aaa_net_v1_int8.tflite
 """
 
 from __future__ import annotations
@@ -115,7 +116,8 @@ def main(argv=None):
     parser.add_argument("mode", choices=("embed", "track", "latency"))
     parser.add_argument("--model", action="append", required=True, help="A re-ID file; repeat for several.")
     parser.add_argument("--crops", nargs="+", required=True, help="BGR image files (person crops).")
-    parser.add_argument("--out", default="boxmot_embeddings.npz", help="embed: the .npz to write. [default: %(default)s]")
+    parser.add_argument("--out", default="boxmot_embeddings.npz",
+                        help="embed: the .npz to write. [default: %(default)s]")
     parser.add_argument("--batch", type=int, default=8, help="latency: crops per call. [default: %(default)s]")
     parser.add_argument("--repeats", type=int, default=30, help="latency: timed calls. [default: %(default)s]")
     parser.add_argument("--warmup", type=int, default=5, help="latency: untimed calls first. [default: %(default)s]")

@@ -254,8 +254,8 @@ def test_boxmots_own_backends_load_every_file_and_give_the_keras_embeddings(expo
         entry["odd_crops_cosine_min"] = round(float(odd.min()), 6)
         (report["tflite"] if key in ("float32", "float16", "int8") else report)[key] = entry
         assert parity_lib.failures(report) == [], (model, entry)  # the export's gates, on what BoxMOT returns
-        cosines[os.path.relpath(model, exported["dir"])] = {k: entry[k] for k in ("cosine_min", "cosine_p1", "cosine_mean",
-                                                                  "odd_crops_cosine_min", "mAP")}
+        cosines[os.path.relpath(model, exported["dir"])] = {
+            k: entry[k] for k in ("cosine_min", "cosine_p1", "cosine_mean", "odd_crops_cosine_min", "mAP")}
     print("BoxMOT backends vs Keras:", json.dumps(cosines, indent=1))
     for name, entry in cosines.items():
         assert entry["odd_crops_cosine_min"] >= (0.98 if "int8" in name else 0.999), (name, entry)
@@ -265,3 +265,12 @@ def test_boxmots_own_backends_load_every_file_and_give_the_keras_embeddings(expo
     assert done.returncode == 0, done.stderr[-3000:]
     tracked = json.loads(done.stdout.strip().splitlines()[-1])
     assert tracked["track_ids"][-1], tracked  # BotSort with the AAA-Net re-ID keeps tracks
+
+
+def test_the_boxmot_script_needs_neither_aaa_keras_nor_boxmot_for_its_help():
+    env = dict(os.environ, PYTHONPATH="")
+    result = subprocess.run([sys.executable, "-c", "import runpy, sys; sys.argv = sys.argv[1:]; "
+                             "runpy.run_path(sys.argv[0], run_name='__main__')", BOXMOT_SCRIPT, "--help"],
+                            capture_output=True, text=True, env=env, timeout=60, cwd="/")
+    assert result.returncode == 0, result.stderr
+    assert "Examples:" in result.stdout and "export/boxmot_reid.py embed" in result.stdout

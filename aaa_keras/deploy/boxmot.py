@@ -272,7 +272,7 @@ class BoxmotEmbedder:
         self._batch = None
 
     def forward(self, batch: np.ndarray) -> np.ndarray:
-        """Raw output 0 (float, dequantised) of an already normalised NHWC batch (transposed to the file's layout)."""
+        """Raw output 0 (float, dequantised) of a normalised NHWC batch (transposed to the file's layout)."""
         if self.layout == "NCHW":
             batch = np.ascontiguousarray(np.transpose(batch, (0, 3, 1, 2)))
         if self.format == "onnx":

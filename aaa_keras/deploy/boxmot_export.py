@@ -125,7 +125,8 @@ def export_boxmot(run_dir: str, out: str, stage: str | None = None, formats=FORM
         report["seconds"] = round(time.time() - started, 1)
         write_json_atomically(os.path.join(partial, export_lib.PARITY_FILE), report)
         if problems:
-            rejected = install.reject(os.path.join(out, export_lib.REJECTED_DIR), f"{model_name}_boxmot_v{version}")
+            rejected = install.reject(os.path.join(out, export_lib.REJECTED_DIR),
+                                      f"{model_name}_boxmot_v{version}")
             raise UserError(f"parity missed: {'; '.join(problems)}. The BoxMOT export was not installed; it is in "
                             f"{rejected} with its {export_lib.PARITY_FILE}")
     final = os.path.join(parent, str(version))
@@ -141,8 +142,8 @@ def export_boxmot(run_dir: str, out: str, stage: str | None = None, formats=FORM
     for quantization, path in result["tflite"].items():
         log(f"  TFLite {quantization}: {path}")
     log(f"  {result['parity_json']}")
-    log(f"  In BoxMOT: a tracker's reid_weights=Path('{result['onnx'] or next(iter(result['tflite'].values()), '')}')"
-        " (docs/deployment.md, section BoxMOT)")
+    example = result["onnx"] or result["openvino"] or next(iter(result["tflite"].values()), "")
+    log(f"  In BoxMOT: a tracker's reid_weights=Path('{example}') (docs/deployment.md, section 9)")
     return result
 
 
