@@ -89,8 +89,9 @@ def track(models, crops, frames: int = 4):
                 x += w + 20
             tracks = tracker.update(np.array(detections, np.float32), frame)
             ids.append(sorted(int(t) for t in tracks[:, 4]) if len(tracks) else [])
-        print(json.dumps({"model": model, "backend": type(tracker.model.model).__name__
-                          if hasattr(getattr(tracker, "model", None), "model") else None, "track_ids": ids}))
+        reid = getattr(tracker, "_reid_model", None)  # the backend the tracker built from reid_weights (25.0.0)
+        print(json.dumps({"model": model, "backend": type(reid).__name__ if reid is not None else None,
+                          "embedding_width": getattr(tracker, "last_emb_size", None), "track_ids": ids}))
 
 
 def latency(models, crops, batch: int, repeats: int, warmup: int):

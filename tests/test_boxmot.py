@@ -264,7 +264,8 @@ def test_boxmots_own_backends_load_every_file_and_give_the_keras_embeddings(expo
                           capture_output=True, text=True, env=env, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     tracked = json.loads(done.stdout.strip().splitlines()[-1])
-    assert tracked["track_ids"][-1], tracked  # BotSort with the AAA-Net re-ID keeps tracks
+    assert tracked["track_ids"][-1] == list(range(6)), tracked  # BotSort with the AAA-Net re-ID keeps 6 tracks
+    assert tracked["backend"] == "ONNXBackend" and tracked["embedding_width"] == saved["emb_0"].shape[1], tracked
 
 
 def test_the_boxmot_script_needs_neither_aaa_keras_nor_boxmot_for_its_help():
@@ -274,3 +275,12 @@ def test_the_boxmot_script_needs_neither_aaa_keras_nor_boxmot_for_its_help():
                             capture_output=True, text=True, env=env, timeout=60, cwd="/")
     assert result.returncode == 0, result.stderr
     assert "Examples:" in result.stdout and "export/boxmot_reid.py embed" in result.stdout
+
+
+def test_format_choice_for_boxmot_keeps_its_three_formats_and_refuses_the_saved_model_alone():
+    from aaa_keras.deploy.boxmot_export import _formats
+
+    assert _formats(("all",)) == ("onnx", "openvino", "tflite")
+    assert _formats(("saved_model", "onnx")) == ("onnx",)
+    with pytest.raises(UserError, match="--for boxmot: --format saved_model has no BoxMOT format"):
+        _formats(("saved_model",))
