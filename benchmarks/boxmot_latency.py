@@ -1,12 +1,13 @@
 #!/usr/bin/env python
-"""Latency of each `export --for boxmot` file through BoxMOT's own re-ID backend (docs/deployment.md, BoxMOT).
+"""Latency of each `export --for boxmot` file through BoxMOT's own re-ID backend (docs/deployment.md section 9).
 
 Runs ``export/boxmot_reid.py latency`` in BoxMOT's virtual environment (the one
 tests/test_boxmot.py makes: ``~/.cache/aaa_keras/boxmot-venv`` or
 ``--venv``) on every model file of one export version: milliseconds per
 ``ReID(crops)`` call (BoxMOT's crop preprocessing, the backend's forward, the
-L2 normalisation) at each ``--batch`` (crops per call, e.g. the detections of
-one frame), median of ``--repeats`` calls after ``--warmup``. The whole set
+L2 normalisation), and of the backend's forward alone, at each ``--batch``
+(crops per call, e.g. the detections of one frame), median of ``--repeats``
+calls after ``--warmup``. The whole set
 is measured ``--rounds`` times, formats interleaved, and the median of the
 rounds is reported, with each format's ratio to ONNX in the same round (the
 machine is shared and noisy: the ratio is the figure to compare). Threads:
@@ -117,17 +118,19 @@ def main(argv=None) -> None:
                 sys.exit(f"Error: {done.stderr.strip().splitlines()[-1]}")
             rounds.append(json.loads(done.stdout.strip().splitlines()[-1]))
         for index, model in enumerate(models):
-            times = [r[index]["ms_median"] for r in rounds]
-            ratios = [r[index]["ms_median"] / r[0]["ms_median"] for r in rounds]
-            rows.setdefault(model, {"backend": rounds[0][index]["backend"]})[batch] = (
-                statistics.median(times), statistics.median(ratios))
+            row = rows.setdefault(model, {"backend": rounds[0][index]["backend"]})
+            for key in ("ms_median", "forward_ms_median"):
+                row[(key, batch)] = (statistics.median(r[index][key] for r in rounds),
+                                     statistics.median(r[index][key] / r[0][key] for r in rounds))
     print(f"Machine: {machine_description()}; pinned: {' '.join(prefix) or 'no'}")
     print(f"Crops: {len(crops)} of {args.crops}; median of {args.rounds} rounds of {args.repeats} calls each")
     batches = args.batch or [1, 8]
-    print("| file | BoxMOT backend | " + " | ".join(f"batch {b}: ms per call (x ONNX)" for b in batches) + " |")
-    print("|---|---|" + "---:|" * len(batches))
+    columns = [(key, b) for b in batches for key in ("ms_median", "forward_ms_median")]
+    names = {"ms_median": "ReID call", "forward_ms_median": "forward"}
+    print("| file | BoxMOT backend | " + " | ".join(f"{b} crops, {names[k]}: ms (x ONNX)" for k, b in columns) + " |")
+    print("|---|---|" + "---:|" * len(columns))
     for model, row in rows.items():
-        cells = " | ".join(f"{row[b][0]:.2f} ({row[b][1]:.2f}x)" for b in batches)
+        cells = " | ".join(f"{row[c][0]:.2f} ({row[c][1]:.2f}x)" for c in columns)
         print(f"| {os.path.basename(model)} | {row['backend']} | {cells} |")
 
 

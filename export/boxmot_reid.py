@@ -14,7 +14,9 @@ track    a BotSort tracker with ``reid_weights=MODEL`` on a few synthetic
          frames made of the CROPS; prints the track ids (smoke test of the
          whole tracker path).
 latency  milliseconds per ``ReID(crops)`` call of a batch of BATCH crops
-         (median of REPEATS after WARMUP calls), per MODEL; prints JSON.
+         (its preprocess, process and postprocess stages; the backend's
+         forward alone too), median of REPEATS after WARMUP calls, per MODEL;
+         prints JSON.
 
 Examples:
   python export/boxmot_reid.py embed --out emb.npz --crops crops/*.jpg --model models/boxmot/aaa_net/1/aaa_net_v1.onnx
@@ -101,14 +103,19 @@ def latency(models, crops, batch: int, repeats: int, warmup: int):
         runtime = _runtime(model)
         for _ in range(warmup):
             runtime(chosen)
-        times = []
-        for _ in range(repeats):
+        times, forward = [], []
+        for _ in range(repeats):  # ReID.__call__'s three stages, timed apart
             started = time.perf_counter()
-            runtime(chosen)
+            payload = runtime.preprocess(chosen)
+            middle = time.perf_counter()
+            features = runtime.process(payload)
+            after = time.perf_counter()
+            runtime.postprocess(features)
             times.append(1000.0 * (time.perf_counter() - started))
+            forward.append(1000.0 * (after - middle))
         results.append({"model": model, "backend": type(runtime.model).__name__, "batch": batch,
                         "ms_median": round(statistics.median(times), 3), "ms_min": round(min(times), 3),
-                        "repeats": repeats})
+                        "forward_ms_median": round(statistics.median(forward), 3), "repeats": repeats})
     print(json.dumps(results))
 
 
