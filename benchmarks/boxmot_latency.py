@@ -15,8 +15,8 @@ BoxMOT's backends use their runtime's default (all cores); ``--cores`` pins
 the process to that many cores with ``taskset`` where it exists.
 
     python benchmarks/boxmot_latency.py --models models/boxmot/aaa_net/1 --crops '~/synth/query/*.jpg'
-    python benchmarks/boxmot_latency.py --models models/boxmot/aaa_net/1 --crops '~/synth/*/*.jpg' \
-        --parity-run-dir runs/demo
+    python benchmarks/boxmot_latency.py --models models/boxmot/aaa_net/1 --rounds 0 \
+        --crops '~/synth/query/*.jpg' '~/synth/bounding_box_test/*.jpg' --parity-run-dir runs/demo
 """
 
 from __future__ import annotations
@@ -82,13 +82,17 @@ def parity_through_boxmot(python, models, crops, run_dir, models_dir) -> None:
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--models", required=True, help="An export version directory, models/boxmot/aaa_net/1.")
-    parser.add_argument("--crops", required=True, help="Glob of person crops (any size; BoxMOT resizes).")
+    parser.add_argument("--crops", required=True, nargs="+",
+                        help="Globs of person crops (any size; BoxMOT resizes); the first 16 are timed.")
     parser.add_argument("--venv", default=DEFAULT_VENV, help="BoxMOT's environment. [default: %(default)s]")
     parser.add_argument("--batch", type=int, action="append", help="Crops per call; repeat. [default: 1 and 8]")
     parser.add_argument("--repeats", type=int, default=30, help="Timed calls per format. [default: %(default)s]")
     parser.add_argument("--warmup", type=int, default=5, help="Untimed calls first. [default: %(default)s]")
-    parser.add_argument("--rounds", type=int, default=3, help="Whole measurements. [default: %(default)s]")
+    parser.add_argument("--rounds", type=int, default=3,
+                        help="Whole measurements; 0: none (only --parity-run-dir). [default: %(default)s]")
     parser.add_argument("--cores", type=int, default=2, help="taskset to this many cores. [default: %(default)s]")
+    parser.add_argument("--torch-threads", type=int, default=None,
+                        help="PyTorch threads of BoxMOT's preprocessing. [default: PyTorch's own]")
     parser.add_argument("--parity-run-dir", default=None,
                         help="Also: the cosine of what BoxMOT's backends return to this run's Keras embedder, on "
                              "every --crops image (not only the 16 timed).")
@@ -96,13 +100,15 @@ def main(argv=None) -> None:
     python = os.path.join(args.venv, "bin", "python")
     if not os.path.exists(python):
         sys.exit(f"Error: --venv {args.venv}: no Python there; `pytest -m slow tests/test_boxmot.py` makes it")
-    every_crop = sorted(glob.glob(os.path.expanduser(args.crops)))
+    every_crop = sorted(p for pattern in args.crops for p in glob.glob(os.path.expanduser(pattern)))
     crops = every_crop[:16]
     if not crops:
         sys.exit(f"Error: --crops {args.crops}: matches no file")
     models = model_files(args.models)
     if args.parity_run_dir:
         parity_through_boxmot(python, models, every_crop, args.parity_run_dir, args.models)
+    if args.rounds < 1:
+        return
     prefix = (["taskset", "-c", f"0-{args.cores - 1}"] if shutil.which("taskset") and os.cpu_count() >= args.cores
               else [])
     rows = {}
@@ -111,6 +117,8 @@ def main(argv=None) -> None:
         for _ in range(args.rounds):
             command = [*prefix, python, SCRIPT, "latency", "--crops", *crops, "--batch", str(batch),
                        "--repeats", str(args.repeats), "--warmup", str(args.warmup)]
+            if args.torch_threads:
+                command += ["--torch-threads", str(args.torch_threads)]
             for model in models:
                 command += ["--model", model]
             done = subprocess.run(command, capture_output=True, text=True, env=dict(os.environ, PYTHONPATH=""))
@@ -122,8 +130,9 @@ def main(argv=None) -> None:
             for key in ("ms_median", "forward_ms_median"):
                 row[(key, batch)] = (statistics.median(r[index][key] for r in rounds),
                                      statistics.median(r[index][key] / r[0][key] for r in rounds))
-    print(f"Machine: {machine_description()}; pinned: {' '.join(prefix) or 'no'}")
-    print(f"Crops: {len(crops)} of {args.crops}; median of {args.rounds} rounds of {args.repeats} calls each")
+    print(f"Machine: {machine_description()}; pinned: {' '.join(prefix) or 'no'}; "
+          f"PyTorch threads: {args.torch_threads or 'its own'}")
+    print(f"Crops: {len(crops)} of {' '.join(args.crops)}; median of {args.rounds} rounds of {args.repeats} calls each")
     batches = args.batch or [1, 8]
     columns = [(key, b) for b in batches for key in ("ms_median", "forward_ms_median")]
     names = {"ms_median": "ReID call", "forward_ms_median": "forward"}

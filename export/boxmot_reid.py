@@ -129,11 +129,17 @@ def main(argv=None):
     parser.add_argument("--batch", type=int, default=8, help="latency: crops per call. [default: %(default)s]")
     parser.add_argument("--repeats", type=int, default=30, help="latency: timed calls. [default: %(default)s]")
     parser.add_argument("--warmup", type=int, default=5, help="latency: untimed calls first. [default: %(default)s]")
+    parser.add_argument("--torch-threads", type=int, default=None,
+                        help="torch.set_num_threads for BoxMOT's PyTorch preprocessing. [default: PyTorch's own]")
     args = parser.parse_args(argv)
     for model in args.model:
         if not os.path.exists(model):
             sys.exit(f"Error: --model {model}: no such file or directory")
     crops = _crops(args.crops)
+    if args.torch_threads:
+        import torch
+
+        torch.set_num_threads(args.torch_threads)
     if args.mode == "embed":
         embed(args.model, crops, args.crops, args.out)
     elif args.mode == "track":
