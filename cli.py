@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""aaa-keras command line: data, fit, evaluate, visualize, export, index, search.
+"""aaa-keras command line: data, fit, evaluate, visualize, export, embed, index, search.
 
 Commands only parse arguments, call the library and print. TensorFlow is
 imported inside the commands, so ``--help`` answers at once.
@@ -383,22 +383,36 @@ def visualize(run_dir, stage, data_dir, what, num, out_dir):
               help="Bound the parity held set (whole test ids) on large datasets; default all.")
 @click.option("--threads", type=click.IntRange(1), default=2, show_default=True,
               help="LiteRT threads for the parity runs.")
+@click.option("--for", "target", type=click.Choice(vocabulary.EXPORT_TARGETS), default="aaa-keras", show_default=True,
+              help="aaa-keras: the project's contract (RGB 0-255 NHWC input); boxmot: ONNX, OpenVINO and TFLite in "
+                   "BoxMOT's re-ID contract (normalised NCHW input, metadata sidecar) under "
+                   "OUT/boxmot/MODEL_NAME/VERSION/; --format and --quantize pick among them.")
 @NECK_FEATURE_OPTION
 @user_errors
 @locks_run_dir("export")
 def export(run_dir, stage, out, formats, quantize, model_name, version, representative_count, data_dir,
-           parity_max_images, threads, neck_feature):
+           parity_max_images, threads, target, neck_feature):
     """SavedModel (TF Serving), TFLite float32/float16/int8 (cameras), ONNX and OpenVINO, with checked parity.
 
     \b
     Examples:
       python cli.py export --run-dir runs/demo --out models --format all --quantize all
       python cli.py export --run-dir runs/demo --out models --format onnx --format openvino
+      python cli.py export --run-dir runs/demo --out models --for boxmot
     Writes models/aaa_net/<version>/ (signatures serving_default, serving_uint8,
     serve_bytes), models/tflite/aaa_net/<version>/*.tflite,
     models/onnx/aaa_net/<version>/*.onnx and models/openvino/aaa_net/<version>/*.xml
     with parity.json; a missed parity threshold fails the export and installs nothing.
+    --for boxmot writes models/boxmot/aaa_net/<version>/ for a BoxMOT tracker's
+    reid_weights (docs/deployment.md, section 9).
     """
+    if target == "boxmot":
+        from aaa_keras.deploy.boxmot_export import export_boxmot
+
+        export_boxmot(run_dir, out, stage, formats, quantize, model_name, version, representative_count,
+                      log=click.echo, data=data_dir, parity_max_images=parity_max_images, num_threads=threads,
+                      neck_feature=neck_feature)
+        return
     from aaa_keras.deploy import export_run
 
     export_run(run_dir, out, stage, formats, quantize, model_name, version, representative_count,
@@ -448,6 +462,34 @@ def index(model_path, gallery, out, append, index_type, nlist, pq_m, nprobe, bat
         return
     build_index(model_path, gallery, out, batch_size, log=click.echo, append=append, index_type=index_type,
                 nlist=nlist, pq_m=pq_m, nprobe=nprobe, skip_bad_images=skip_bad_images)
+
+
+@cli.command()
+@click.option("--model", "model_path", required=True,
+              help="An exported model: SavedModel directory, .tflite (float or int8), .onnx, OpenVINO .xml, or an "
+                   "`export --for boxmot` file.")
+@click.option("--images", required=True,
+              help="A folder of crops (searched recursively), one image, or a glob pattern in quotes, e.g. 'crops/**/*.jpg'.")
+@click.option("--out", required=True, help="The .npz to write: embeddings, paths, pid, camid, named.")
+@click.option("--batch-size", type=click.IntRange(1), default=32, show_default=True)
+@click.option("--skip-bad-images", is_flag=True,
+              help="Leave out crops that do not decode (named in one line) instead of stopping.")
+@click.option("--threads", type=click.IntRange(1), default=2, show_default=True,
+              help="Threads of the model's runtime (LiteRT, ONNX Runtime, OpenVINO).")
+@user_errors
+def embed(model_path, images, out, batch_size, skip_bad_images, threads):
+    """Your crops to vectors: L2-normalised embeddings of image files with an exported model, in one .npz.
+
+    \b
+    Examples:
+      python cli.py embed --model models/aaa_net/1 --images crops/ --out embeddings.npz
+      python cli.py embed --model models/tflite/aaa_net/1/aaa_net_v1_int8.tflite --images 'cam3/*.jpg' --out cam3.npz
+    The .npz holds embeddings [N, D] float32, paths, and pid / camid where a file
+    name parses (Market-1501 / DukeMTMC-reID names; `named` marks those rows).
+    """
+    from aaa_keras.deploy.embed import embed_to_file
+
+    embed_to_file(model_path, images, out, batch_size, skip_bad_images, threads, log=click.echo)
 
 
 @cli.command()

@@ -21,6 +21,8 @@ VISUALIZATIONS = ("ranks", "attention", "occlusion", "curves")
 # (aaa_keras/deploy/tflite.py).
 EXPORT_FORMATS = ("saved_model", "tflite", "onnx", "openvino")
 QUANTIZATIONS = ("float32", "float16", "int8")
+# Contracts of `export --for`: the project's own (RGB 0-255 NHWC) or BoxMOT's re-ID (aaa_keras/deploy/boxmot.py).
+EXPORT_TARGETS = ("aaa-keras", "boxmot")
 
 # Gallery index types of `index --index-type` (aaa_keras/deploy/gallery.py).
 INDEX_TYPES = ("exact", "ivf-pq")

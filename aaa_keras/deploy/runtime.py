@@ -54,14 +54,15 @@ class SavedModelEmbedder:
         return embed_images(self._signature, checked_pixels(images, self.image_size, self.path), batch_size)
 
 
-MODEL_KINDS = "a SavedModel directory, a .tflite, .onnx or OpenVINO .xml file"
+MODEL_KINDS = "a SavedModel directory, a .tflite, .onnx or OpenVINO .xml file (or an `export --for boxmot` file)"
 
 
 def load_exported(path: str, num_threads: int = 2):
     """A SavedModel directory, a ``.tflite``, ``.onnx`` or OpenVINO ``.xml`` file, as an embedder.
 
     A version directory of ONNX or OpenVINO (``models/onnx/aaa_net/1``) holding
-    one such file is accepted too. UserError otherwise.
+    one such file is accepted too, and so are the files of ``export --for boxmot``
+    (recognised by their sidecar: :mod:`aaa_keras.deploy.boxmot`). UserError otherwise.
     """
     from aaa_keras.deploy.saved_model import is_saved_model_dir
 
@@ -69,6 +70,10 @@ def load_exported(path: str, num_threads: int = 2):
     if not os.path.exists(path):
         raise UserError(f"--model {path}: no such file or directory; expected {MODEL_KINDS} made by "
                         "`python cli.py export` (e.g. models/aaa_net/1)")
+    from aaa_keras.deploy import boxmot
+
+    if boxmot.is_boxmot_artifact(path):  # `export --for boxmot`: normalised NCHW input, its sidecar says so
+        return boxmot.BoxmotEmbedder(path, num_threads)
     if os.path.isdir(path):
         if is_saved_model_dir(path):
             return SavedModelEmbedder(path)
