@@ -41,6 +41,7 @@ from typing import Callable
 import cv2
 import numpy as np
 
+from aaa_keras.data import occlusion_protocol
 from aaa_keras.data.names import DISTRACTOR_PID, JUNK_PID, SPLITS
 from aaa_keras.data.render import (  # noqa: F401  (the renderer, split out of this module)
     _DISTRACTOR, _GALLERY_ONLY, _ID_CAMERAS, _IMAGE, _JUNK, _JUNK_SOURCE, _SUPERSAMPLE, _TRAIN_TEST, _Camera,
@@ -177,16 +178,35 @@ def _check_arguments(num_ids, num_cams, seed, image_size, images_per_id_per_cam,
 
 
 def _write_files(directory: str, shots: list[_Shot], seed: int, image_size: tuple[int, int],
-                 num_ids: int, num_cams: int) -> None:
+                 num_ids: int, num_cams: int, occluded: bool = False) -> None:
+    """Render and write every shot. ``occluded``: the occluded protocol
+    (``data/occlusion_protocol.py``): the renderer's own light occluders are off, the
+    protocol's are drawn, the queries' clean twins go to ``query_clean/`` and what was
+    occluded to ``occlusion.json``."""
     canvas_size = (image_size[0] * _SUPERSAMPLE, image_size[1] * _SUPERSAMPLE)
     cameras = {cam: _make_camera(seed, cam, canvas_size) for cam in range(1, num_cams + 1)}
+    if occluded:  # the same random stream (the draw is still made), no pole or box of the renderer's
+        cameras = {cam: dataclasses.replace(c, occluder_probability=0.0) for cam, c in cameras.items()}
     looks = _identity_looks(seed, list(range(1, num_ids + 1)))
     for split_dir in SPLITS.values():
         os.makedirs(os.path.join(directory, split_dir))
+    log = occlusion_protocol.OcclusionLog(seed) if occluded else None
+    if occluded:
+        os.makedirs(os.path.join(directory, occlusion_protocol.CLEAN_QUERY_DIR))
     for shot in shots:
         image = _render_shot(shot, seed, looks, cameras, image_size)
+        if occluded:
+            result = occlusion_protocol.occlude_shot(image, seed, shot)
+            log.add(shot.split, shot.file_name, result)
+            if shot.split == "query":
+                with open(os.path.join(directory, occlusion_protocol.CLEAN_QUERY_DIR, shot.file_name), "wb") as f:
+                    f.write(_encode_jpeg(image))
+            if result is not None:
+                image = result.image
         with open(os.path.join(directory, SPLITS[shot.split], shot.file_name), "wb") as f:
             f.write(_encode_jpeg(image))
+    if occluded:
+        log.write(directory)
 
 
 def synthesize_market(out_dir: str, num_ids: int = DEFAULT_NUM_IDS,
@@ -194,8 +214,13 @@ def synthesize_market(out_dir: str, num_ids: int = DEFAULT_NUM_IDS,
                       image_size: tuple[int, int] = DEFAULT_IMAGE_SIZE,
                       images_per_id_per_cam: int = DEFAULT_IMAGES_PER_ID_PER_CAM,
                       num_distractors: int | None = None, num_junk: int | None = None,
-                      num_test_ids: int | None = None, queries_per_camera: int = 1) -> str:
+                      num_test_ids: int | None = None, queries_per_camera: int = 1,
+                      occluded: bool = False) -> str:
     """Write a synthetic dataset in the Market-1501 layout at ``out_dir``; return its path.
+
+    ``occluded``: the occluded protocol of ``builtin:occluded`` (every query occluded over
+    20-50 %, about 10 % of the gallery and 7 % of the training images; the queries' clean
+    twins in ``query_clean/``; ``occlusion.json``; ``data/occlusion_protocol.py``).
 
     ``num_test_ids`` of the ``num_ids`` identities are test identities (default:
     half, rounded up); each gives ``queries_per_camera`` query images in every
@@ -223,9 +248,11 @@ def synthesize_market(out_dir: str, num_ids: int = DEFAULT_NUM_IDS,
                 num_junk=num_junk, num_images=len(shots))
     if num_test_ids is not None or queries_per_camera != 1:  # earlier versions' files unchanged
         info.update(num_test_ids=num_test, queries_per_camera=queries_per_camera)
+    if occluded:
+        info.update(occlusion=occlusion_protocol.PROTOCOL)
 
     def write(directory: str) -> None:
-        _write_files(directory, shots, seed, image_size, num_ids, num_cams)
+        _write_files(directory, shots, seed, image_size, num_ids, num_cams, bool(occluded))
         with open(os.path.join(directory, INFO_FILE), "w") as f:
             json.dump(info, f, indent=2, sort_keys=True)
             f.write("\n")
@@ -271,17 +298,22 @@ BUILTIN_SIZES: dict[str, dict] = {
     "demo": dict(num_ids=DEFAULT_NUM_IDS, num_cams=DEFAULT_NUM_CAMS),
     "ablate": dict(num_ids=ABLATE_NUM_IDS, num_cams=DEFAULT_NUM_CAMS, num_test_ids=ABLATE_NUM_TEST_IDS,
                    queries_per_camera=ABLATE_QUERIES_PER_CAMERA),
+    # Occluded-DukeMTMC's protocol at builtin:ablate's size (data/occlusion_protocol.py)
+    "occluded": dict(num_ids=ABLATE_NUM_IDS, num_cams=DEFAULT_NUM_CAMS, num_test_ids=ABLATE_NUM_TEST_IDS,
+                     queries_per_camera=ABLATE_QUERIES_PER_CAMERA, occluded=True),
 }
 BUILTIN_PREFIX = "builtin:"
 
 
 def default_synthetic_dir(num_ids: int = DEFAULT_NUM_IDS, num_cams: int = DEFAULT_NUM_CAMS,
                           seed: int = DEFAULT_SEED, num_test_ids: int | None = None,
-                          queries_per_camera: int = 1) -> str:
+                          queries_per_camera: int = 1, occluded: bool = False) -> str:
     """Where :func:`ensure_synthetic` keeps the built-in dataset for these settings."""
     ids = f"ids{num_ids}" if num_test_ids is None else f"ids{num_ids - num_test_ids}+{num_test_ids}"
     queries = "" if queries_per_camera == 1 else f"-q{queries_per_camera}"
-    return os.path.join(cache_dir(), f"synthetic-market-{SYNTH_VERSION}-{ids}-cams{num_cams}{queries}-seed{seed}")
+    occlusion = f"-{occlusion_protocol.PROTOCOL}" if occluded else ""
+    return os.path.join(cache_dir(), f"synthetic-market-{SYNTH_VERSION}-{ids}-cams{num_cams}{queries}"
+                                     f"{occlusion}-seed{seed}")
 
 
 def builtin_settings(data: str) -> dict | None:
@@ -299,9 +331,10 @@ def builtin_settings(data: str) -> dict | None:
 
 def ensure_synthetic(num_ids: int = DEFAULT_NUM_IDS, num_cams: int = DEFAULT_NUM_CAMS,
                      seed: int = DEFAULT_SEED, log: Callable[[str], None] = print,
-                     num_test_ids: int | None = None, queries_per_camera: int = 1) -> str:
+                     num_test_ids: int | None = None, queries_per_camera: int = 1,
+                     occluded: bool = False) -> str:
     """The built-in dataset's path: written once into the cache, reused afterwards."""
-    path = default_synthetic_dir(num_ids, num_cams, seed, num_test_ids, queries_per_camera)
+    path = default_synthetic_dir(num_ids, num_cams, seed, num_test_ids, queries_per_camera, occluded)
     if os.path.isdir(path) and os.listdir(path):
         log(f"Using cached built-in synthetic dataset at {path}")
         return path
@@ -310,7 +343,8 @@ def ensure_synthetic(num_ids: int = DEFAULT_NUM_IDS, num_cams: int = DEFAULT_NUM
     start = time.perf_counter()
     try:
         synthesize_market(path, num_ids=num_ids, num_cams=num_cams, seed=seed,
-                          num_test_ids=num_test_ids, queries_per_camera=queries_per_camera)
+                          num_test_ids=num_test_ids, queries_per_camera=queries_per_camera,
+                          occluded=occluded)
     except DatasetError:
         if not (os.path.isdir(path) and os.listdir(path)):
             raise
