@@ -284,22 +284,27 @@ def fit(stage, data_dir, run_dir, preset, image_size, no_finetune, no_take_turns
 @click.option("--skip-bad-images", is_flag=True,
               help="Drop images that do not decode (each is named) instead of stopping.")
 @NECK_FEATURE_OPTION
+@click.option("--occlude-queries", type=click.IntRange(0), default=None, metavar="SEED",
+              help="Occlusion stress test: also evaluate the queries occluded 20-50 % by a person or an "
+                   "object (deterministic per SEED; gallery untouched), beside the clean result. Off when not given.")
 @user_errors
 @locks_run_dir("evaluate", when=lambda options: options["json_path"] or options["metric"] != "euclidean")
 def evaluate(run_dir, stage, data_dir, metric, rerank, json_path, distribute, mixed_precision,
-             jit_compile, skip_bad_images, neck_feature):
+             jit_compile, skip_bad_images, neck_feature, occlude_queries):
     """CMC Rank-1/5/10, mAP and mINP under the standard Market-1501 protocol.
 
     \b
     Example:
       python cli.py evaluate --run-dir runs/demo --stage adversarial --metric all --rerank --json runs/demo/eval.json
+      python cli.py evaluate --run-dir runs/demo --occlude-queries 0
     """
     from aaa_keras.evaluation.run import evaluate_run
 
     metrics = vocabulary.METRICS if metric == vocabulary.ALL else (metric,)
     evaluate_run(run_dir, stage, data_dir, metrics, rerank, json_path, log=click.echo,
                  distribute=distribute, mixed_precision=mixed_precision or "",
-                 jit_compile=jit_compile, skip_bad_images=skip_bad_images, neck_feature=neck_feature)
+                 jit_compile=jit_compile, skip_bad_images=skip_bad_images, neck_feature=neck_feature,
+                 occlude_queries=occlude_queries)
 
 
 # === visualize ===
