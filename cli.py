@@ -448,10 +448,12 @@ def search(index_path, model_path, images, top, nprobe, picture):
 @cli.command()
 @click.option("--data", "data_dir", default="builtin:ablate", show_default=True,
               help="Dataset root (Market-1501 layout), or a built-in dataset: builtin:ablate (250 test ids, "
-                   "~1,600 queries) or builtin:demo.")
+                   "~1,600 queries), builtin:occluded (the same size, every query occluded; clean and occluded "
+                   "results) or builtin:demo.")
 @click.option("--out", required=True, help="Grid directory: OUT/seed<S>/<config>/ run dirs, results.json/.md, claims.png.")
 @click.option("--table", type=click.Choice([*vocabulary.ABLATION_TABLES, vocabulary.ALL]), default="all", show_default=True,
-              help="Paper Table 3 (occlusion point), 4 (fine-tuning), 5 (random erasing), the controls, or all.")
+              help="Paper Table 3 (occlusion point), 4 (fine-tuning), 5 (random erasing), the controls, the "
+                   "occlusion claims (on occluded queries: use builtin:occluded or --occlude-queries), or all.")
 @click.option("--seeds", type=click.IntRange(1), default=5, show_default=True, help="Seeds 0..N-1.")
 @click.option("--epochs", type=click.IntRange(1), default=None,
               help="Epochs of stages 2 and 3, and of stage 1 unless --baseline-epochs is given. Given neither, "
@@ -472,6 +474,9 @@ def search(index_path, model_path, images, top, nprobe, picture):
 @click.option("--steps-per-epoch", type=click.IntRange(0), default=None, help="0 = one pass over the data.")
 @click.option("--bootstrap", "n_boot", type=click.IntRange(100), default=10000, show_default=True,
               help="Bootstrap replicates for intervals and p-values.")
+@click.option("--occlude-queries", type=click.IntRange(0), default=None, metavar="SEED",
+              help="Also evaluate every run on its queries occluded 20-50 % (deterministic per SEED); the "
+                   "verdicts are then on the occluded queries, beside the clean results. Off when not given.")
 @click.option("--report-only", is_flag=True, help="Train nothing: recompute the statistics from OUT/results.json.")
 @click.option("--compare-with", "other_out", default=None, metavar="OUT2",
               help="Another finished grid of the other recipe (same data and seeds): adds the table baseline vs "
@@ -482,7 +487,7 @@ def search(index_path, model_path, images, top, nprobe, picture):
                    "ablate-recipes markers only the --compare-with table. Repeatable.")
 @user_errors
 def ablate(data_dir, out, table, seeds, epochs, baseline_epochs, preset, recipe, metric, backbone, batch_size,
-           image_size, steps_per_epoch, n_boot, report_only, other_out, write_path):
+           image_size, steps_per_epoch, n_boot, occlude_queries, report_only, other_out, write_path):
     """The paper's Tables 3-5 and controls over seeds, paired, with intervals and a verdict per claim.
 
     Every configuration is a normal run dir under OUT/seed<S>/<config>/; within a seed the
@@ -494,6 +499,7 @@ def ablate(data_dir, out, table, seeds, epochs, baseline_epochs, preset, recipe,
       python cli.py ablate --out runs/ablate --table all --seeds 5 --metric all
       python cli.py ablate --out runs/ablate --report-only --write docs/results.md --write README.md
       python cli.py ablate --out runs/ablate-strong --recipe strong --table controls
+      python cli.py ablate --out runs/ablate-occluded --data builtin:occluded --table occlusion
       python cli.py ablate --out runs/ablate-strong --report-only --compare-with runs/ablate --write docs/results.md
     """
     import shlex
@@ -523,7 +529,7 @@ def ablate(data_dir, out, table, seeds, epochs, baseline_epochs, preset, recipe,
             tf.get_logger().setLevel("ERROR")  # "retracing" warnings: dozens of models in one process
             results = ablate_lib.run_grid(out, table, seeds, epochs, preset, data_dir, metric,
                                           overrides, progress=click.echo, n_boot=n_boot,
-                                          baseline_epochs=baseline_epochs)
+                                          baseline_epochs=baseline_epochs, occlude_queries=occlude_queries)
     for path in ablate_lib.write_report(results, out, write_path, command):
         click.echo(f"Wrote {path}")
     if other_out:
