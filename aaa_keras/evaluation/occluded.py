@@ -174,7 +174,7 @@ def format_occlusion_table(clean: dict, occluded: dict) -> str:
     names = [n for n in clean if n in occluded]
     width = max([len("metric"), *(len(n) for n in names)])
     header = f"{'metric':<{width}}" + "".join(
-        f"{title:>{len(title) + 3}}" for label, _ in _MEASURES
+        f"{title:>{len(title) + 3}}" for _, label in _MEASURES
         for title in (f"clean {label}", f"occluded {label}", "drop"))
     lines = [header, "-" * len(header)]
     for name in names:
