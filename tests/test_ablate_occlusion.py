@@ -121,3 +121,27 @@ def test_the_grid_settings_keep_earlier_grids_and_know_where_a_pair_comes_from(t
     assert not _has_query_pair(grid.ABLATE_DATA, None) and not _has_query_pair(str(tmp_path), None)
     (tmp_path / "query_clean").mkdir()
     assert _has_query_pair(str(tmp_path), None)
+
+
+@pytest.mark.slow
+def test_a_tiny_grid_with_occluded_queries_end_to_end(tmp_path, tiny_data):
+    """run_grid --occlude-queries on the tiny data: both query sets per run, the drop claim judged,
+    and the occluded per-query mAP equal to `evaluate --occlude-queries`' for the same run."""
+    from aaa_keras.evaluation.run import evaluate_run
+
+    tiny = dict(backbone="tiny_resnet", batch_size=8, steps_per_epoch=2, image_height=64, image_width=32,
+                attention_filters=16, diagnostic_images=0)
+    lines = []
+    results = ablate.run_grid(str(tmp_path / "grid"), seeds=2, epochs=1, data=tiny_data, overrides=tiny,
+                              progress=lines.append, n_boot=200, configs=["baseline", "aaa_conv3"],
+                              occlude_queries=5)
+    assert all(set(r["query_sets"]) == {"clean", "occluded"} for r in results["runs"])
+    assert results["occlusion"]["source"] == "occlude-queries" and results["occlusion"]["seed"] == 5
+    assert LOSES_LESS in {r["claim"] for r in results["claims"]["euclidean"]["mAP"]}
+    assert "occluded queries" in lines[1]
+    record = next(r for r in results["runs"] if r["seed"] == 1 and r["config"] == "aaa_conv3")
+    expected = evaluate_run(str(tmp_path / "grid" / "seed1" / "aaa_conv3"), "adversarial", log=lambda *_: None,
+                            occlude_queries=5)["occlusion"]
+    for which in ("clean", "occluded"):
+        assert record["query_sets"][which]["euclidean"]["mAP"] == pytest.approx(
+            expected[which]["euclidean"]["mAP"], abs=1e-4)

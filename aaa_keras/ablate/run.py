@@ -319,9 +319,10 @@ def run_grid(out: str, table: str = "all", seeds: int = 5, epochs: int | None = 
         remaining = [v.name for s, v in plan[number:]
                      if finished_record(run_dir_of(out, s, v.name), metrics, query_sets) is None]
         primary = record["metrics"][metrics[0]]
-        occluded = record.get("query_sets", {}).get("occluded", {}).get(metrics[0])
-        occluded_text = (f" (occluded queries: Rank-1 {occluded['rank1']:.1f} mAP {occluded['mAP']:.1f})"
-                         if occluded and record.get("occlusion", {}).get("source") != "dataset" else "")
+        from_dataset = record.get("occlusion", {}).get("source") == "dataset"  # as given: occluded
+        other = record.get("query_sets", {}).get("clean" if from_dataset else "occluded", {}).get(metrics[0])
+        occluded_text = (f" ({'clean twins' if from_dataset else 'occluded queries'}: Rank-1 {other['rank1']:.1f} "
+                         f"mAP {other['mAP']:.1f})" if other else "")
         what = ("reused" if record["cached"] else
                 f"trained {'+'.join(record['trained']) or 'nothing'} + evaluated in "
                 f"{_minutes(time.time() - run_started)}")
