@@ -65,3 +65,15 @@ def test_bad_arguments_are_user_errors(image, arguments):
         occluders.occlude(**call)
     with pytest.raises(UserError):
         occluders.occlude(image.astype(np.float32), 0, 0.3)
+
+
+def test_paint_region_covers_exactly_the_given_region(image):
+    region = np.zeros(image.shape[:2], bool)
+    region[40:90, 10:50] = True
+    painted = occluders.paint_region(image, region, 0)
+    assert np.array_equal(painted[~region], image[~region])
+    assert np.mean(np.any(painted[region] != image[region], axis=-1)) > 0.9
+    assert np.array_equal(painted, occluders.paint_region(image, region, 0))
+    other = np.full_like(image, 7)
+    pasted = occluders.paint_region(image, region, 0, source=other)
+    assert np.array_equal(pasted[region], other[region]) and np.array_equal(pasted[~region], image[~region])

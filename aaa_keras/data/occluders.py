@@ -333,6 +333,33 @@ def texture_fill(rng, height: int, width: int, texture: str, vivid: bool = False
     return np.clip(np.rint(surface), 0, 255).astype(np.uint8)
 
 
+def paint_region(image: np.ndarray, region: np.ndarray, rng, texture: str | None = None,
+                 source: np.ndarray | None = None) -> np.ndarray:
+    """``image`` with exactly the pixels of ``region`` (H, W bool) covered: by ``source``'s pixels
+    there (e.g. another identity's image of the same batch, same size), or else by a textured
+    surface (``texture`` from :data:`TEXTURES`, drawn from ``rng`` when None) with an outline.
+    Every pixel outside ``region`` is bit-identical. For occlusion in pixel space, where the
+    region is given (an upsampled attention mask) rather than drawn."""
+    image = _check_image(image)
+    region = np.asarray(region, bool)
+    if region.shape != image.shape[:2]:
+        raise UserError(f"paint_region: region {region.shape} does not match the image {image.shape[:2]}")
+    rng = as_rng(rng)
+    if source is not None:
+        layer = _check_image(source)
+        if layer.shape != image.shape:
+            raise UserError(f"paint_region: source {layer.shape} does not match the image {image.shape}")
+    else:
+        texture = TEXTURES[int(rng.integers(len(TEXTURES)))] if texture is None else texture
+        if texture not in TEXTURES:
+            raise UserError(f"paint_region: texture {texture!r}; expected one of {', '.join(TEXTURES)}")
+        layer = texture_fill(rng, image.shape[0], image.shape[1], texture, bool(rng.random() < 0.5))
+        _outline(layer, region)
+    out = image.copy()
+    out[region] = layer[region]
+    return out
+
+
 def _outline(layer: np.ndarray, mask: np.ndarray, factor: float = 0.6) -> None:
     inner = cv2.erode(mask.astype(np.uint8), np.ones((3, 3), np.uint8)).astype(bool)
     edge = mask & ~inner
