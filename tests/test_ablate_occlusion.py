@@ -123,6 +123,14 @@ def test_the_grid_settings_keep_earlier_grids_and_know_where_a_pair_comes_from(t
     assert _has_query_pair(str(tmp_path), None)
 
 
+def test_the_occlusion_table_without_occluded_queries_is_refused_before_training(tmp_path, tiny_data):
+    from aaa_keras.errors import UserError
+
+    with pytest.raises(UserError, match="--occlude-queries"):
+        ablate.run_grid(str(tmp_path / "grid"), table="occlusion", seeds=1, epochs=1, data=tiny_data)
+    assert not (tmp_path / "grid").exists()
+
+
 @pytest.mark.slow
 def test_a_tiny_grid_with_occluded_queries_end_to_end(tmp_path, tiny_data):
     """run_grid --occlude-queries on the tiny data: both query sets per run, the drop claim judged,

@@ -299,6 +299,9 @@ def run_grid(out: str, table: str = "all", seeds: int = 5, epochs: int | None = 
         data = os.path.abspath(data)
     settings = grid_settings(preset, epochs, data, overrides or {}, baseline_epochs, occlude_queries)
     query_sets = _has_query_pair(data, occlude_queries)
+    if table == "occlusion" and not query_sets:
+        raise UserError(f"--table occlusion judges its claims on occluded queries, and {data} has none: use "
+                        "--data builtin:occluded (or a dataset with query_clean/) or add --occlude-queries SEED")
     _check_grid(out, settings)
     log_path = os.path.join(out, "ablate.log")
     if log is None:
