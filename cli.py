@@ -42,7 +42,7 @@ RECIPE_HELP = ("Training recipe: paper = the paper's (softmax CE, SGD); strong =
 
 DATA_HELP = ("A dataset root (Market-1501, DukeMTMC-reID, Occluded-DukeMTMC, CUHK03-NP labeled/ or detected/, "
              "MSMT17, Occluded-REID, Partial-REID: recognised by their files), folder:DIR (a sub-folder per "
-             "identity), csv:FILE (path,pid,camid[,split]), or builtin:demo / builtin:ablate (docs/data.md).")
+             "identity), csv:FILE (path,pid,camid[,split]), or builtin:demo / builtin:ablate / builtin:occluded (docs/data.md).")
 CAMERA_PATTERN_OPTION = click.option(
     "--camera-pattern", default=None, metavar="REGEX",
     help="folder:/csv: data: read each image's camera from its path relative to DIR with this regular "
@@ -116,19 +116,23 @@ def data():
               help="Query images of a test id per camera (all its cameras but one).")
 @click.option("--cams", default=4, show_default=True, type=click.IntRange(2), help="Cameras.")
 @click.option("--seed", default=0, show_default=True, type=int, help="Same seed, byte-identical files.")
+@click.option("--occluded", is_flag=True,
+              help="builtin:occluded's protocol: every query occluded 20-50 %, ~10 % of the gallery, 7 % of "
+                   "training images; query_clean/ and occlusion.json at the root.")
 @user_errors
-def data_synth(out, ids, test_ids, queries_per_camera, cams, seed):
+def data_synth(out, ids, test_ids, queries_per_camera, cams, seed, occluded):
     """Write a deterministic synthetic dataset in the Market-1501 layout.
 
     \b
     Example:
       python cli.py data synth --out /tmp/synth --ids 40 --cams 4 --seed 0
       python cli.py data synth --out /tmp/ablate --ids 310 --test-ids 250 --queries-per-camera 3
+      python cli.py data synth --out /tmp/occluded --ids 40 --occluded
     """
     from aaa_keras.data.synth import synthesize_market
 
     synthesize_market(out, num_ids=ids, num_cams=cams, seed=seed, num_test_ids=test_ids,
-                      queries_per_camera=queries_per_camera)
+                      queries_per_camera=queries_per_camera, occluded=occluded)
     click.echo(f"Wrote the synthetic dataset to {out}")
 
 
@@ -316,15 +320,19 @@ def fit(stage, data_dir, run_dir, preset, image_size, no_finetune, no_take_turns
 @click.option("--skip-bad-images", is_flag=True,
               help="Drop images that do not decode (each is named) instead of stopping.")
 @NECK_FEATURE_OPTION
+@click.option("--occlude-queries", type=click.IntRange(0), default=None, metavar="SEED",
+              help="Occlusion stress test: also evaluate the queries occluded 20-50 % by a person or an "
+                   "object (deterministic per SEED; gallery untouched), beside the clean result. Off when not given.")
 @user_errors
 @locks_run_dir("evaluate", when=lambda options: options["json_path"] or options["metric"] != "euclidean")
 def evaluate(run_dir, stage, data_dir, camera_pattern, same_camera_ok, metric, rerank, json_path, distribute,
-             mixed_precision, jit_compile, skip_bad_images, neck_feature):
+             mixed_precision, jit_compile, skip_bad_images, neck_feature, occlude_queries):
     """CMC Rank-1/5/10, mAP and mINP under the standard Market-1501 protocol.
 
     \b
     Example:
       python cli.py evaluate --run-dir runs/demo --stage adversarial --metric all --rerank --json runs/demo/eval.json
+      python cli.py evaluate --run-dir runs/demo --occlude-queries 0
       python cli.py evaluate --run-dir runs/market --data ~/datasets/Occluded_REID-png
     """
     from aaa_keras.data.layouts import with_camera_pattern
@@ -335,7 +343,7 @@ def evaluate(run_dir, stage, data_dir, camera_pattern, same_camera_ok, metric, r
     evaluate_run(run_dir, stage, data_dir, metrics, rerank, json_path, log=click.echo,
                  distribute=distribute, mixed_precision=mixed_precision or "",
                  jit_compile=jit_compile, skip_bad_images=skip_bad_images, neck_feature=neck_feature,
-                 **({"same_camera_ok": True} if same_camera_ok else {}))
+                 occlude_queries=occlude_queries, **({"same_camera_ok": True} if same_camera_ok else {}))
 
 
 # === visualize ===
@@ -521,10 +529,12 @@ def search(index_path, model_path, images, top, nprobe, picture):
 
 @cli.command()
 @click.option("--data", "data_dir", default="builtin:ablate", show_default=True,
-              help=DATA_HELP + " builtin:ablate: 250 test ids, ~1,600 queries.")
+              help=DATA_HELP + " builtin:ablate: 250 test ids, ~1,600 queries; builtin:occluded: the same size, "
+                   "every query occluded (clean and occluded results).")
 @click.option("--out", required=True, help="Grid directory: OUT/seed<S>/<config>/ run dirs, results.json/.md, claims.png.")
 @click.option("--table", type=click.Choice([*vocabulary.ABLATION_TABLES, vocabulary.ALL]), default="all", show_default=True,
-              help="Paper Table 3 (occlusion point), 4 (fine-tuning), 5 (random erasing), the controls, or all.")
+              help="Paper Table 3 (occlusion point), 4 (fine-tuning), 5 (random erasing), the controls, the "
+                   "occlusion claims (on occluded queries: use builtin:occluded or --occlude-queries), or all.")
 @click.option("--seeds", type=click.IntRange(1), default=5, show_default=True, help="Seeds 0..N-1.")
 @click.option("--epochs", type=click.IntRange(1), default=None,
               help="Epochs of stages 2 and 3, and of stage 1 unless --baseline-epochs is given. Given neither, "
@@ -545,6 +555,9 @@ def search(index_path, model_path, images, top, nprobe, picture):
 @click.option("--steps-per-epoch", type=click.IntRange(0), default=None, help="0 = one pass over the data.")
 @click.option("--bootstrap", "n_boot", type=click.IntRange(100), default=10000, show_default=True,
               help="Bootstrap replicates for intervals and p-values.")
+@click.option("--occlude-queries", type=click.IntRange(0), default=None, metavar="SEED",
+              help="Also evaluate every run on its queries occluded 20-50 % (deterministic per SEED); the "
+                   "verdicts are then on the occluded queries, beside the clean results. Off when not given.")
 @click.option("--report-only", is_flag=True, help="Train nothing: recompute the statistics from OUT/results.json.")
 @click.option("--compare-with", "other_out", default=None, metavar="OUT2",
               help="Another finished grid of the other recipe (same data and seeds): adds the table baseline vs "
@@ -555,7 +568,7 @@ def search(index_path, model_path, images, top, nprobe, picture):
                    "ablate-recipes markers only the --compare-with table. Repeatable.")
 @user_errors
 def ablate(data_dir, out, table, seeds, epochs, baseline_epochs, preset, recipe, metric, backbone, batch_size,
-           image_size, steps_per_epoch, n_boot, report_only, other_out, write_path):
+           image_size, steps_per_epoch, n_boot, occlude_queries, report_only, other_out, write_path):
     """The paper's Tables 3-5 and controls over seeds, paired, with intervals and a verdict per claim.
 
     Every configuration is a normal run dir under OUT/seed<S>/<config>/; within a seed the
@@ -567,6 +580,7 @@ def ablate(data_dir, out, table, seeds, epochs, baseline_epochs, preset, recipe,
       python cli.py ablate --out runs/ablate --table all --seeds 5 --metric all
       python cli.py ablate --out runs/ablate --report-only --write docs/results.md --write README.md
       python cli.py ablate --out runs/ablate-strong --recipe strong --table controls
+      python cli.py ablate --out runs/ablate-occluded --data builtin:occluded --table occlusion
       python cli.py ablate --out runs/ablate-strong --report-only --compare-with runs/ablate --write docs/results.md
     """
     import shlex
@@ -596,7 +610,7 @@ def ablate(data_dir, out, table, seeds, epochs, baseline_epochs, preset, recipe,
             tf.get_logger().setLevel("ERROR")  # "retracing" warnings: dozens of models in one process
             results = ablate_lib.run_grid(out, table, seeds, epochs, preset, data_dir, metric,
                                           overrides, progress=click.echo, n_boot=n_boot,
-                                          baseline_epochs=baseline_epochs)
+                                          baseline_epochs=baseline_epochs, occlude_queries=occlude_queries)
     for path in ablate_lib.write_report(results, out, write_path, command):
         click.echo(f"Wrote {path}")
     if other_out:

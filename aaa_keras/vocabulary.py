@@ -28,6 +28,6 @@ EXPORT_TARGETS = ("aaa-keras", "boxmot")
 INDEX_TYPES = ("exact", "ivf-pq")
 
 # Tables of `ablate --table` (aaa_keras/ablate/).
-ABLATION_TABLES = ("3", "4", "5", "controls")
+ABLATION_TABLES = ("3", "4", "5", "controls", "occlusion")
 
 ALL = "all"  # the choice that stands for every value of a list above

@@ -15,6 +15,7 @@ REPORT_FILE = "results.md"
 FIGURE_FILE = "claims.png"
 TABLES = ABLATION_TABLES
 ABLATE_DATA = BUILTIN_PREFIX + "ablate"  # 250 test ids, ~1,600 queries (data/synth.py)
+OCCLUDED_DATA = BUILTIN_PREFIX + "occluded"  # the same size, every query occluded (data/occlusion_protocol.py)
 # The training budget when neither --epochs nor --baseline-epochs is given, per preset:
 # (epochs of stages 2 and 3, epochs of stage 1, stage 1's lr decay interval). With the
 # demo preset on builtin:ablate a stage-2/3 epoch costs ~10x a stage-1 epoch, and the
@@ -38,9 +39,11 @@ class Variant:
 
 
 # In training order within a seed: the baseline first, everything that copies it after.
+# A configuration is one line here (its tables in ``tables``); its claims are lines of CLAIMS.
 VARIANTS = (
-    Variant("baseline", "Baseline (stage 1)", ("3", "4", "5", "controls"), "baseline"),
-    Variant("aaa_conv3", "AAA-Net, occlusion after conv3 (with fine-tuning)", ("3", "4", "5", "controls"),
+    Variant("baseline", "Baseline (stage 1)", ("3", "4", "5", "controls", "occlusion"), "baseline"),
+    Variant("aaa_conv3", "AAA-Net, occlusion after conv3 (with fine-tuning)",
+            ("3", "4", "5", "controls", "occlusion"),
             "adversarial", (("occlude_after", "conv3"),), from_baseline=True),
     Variant("aaa_conv2", "AAA-Net, occlusion after conv2", ("3",), "adversarial",
             (("occlude_after", "conv2"),), from_baseline=True),
@@ -50,11 +53,11 @@ VARIANTS = (
             (("occlude_after", "conv5"),), from_baseline=True),
     Variant("aaa_no_finetune", "AAA-Net without fine-tuning (response mask, conv3)", ("4",), "adversarial",
             (("occlude_after", "conv3"), ("mask", "response")), from_baseline=True),
-    Variant("aaa_random_mask", "AAA-Net with a random-third mask (control, conv3)", ("controls",),
+    Variant("aaa_random_mask", "AAA-Net with a random-third mask (control, conv3)", ("controls", "occlusion"),
             "adversarial", (("occlude_after", "conv3"), ("mask", "random")), from_baseline=True),
-    Variant("baseline_random_erasing", "Baseline + random erasing", ("5",), "baseline",
+    Variant("baseline_random_erasing", "Baseline + random erasing", ("5", "occlusion"), "baseline",
             (("random_erasing", True),)),
-    Variant("baseline_2x_epochs", "Baseline for stage 1 + 3's epochs (epoch control)", ("controls",),
+    Variant("baseline_2x_epochs", "Baseline for stage 1 + 3's epochs (epoch control)", ("controls", "occlusion"),
             "baseline", epoch_control=True),
 )
 VARIANT_BY_NAME = {v.name: v for v in VARIANTS}
@@ -71,12 +74,23 @@ CLAIMS = (
     ("attention mask > random mask", "aaa_conv3", "aaa_random_mask"),
 )
 
+# With clean and occluded queries (builtin:occluded, or --occlude-queries), every claim above is
+# judged on the occluded queries, and these on the per-query drop (clean minus occluded): a
+# claim "better loses less than worse" is the paired difference drop(worse) - drop(better) > 0,
+# i.e. ``better > worse`` on the per-query values occluded minus clean (``RETAINED`` + name).
+RETAINED = "retained:"
+DROP_CLAIMS = (
+    ("AAA-Net loses less to occlusion than the baseline", "aaa_conv3", "baseline"),
+)
+
 # The layout of results.md: (title, rows).
 TABLE_LAYOUT = (
     ("Table 3: where to occlude", ("baseline", "aaa_conv2", "aaa_conv3", "aaa_conv4", "aaa_conv5")),
     ("Table 4: with and without fine-tuning", ("baseline", "aaa_no_finetune", "aaa_conv3")),
     ("Table 5: AAA-Net against random erasing", ("baseline", "baseline_random_erasing", "aaa_conv3")),
     ("Controls (not in the paper)", ("baseline", "baseline_2x_epochs", "aaa_random_mask", "aaa_conv3")),
+    ("Occlusion: clean and occluded queries", ("baseline", "baseline_random_erasing", "baseline_2x_epochs",
+                                                "aaa_random_mask", "aaa_conv3")),
 )
 
 
@@ -103,8 +117,9 @@ def config_overrides(overrides: dict) -> dict:
 
 
 def grid_settings(preset: str, epochs: int | None, data: str, overrides: dict,
-                  baseline_epochs: int | None = None) -> dict:
-    """What every run of one OUT shares; a resumed grid must ask for the same."""
+                  baseline_epochs: int | None = None, occlude_queries: int | None = None) -> dict:
+    """What every run of one OUT shares; a resumed grid must ask for the same. ``occlude_queries``
+    (``--occlude-queries SEED``) is in it only when given, so earlier grids keep their settings."""
     from aaa_keras.config import make_config
 
     if epochs is None and baseline_epochs is None and preset in DEFAULT_EPOCHS:
@@ -113,6 +128,9 @@ def grid_settings(preset: str, epochs: int | None, data: str, overrides: dict,
     baseline_epochs = baseline_epochs or epochs  # --epochs alone: every stage
     config = make_config(preset, epochs=epochs, baseline_epochs=baseline_epochs,
                          **config_overrides(overrides))  # validates the values
-    return {"preset": preset, "epochs_per_stage": config.epochs,
-            "baseline_epochs": config.stage_epochs("baseline"), "data": data,
-            "overrides": {k: v for k, v in sorted(overrides.items()) if v is not None}}
+    settings = {"preset": preset, "epochs_per_stage": config.epochs,
+                "baseline_epochs": config.stage_epochs("baseline"), "data": data,
+                "overrides": {k: v for k, v in sorted(overrides.items()) if v is not None}}
+    if occlude_queries is not None:
+        settings["occlude_queries"] = int(occlude_queries)
+    return settings

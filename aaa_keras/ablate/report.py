@@ -9,6 +9,7 @@ import shutil
 
 import numpy as np
 
+from aaa_keras.ablate import occlusion as occlusion_lib
 from aaa_keras.ablate.grid import (CLAIMS, FIGURE_FILE, REPORT_FILE, RESULTS_FILE, TABLE_LAYOUT, VARIANT_BY_NAME,
                                    VARIANTS, config_overrides)
 from aaa_keras.errors import UserError
@@ -92,11 +93,23 @@ def analyse(results: dict) -> dict:
     """Per-configuration intervals and per-claim verdicts, from the per-query values."""
     boot = results["bootstrap"]
     metrics = results["metrics"]
-    data = per_query_data(results["runs"], metrics)
+    runs = results["runs"]
+    occluded = occlusion_lib.has_query_sets(runs)  # verdicts on the occluded queries, and the drops
+    data = per_query_data(occlusion_lib.query_set_runs(runs, "occluded") if occluded else runs, metrics)
+    configs = dict(data)
+    claim_list = CLAIMS
+    extra = {}
+    if occluded:
+        clean = per_query_data(occlusion_lib.query_set_runs(runs, "clean"), metrics)
+        retained = occlusion_lib.retained_data(clean, configs)
+        data = {**configs, **retained}
+        claim_list = CLAIMS + occlusion_lib.drop_claims()
+        extra["occlusion"] = occlusion_lib.occlusion_summary(
+            runs, clean, retained, metrics, lambda values, metric: configuration_intervals(values, metric, boot))
     summary, claims = {}, {}
     for metric in metrics:
-        summary[metric] = configuration_intervals(data, metric, boot)
-        claims[metric] = {measure: judge(CLAIMS, data, measure, metric, boot)
+        summary[metric] = configuration_intervals(configs, metric, boot)
+        claims[metric] = {measure: judge(claim_list, data, measure, metric, boot)
                           for measure in ablation_stats.MEASURES}
     stage1 = {}
     for run in results["runs"]:
@@ -105,11 +118,11 @@ def analyse(results: dict) -> dict:
     paired = all(len(d) == 1 for d in stage1.values())
     spread = None
     if len(results["seeds"]) > 1:  # seed-to-seed spread of mAP, seeds for a 1-point difference
-        spread = {metric: ablation_stats.seed_spread(data, CLAIMS, metric, "mAP", delta=1.0,
+        spread = {metric: ablation_stats.seed_spread(configs, CLAIMS, metric, "mAP", delta=1.0,
                                                      alpha=boot["alpha"])
                   for metric in metrics}
     return {"summary": summary, "claims": claims, "stage1_shared_within_seed": paired,
-            "seed_spread": spread}
+            "seed_spread": spread, **extra}
 
 
 def load_results(out: str, n_boot: int | None = None, option: str = "--out") -> dict:
@@ -138,10 +151,12 @@ def _p(value) -> str:
     return "-" if value is None else (f"{value:.4f}" if value >= 0.0001 else "<0.0001")
 
 
-def _tables_shown(present) -> list[tuple[str, list]]:
+def _tables_shown(present, occluded: bool = False) -> list[tuple[str, list]]:
     """The layout's tables with the configurations a grid has: those with two or more rows, less
-    any whose rows another shown table holds too (``--table controls`` shows one table, not four)."""
-    tables = [(title, [r for r in rows if r in present]) for title, rows in TABLE_LAYOUT]
+    any whose rows another shown table holds too (``--table controls`` shows one table, not four);
+    the occlusion table only in a grid with clean and occluded queries."""
+    layout = [(t, rows) for t, rows in TABLE_LAYOUT if occluded or not t.startswith("Occlusion")]
+    tables = [(title, [r for r in rows if r in present]) for title, rows in layout]
     tables = [(title, rows) for title, rows in tables if len(rows) >= 2]
     shown = []
     for title, rows in tables:
@@ -174,10 +189,16 @@ def report_markdown(results: dict, command: str = "") -> str:
         "queries]. Stage-1 weights shared by every AAA-Net configuration of a seed: "
         f"{'yes' if results.get('stage1_shared_within_seed') else 'NO (the runs are not paired)'}.",
     ]
+    occluded = "occlusion" in results
+    if occluded:
+        lines += ["", occlusion_lib.describe(results)]
     for metric in metrics:
         summary = results["summary"][metric]
-        lines += ["", f"### Configurations ({metric})"]
-        for title, rows in _tables_shown(present):
+        lines += ["", f"### Configurations ({metric}{', occluded queries' if occluded else ''})"]
+        for title, rows in _tables_shown(present, occluded):
+            if occluded:
+                lines += ["", f"**{title}**", "", *occlusion_lib.occlusion_table(results, metric, rows)]
+                continue
             lines += ["", f"**{title}**", "", "| configuration | Rank-1 (%) | mAP (%) | mINP (%) |",
                       "|---|---|---|---|"]
             for name in rows:
@@ -188,7 +209,7 @@ def report_markdown(results: dict, command: str = "") -> str:
             claims = results["claims"][metric][measure]
             if not claims:
                 continue
-            lines += ["", f"### Verdicts: {measure}, {metric}", "",
+            lines += ["", f"### Verdicts: {measure}, {metric}{', occluded queries' if occluded else ''}", "",
                       f"| claim | Δ {measure} (points) [95 % CI] | p (one-sided) | p (Holm) | "
                       "seed-level Wilcoxon p | verdict |", "|---|---|---|---|---|---|"]
             for row in claims:
@@ -208,8 +229,10 @@ def report_markdown(results: dict, command: str = "") -> str:
         for row in spread["claims"]:
             needed = row["seeds_needed"] if row["seeds_needed"] is not None else "> 10000"
             lines.append(f"| {row['claim']} | {row['paired_sd']:.2f} | {row['unpaired_sd']:.2f} | {needed} |")
-    lines += ["", "### Per seed", "", "| configuration | seed | Rank-1 | mAP | mINP | train s | stage-1 digest |",
-              "|---|---|---|---|---|---|---|"]
+    lines += ["", f"### Per seed{' (occluded queries)' if occluded else ''}", "",
+              "| configuration | seed | Rank-1 | mAP | mINP | train s | stage-1 digest |", "|---|---|---|---|---|---|---|"]
+    if occluded:
+        runs = occlusion_lib.query_set_runs(runs, "occluded")
     for run in sorted(runs, key=lambda r: ([v.name for v in VARIANTS].index(r["config"]), r["seed"])):
         entry = run["metrics"][primary]
         lines.append(f"| {run['config']} | {run['seed']} | {entry['rank1']:.1f} | {entry['mAP']:.1f} | "
@@ -259,7 +282,8 @@ def summary_markdown(results: dict, command: str = "") -> str:
              f"({epochs_text(settings)}, `{settings['preset']}` preset; {len(results['seeds'])} seeds x "
              f"{runs[0]['metrics'][metric]['num_query']} queries; {metric} distance). Mean [95 % bootstrap "
              "interval over seeds and queries]; full tables, the other distances and the per-seed values "
-             "in [docs/results.md](docs/results.md).", "",
+             "in [docs/results.md](docs/results.md)."
+             + (" Occluded queries: " + occlusion_lib.describe(results) if "occlusion" in results else ""), "",
              "| configuration | Rank-1 (%) | mAP (%) |", "|---|---|---|"]
     for variant in VARIANTS:
         if variant.name in summary:

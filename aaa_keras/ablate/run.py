@@ -38,10 +38,14 @@ def run_dir_of(out: str, seed: int, name: str) -> str:
     return os.path.join(out, f"seed{seed}", name)
 
 
-def finished_record(run_dir: str, metrics) -> dict | None:
-    """The saved evaluation of a finished run, if it covers ``metrics``."""
+def finished_record(run_dir: str, metrics, query_sets: bool = False) -> dict | None:
+    """The saved evaluation of a finished run, if it covers ``metrics`` (and, with ``query_sets``,
+    the clean and occluded queries under each)."""
     record = read_json(os.path.join(run_dir, EVAL_FILE))
     if record is None or not all(m in record.get("metrics", {}) for m in metrics):
+        return None
+    if query_sets and not all(m in record.get("query_sets", {}).get(which, {})
+                              for which in ("clean", "occluded") for m in metrics):
         return None
     return record
 
@@ -111,14 +115,22 @@ def stage1_digest(run_dir: str) -> str:
     return digest.hexdigest()
 
 
-def evaluate_per_query(run_dir: str, stage: str, metrics, log=print) -> dict:
-    """Rank-1 / mAP / mINP (percent) and the per-query values of ``stage`` under each metric."""
+def evaluate_per_query(run_dir: str, stage: str, metrics, log=print, occlude_queries: int | None = None,
+                       with_pair: bool = False):
+    """Rank-1 / mAP / mINP (percent) and the per-query values of ``stage`` under each metric.
+
+    ``with_pair``: returns ``(metrics, pair)``; ``pair`` is None, or, for a dataset with clean query
+    twins or with ``occlude_queries`` (a seed; ``evaluation/occluded.py``), ``{"query_sets": {"clean":
+    ..., "occluded": ...}, "occlusion": {"source", "seed", "mean_fraction"}}`` in the same form.
+    """
+    import tempfile
+
+    from aaa_keras.evaluation.occluded import query_pair
     from aaa_keras.data.names import load_dataset
-    from aaa_keras.evaluation.distance import euclidean_distance, l2_normalize
-    from aaa_keras.evaluation.rank import evaluate_rank_per_query
-    from aaa_keras.evaluation.report import _fitted_metric, _training_data
+    from aaa_keras.evaluation.distance import l2_normalize
+    from aaa_keras.evaluation.report import _training_data
     from aaa_keras.data.names import record_ids as _ids
-    from aaa_keras.evaluation.run import _dataset_key, extract_embeddings
+    from aaa_keras.evaluation.run import extract_embeddings
     from aaa_keras.model.backbone import build_embedder
     from aaa_keras.data.source import resolve_run_data
     from aaa_keras.run_dir import load_trained
@@ -129,6 +141,12 @@ def evaluate_per_query(run_dir: str, stage: str, metrics, log=print) -> dict:
     root = resolve_run_data(None, config.data, run_dir, log)
     dataset = load_dataset(root)
     queries = l2_normalize(extract_embeddings(embedder, dataset.query, config.image_size))
+    other_queries = None
+    with tempfile.TemporaryDirectory(prefix="aaa-occluded-queries-") as scratch:
+        pair = query_pair(root, dataset.query, occlude_queries, scratch)
+        if pair is not None:  # the queries of the pair that are not dataset.query
+            other = pair.occluded if pair.source == "occlude-queries" else pair.clean
+            other_queries = l2_normalize(extract_embeddings(embedder, other, config.image_size))
     gallery = l2_normalize(extract_embeddings(embedder, dataset.gallery, config.image_size))
     (q_pids, q_camids), (g_pids, g_camids) = _ids(dataset.query), _ids(dataset.gallery)
     labels = (q_pids, g_pids, q_camids, g_camids)
@@ -137,6 +155,23 @@ def evaluate_per_query(run_dir: str, stage: str, metrics, log=print) -> dict:
         records = dataset.train_identities()
         pids, camids = _ids(records)
         training = _training_data(extract_embeddings(embedder, records, config.image_size), pids, camids)
+    result = _per_query_results(queries, gallery, labels, metrics, training, run_dir, stage, root)
+    if not with_pair:
+        return result
+    if pair is None:
+        return result, None
+    other = _per_query_results(other_queries, gallery, labels, metrics, training, run_dir, stage, root)
+    clean, occluded = (result, other) if pair.source == "occlude-queries" else (other, result)
+    return result, {"query_sets": {"clean": clean, "occluded": occluded},
+                    "occlusion": {"source": pair.source, "seed": pair.seed, "mean_fraction": pair.mean_fraction}}
+
+
+def _per_query_results(queries, gallery, labels, metrics, training, run_dir, stage, root) -> dict:
+    from aaa_keras.evaluation.distance import euclidean_distance
+    from aaa_keras.evaluation.rank import evaluate_rank_per_query
+    from aaa_keras.evaluation.report import _fitted_metric
+    from aaa_keras.evaluation.run import _dataset_key
+
     result = {}
     for metric in metrics:
         if metric == "euclidean":
@@ -159,15 +194,17 @@ def evaluate_per_query(run_dir: str, stage: str, metrics, log=print) -> dict:
     return result
 
 
-def run_variant(out: str, seed: int, variant: Variant, settings: dict, metrics, log) -> dict:
-    """Train (or resume) and evaluate one configuration of one seed; returns its record."""
+def run_variant(out: str, seed: int, variant: Variant, settings: dict, metrics, log,
+                query_sets: bool = False) -> dict:
+    """Train (or resume) and evaluate one configuration of one seed; returns its record.
+    ``query_sets``: the grid has clean and occluded queries (``ablate/occlusion.py``)."""
     import keras
 
     from aaa_keras import run_lock, training
     from aaa_keras.config import make_config
 
     run_dir = run_dir_of(out, seed, variant.name)
-    record = finished_record(run_dir, metrics)
+    record = finished_record(run_dir, metrics, query_sets)
     if record is not None:
         record["cached"] = True
         return record
@@ -185,7 +222,8 @@ def run_variant(out: str, seed: int, variant: Variant, settings: dict, metrics, 
         trained = training.fit(variant.stage, config, run_dir, log=log)
         # A record without the newly asked metric: the training is its earlier one.
         train_seconds = previous["train_seconds"] if "train_seconds" in previous else time.time() - started
-        evaluation = evaluate_per_query(run_dir, variant.stage, metrics, log)
+        evaluation, pair = evaluate_per_query(run_dir, variant.stage, metrics, log,
+                                              settings.get("occlude_queries"), with_pair=True)
         evaluation = {**previous.get("metrics", {}), **evaluation}
         record = {
             "config": variant.name, "seed": seed, "stage": variant.stage,
@@ -195,10 +233,29 @@ def run_variant(out: str, seed: int, variant: Variant, settings: dict, metrics, 
             "stage1_digest": stage1_digest(run_dir),
             "metrics": evaluation,
         }
+        if pair is not None:
+            saved = previous.get("query_sets", {})
+            record["query_sets"] = {which: {**saved.get(which, {}), **pair["query_sets"][which]}
+                                    for which in ("clean", "occluded")}
+            record["occlusion"] = pair["occlusion"]
         write_json_atomically(os.path.join(run_dir, EVAL_FILE), record)
     keras.backend.clear_session()  # one process trains dozens of models
     record["cached"] = False
     return record
+
+
+def _has_query_pair(data: str, occlude_queries: int | None) -> bool:
+    """Whether the grid's runs are evaluated on clean and occluded queries: ``--occlude-queries``,
+    or a dataset with clean query twins (built-in ``occluded``, or a directory with ``query_clean/``)."""
+    from aaa_keras.data.occlusion_protocol import clean_query_dir
+    from aaa_keras.data.synth import builtin_settings
+
+    if occlude_queries is not None:
+        return True
+    settings = builtin_settings(data or "")
+    if settings is not None:
+        return bool(settings.get("occluded"))
+    return clean_query_dir(data) is not None
 
 
 def _eta(seconds_by_name: dict, remaining: list) -> float | None:
@@ -219,10 +276,13 @@ def _minutes(seconds: float | None) -> str:
 def run_grid(out: str, table: str = "all", seeds: int = 5, epochs: int | None = None,
              preset: str = "demo", data: str = ABLATE_DATA, metric: str = "euclidean",
              overrides: dict | None = None, progress=print, log=None, n_boot: int = 10000,
-             configs=None, baseline_epochs: int | None = None) -> dict:
+             configs=None, baseline_epochs: int | None = None, occlude_queries: int | None = None) -> dict:
     """Train and evaluate the grid (seed-major), then write results.json / .md / .png; returns results.
 
     ``configs`` (names from ``VARIANTS``) replaces ``table``'s selection, e.g. for a small check.
+    ``occlude_queries`` (a seed): every run is also evaluated on its queries occluded
+    (``evaluation/occluded.py``), and the verdicts are on those; a dataset with clean query twins
+    (``builtin:occluded``) is evaluated both ways without it (``ablate/occlusion.py``).
     """
     if seeds < 1:
         raise UserError(f"--seeds must be at least 1, got {seeds}")
@@ -237,7 +297,11 @@ def run_grid(out: str, table: str = "all", seeds: int = 5, epochs: int | None = 
     metrics = select_metrics(metric)
     if data and not data.startswith(BUILTIN_PREFIX):
         data = os.path.abspath(data)
-    settings = grid_settings(preset, epochs, data, overrides or {}, baseline_epochs)
+    settings = grid_settings(preset, epochs, data, overrides or {}, baseline_epochs, occlude_queries)
+    query_sets = _has_query_pair(data, occlude_queries)
+    if table == "occlusion" and not query_sets:
+        raise UserError(f"--table occlusion judges its claims on occluded queries, and {data} has none: use "
+                        "--data builtin:occluded (or a dataset with query_clean/) or add --occlude-queries SEED")
     _check_grid(out, settings)
     log_path = os.path.join(out, "ablate.log")
     if log is None:
@@ -251,18 +315,22 @@ def run_grid(out: str, table: str = "all", seeds: int = 5, epochs: int | None = 
     records, seconds_by_name = [], {v.name: [] for v in variants}
     for number, (seed, variant) in enumerate(plan, 1):
         run_started = time.time()
-        record = run_variant(out, seed, variant, settings, metrics, log)
+        record = run_variant(out, seed, variant, settings, metrics, log, query_sets)
         if not record["cached"]:
             seconds_by_name[variant.name].append(time.time() - run_started)
         records.append(record)
         remaining = [v.name for s, v in plan[number:]
-                     if finished_record(run_dir_of(out, s, v.name), metrics) is None]
+                     if finished_record(run_dir_of(out, s, v.name), metrics, query_sets) is None]
         primary = record["metrics"][metrics[0]]
+        from_dataset = record.get("occlusion", {}).get("source") == "dataset"  # as given: occluded
+        other = record.get("query_sets", {}).get("clean" if from_dataset else "occluded", {}).get(metrics[0])
+        occluded_text = (f" ({'clean twins' if from_dataset else 'occluded queries'}: Rank-1 {other['rank1']:.1f} "
+                         f"mAP {other['mAP']:.1f})" if other else "")
         what = ("reused" if record["cached"] else
                 f"trained {'+'.join(record['trained']) or 'nothing'} + evaluated in "
                 f"{_minutes(time.time() - run_started)}")
         progress(f"[{number}/{len(plan)}] seed {seed} {variant.name}: {what}; {metrics[0]} "
-                 f"Rank-1 {primary['rank1']:.1f} mAP {primary['mAP']:.1f} mINP {primary['mINP']:.1f}"
+                 f"Rank-1 {primary['rank1']:.1f} mAP {primary['mAP']:.1f} mINP {primary['mINP']:.1f}{occluded_text}"
                  f" | ETA {_minutes(_eta(seconds_by_name, remaining)) if remaining else 'done'}")
     results = build_results(records, settings, table, seeds, metrics, time.time() - started, n_boot)
     write_json_atomically(os.path.join(out, RESULTS_FILE), results)

@@ -2,7 +2,8 @@
 
 This is the TensorFlow side of evaluation (the rest of the package is numpy):
 it builds the stage's embedder, extracts L2-normalised embeddings with the
-evaluation pipeline and hands them to :func:`evaluate_features`.
+evaluation pipeline and hands them to :func:`evaluation.occluded.evaluate_queries`
+(``evaluate_features``, and the clean / occluded pair of ``--occlude-queries``).
 """
 
 from __future__ import annotations
@@ -15,7 +16,6 @@ from aaa_keras.data.check import verify_images
 from aaa_keras.data.names import ImageRecord, load_dataset, record_ids
 from aaa_keras.data.pipeline import eval_dataset, is_decode_error, op_error_reason
 from aaa_keras.files import write_json_atomically
-from aaa_keras.evaluation.report import evaluate_features, format_table
 from aaa_keras.model.backbone import build_embedder
 
 
@@ -36,13 +36,18 @@ def evaluate_run(run_dir: str, stage: str | None = None, data: str | None = None
                  metrics=("euclidean",), rerank: bool = False, json_path: str | None = None,
                  log=print, distribute: str = "none", mixed_precision: str = "",
                  jit_compile: bool = False, skip_bad_images: bool = False, neck_feature: str | None = None,
-                 same_camera_ok: bool = False) -> dict:
+                 same_camera_ok: bool = False, occlude_queries: int | None = None) -> dict:
     """Evaluate ``stage`` of ``run_dir`` on ``data`` (default: the run's own dataset).
 
     ``distribute`` / ``mixed_precision`` / ``jit_compile`` apply to the
     embedding extraction. An image that does not decode is an error naming it,
     unless ``skip_bad_images`` drops it (and says so). ``same_camera_ok``: the single-camera
     protocol (``rank.same_camera_ok_records``), marked in the printed and the JSON result.
+    ``occlude_queries`` (a seed): the
+    queries are also evaluated occluded (``evaluation/occluded.py``) and reported beside the
+    clean result; a dataset with clean query twins (``builtin:occluded``) is always reported
+    both ways. The results then hold an ``"occlusion"`` entry: ``{"source", "seed",
+    "mean_fraction", "clean": {...}, "occluded": {...}, "drop": {...}}``.
     """
     import tensorflow as tf
 
@@ -51,6 +56,10 @@ def evaluate_run(run_dir: str, stage: str | None = None, data: str | None = None
     from aaa_keras.execution import distribution_strategy, precision_policy
     from aaa_keras.run_dir import load_trained
 
+    if occlude_queries is not None:
+        from aaa_keras.evaluation.occluded import check_seed
+
+        check_seed(occlude_queries)
     if json_path and os.path.isdir(json_path):
         raise UserError(f"--json {json_path} is a directory; give a file name such as {json_path}/eval.json")
     strategy = distribution_strategy(distribute)  # before any other TensorFlow op
@@ -67,7 +76,7 @@ def evaluate_run(run_dir: str, stage: str | None = None, data: str | None = None
         dataset = _same_camera_ok_dataset(dataset, log)
     try:
         results = _evaluate_embedder(embedder, dataset, config, run_dir, stage, root, metrics, rerank,
-                                     None if same_camera_ok else json_path, log)
+                                     None if same_camera_ok else json_path, log, occlude_queries)
         return _mark_same_camera_ok(results, json_path, log) if same_camera_ok else results
     except tf.errors.InvalidArgumentError as error:
         if not is_decode_error(error):  # a shape or dtype problem, not an image: TensorFlow's own error
@@ -76,24 +85,24 @@ def evaluate_run(run_dir: str, stage: str | None = None, data: str | None = None
                         f"find it with `python cli.py data check {root}` or pass --skip-bad-images") from None
 
 
-def _evaluate_embedder(embedder, dataset, config, run_dir, stage, root, metrics, rerank, json_path, log):
+def _evaluate_embedder(embedder, dataset, config, run_dir, stage, root, metrics, rerank, json_path, log,
+                       occlude_queries=None):
+    from aaa_keras.evaluation.occluded import evaluate_queries
+
     log(f"Evaluating stage {stage} of {run_dir} on {root}: "
         f"{len(dataset.query)} query, {len(dataset.gallery)} gallery images")
-    qf = extract_embeddings(embedder, dataset.query, config.image_size)
-    gf = extract_embeddings(embedder, dataset.gallery, config.image_size)
+
+    def embed(records):
+        return extract_embeddings(embedder, records, config.image_size)
+
     train_kwargs = {}
     if any(m != "euclidean" for m in metrics):
         train_records = dataset.train_identities()
         train_pids, train_camids = record_ids(train_records)
         train_kwargs = dict(
-            train_features=extract_embeddings(embedder, train_records, config.image_size),
-            train_pids=train_pids, train_camids=train_camids,
+            train_features=embed(train_records), train_pids=train_pids, train_camids=train_camids,
             metric_dir=os.path.join(run_dir, stage, "metrics", _dataset_key(root)))
-    q_pids, q_camids = record_ids(dataset.query)
-    g_pids, g_camids = record_ids(dataset.gallery)
-    results = evaluate_features(qf, gf, q_pids, g_pids, q_camids, g_camids, metrics=tuple(metrics),
-                                rerank=rerank, **train_kwargs)
-    log(format_table(results))
+    results = evaluate_queries(embed, dataset, root, metrics, rerank, train_kwargs, occlude_queries, log)
     if json_path:
         os.makedirs(os.path.dirname(os.path.abspath(json_path)), exist_ok=True)
         write_json_atomically(json_path, results)
