@@ -532,9 +532,10 @@ def search(index_path, model_path, images, top, nprobe, picture):
               help=DATA_HELP + " builtin:ablate: 250 test ids, ~1,600 queries; builtin:occluded: the same size, "
                    "every query occluded (clean and occluded results).")
 @click.option("--out", required=True, help="Grid directory: OUT/seed<S>/<config>/ run dirs, results.json/.md, claims.png.")
-@click.option("--table", type=click.Choice([*vocabulary.ABLATION_TABLES, vocabulary.ALL]), default="all", show_default=True,
+@click.option("--table", type=click.Choice([*vocabulary.ABLATION_TABLES, vocabulary.ALL]), default=None,
               help="Paper Table 3 (occlusion point), 4 (fine-tuning), 5 (random erasing), the controls, the "
-                   "occlusion claims (on occluded queries: use builtin:occluded or --occlude-queries), or all.")
+                   "occlusion claims (on occluded queries: use builtin:occluded or --occlude-queries), or all. "
+                   "[default: occlusion with occluded queries (builtin:occluded, --occlude-queries), else all]")
 @click.option("--seeds", type=click.IntRange(1), default=5, show_default=True, help="Seeds 0..N-1.")
 @click.option("--epochs", type=click.IntRange(1), default=None,
               help="Epochs of stages 2 and 3, and of stage 1 unless --baseline-epochs is given. Given neither, "

@@ -55,6 +55,14 @@ def _check_test_ids(tmp_path):
     assert len({r.pid for r in load_dataset(root).query}) == 4  # 7 ids: half, rounded up
 
 
+def _check_ablate_table():
+    from aaa_keras.ablate import default_table
+
+    assert default_table("builtin:occluded", None) == "occlusion"
+    assert default_table("builtin:ablate", 0) == "occlusion"  # --occlude-queries 0
+    assert default_table("builtin:ablate", None) == "all"
+
+
 # (command, option): (the words of a default that is a rule, its check)
 DESCRIBED = {
     ("fit", "baseline_epochs"): ("--epochs", lambda tmp: all(
@@ -77,6 +85,8 @@ DESCRIBED = {
     ("export", "version"): ("Default: the next free version", None),
     ("export", "parity_max_images"): ("default all", None),
     ("search", "nprobe"): ("default: the index's own", None),
+    ("ablate", "table"): ("occlusion with occluded queries (builtin:occluded, --occlude-queries), else all",
+                          lambda tmp: _check_ablate_table()),
 }
 
 

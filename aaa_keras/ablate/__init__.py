@@ -37,7 +37,7 @@ from aaa_keras.ablate.report import (
     BEGIN, END, SUMMARY_BEGIN, SUMMARY_END, analyse, grid_recipe, markers, build_results, load_results, per_query_data, plot_claims, report_markdown,
     summary_markdown, update_results_doc, write_report)
 from aaa_keras.ablate.run import (
-    _stage1_from_baseline, evaluate_per_query, finished_record, run_dir_of, run_grid, run_variant,
+    _stage1_from_baseline, default_table, evaluate_per_query, finished_record, run_dir_of, run_grid, run_variant,
     stage1_digest)
 
 __all__ = [
@@ -75,6 +75,7 @@ __all__ = [
     "plot_claims",
     "report_markdown",
     "run_dir_of",
+    "default_table",
     "run_grid",
     "run_variant",
     "select_metrics",

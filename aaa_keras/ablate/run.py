@@ -273,20 +273,27 @@ def _minutes(seconds: float | None) -> str:
     return f"{seconds / 60:.1f} min" if seconds >= 60 else f"{seconds:.0f} s"
 
 
-def run_grid(out: str, table: str = "all", seeds: int = 5, epochs: int | None = None,
+def default_table(data: str, occlude_queries: int | None) -> str:
+    """``--table``'s default: the occlusion claims when the grid has occluded queries
+    (``builtin:occluded``, a dataset with ``query_clean/``, or ``--occlude-queries``), else every table."""
+    return "occlusion" if _has_query_pair(data, occlude_queries) else "all"
+
+
+def run_grid(out: str, table: str | None = None, seeds: int = 5, epochs: int | None = None,
              preset: str = "demo", data: str = ABLATE_DATA, metric: str = "euclidean",
              overrides: dict | None = None, progress=print, log=None, n_boot: int = 10000,
              configs=None, baseline_epochs: int | None = None, occlude_queries: int | None = None) -> dict:
     """Train and evaluate the grid (seed-major), then write results.json / .md / .png; returns results.
 
-    ``configs`` (names from ``VARIANTS``) replaces ``table``'s selection, e.g. for a small check.
+    ``table`` None: ``default_table``. ``configs`` (names from ``VARIANTS``) replaces ``table``'s
+    selection, e.g. for a small check.
     ``occlude_queries`` (a seed): every run is also evaluated on its queries occluded
     (``evaluation/occluded.py``), and the verdicts are on those; a dataset with clean query twins
     (``builtin:occluded``) is evaluated both ways without it (``ablate/occlusion.py``).
     """
     if seeds < 1:
         raise UserError(f"--seeds must be at least 1, got {seeds}")
-    variants = select_variants(table)
+    variants = select_variants(table or default_table(data, occlude_queries))
     if configs:
         unknown = sorted(set(configs) - set(VARIANT_BY_NAME))
         if unknown:

@@ -29,7 +29,7 @@ from aaa_keras.errors import UserError
 
 NO_VALID_QUERY_FIX = (
     "A query is matched only against other cameras: give the images distinct camera ids (check with "
-    "`python cli.py data check`), or pass --same-camera-ok for single-camera data (another protocol, "
+    "`python cli.py data check`), or pass --same-camera-ok to fit or evaluate for single-camera data (another protocol, "
     "written in the result).")
 SAME_CAMERA_OK = "same-camera-ok"
 
