@@ -13,14 +13,21 @@ about 20 bytes were measured at full Market size),
 its figures are extrapolated from the largest size measured, proportionally to
 (q+g)^2, and marked so.
 
+With ``--repeats N`` every size is measured N times per implementation, in
+alternating order (blocked, reference, blocked, ...), so that the load of a
+shared machine falls on both alike; the table gives the medians and the ratio
+of the medians.
+
     python benchmarks/bench_rerank.py            # 1/8, 1/4, 1/2 and full Market size
     python benchmarks/bench_rerank.py --quick    # 1/16 and 1/8 of Market size
+    python benchmarks/bench_rerank.py --scales 1 --repeats 3   # full size, side by side
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import statistics
 import os
 import resource
 import subprocess
@@ -102,6 +109,10 @@ def measure(kind, num_query, num_gallery, dim, output):
     return json.loads(completed.stdout.strip().splitlines()[-1])
 
 
+def median_of(runs):
+    return {key: statistics.median(run[key] for run in runs) for key in runs[0]}
+
+
 def available_memory_bytes() -> int:
     with open("/proc/meminfo") as meminfo:
         for line in meminfo:
@@ -113,6 +124,10 @@ def available_memory_bytes() -> int:
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="1/16 and 1/8 of Market size only")
+    parser.add_argument("--scales", help="comma-separated fractions of Market size "
+                        "(default 1/8, 1/4, 1/2, 1; --quick: 1/16, 1/8)")
+    parser.add_argument("--repeats", type=int, default=1,
+                        help="measurements per implementation and size, alternating; medians")
     parser.add_argument("--dim", type=int, default=2048, help="feature dimension")
     parser.add_argument(
         "--reference-memory-gib", type=float, default=24.0,
@@ -127,7 +142,10 @@ def main(argv=None):
         run_worker(args)
         return
 
-    scales = QUICK_SCALES if args.quick else FULL_SCALES
+    if args.scales:
+        scales = tuple(float(value) for value in args.scales.split(","))
+    else:
+        scales = QUICK_SCALES if args.quick else FULL_SCALES
     budget = min(args.reference_memory_gib * 2**30, 0.8 * available_memory_bytes())
     rows, last_reference = [], None
     with tempfile.TemporaryDirectory() as scratch:
@@ -136,10 +154,19 @@ def main(argv=None):
             num_all = num_query + num_gallery
             blocked_path = os.path.join(scratch, "blocked.npy")
             reference_path = os.path.join(scratch, "reference.npy")
-            blocked = measure("blocked", num_query, num_gallery, args.dim, blocked_path)
-            row = {"num_query": num_query, "num_gallery": num_gallery, "blocked": blocked}
-            if REFERENCE_BYTES_PER_ELEMENT * num_all**2 <= budget:
-                reference = measure("reference", num_query, num_gallery, args.dim, reference_path)
+            run_reference = REFERENCE_BYTES_PER_ELEMENT * num_all**2 <= budget
+            blocked_runs, reference_runs = [], []
+            for _ in range(args.repeats):
+                blocked_runs.append(measure("blocked", num_query, num_gallery, args.dim, blocked_path))
+                if run_reference:
+                    reference_runs.append(
+                        measure("reference", num_query, num_gallery, args.dim, reference_path))
+            blocked = median_of(blocked_runs)
+            row = {"num_query": num_query, "num_gallery": num_gallery, "blocked": blocked,
+                   "runs": {"blocked": blocked_runs, "reference": reference_runs}}
+            print(json.dumps(row), file=sys.stderr, flush=True)
+            if run_reference:
+                reference = median_of(reference_runs)
                 row["reference"], row["extrapolated"] = reference, False
                 row["difference"] = float(
                     np.abs(np.load(blocked_path) - np.load(reference_path)).max()
@@ -160,7 +187,8 @@ def print_table(rows, args, budget) -> None:
     print(f"- machine: {machine_description()}")
     print(
         f"- features: {args.dim}-d float32, L2-normalised, clustered; k1=20, k2=6, lambda=0.3; "
-        "peak = child-process peak RSS above its RSS once the features exist"
+        "peak = child-process peak RSS above its RSS once the features exist; "
+        f"median of {args.repeats} run(s) per implementation and size, alternating"
     )
     print(f"- reference memory budget: {budget / 2**30:.1f} GiB (estimated 28 B per (q+g)^2 element)")
     if any(row.get("extrapolated") for row in rows):
