@@ -82,16 +82,35 @@ def current_rss_mib() -> float:
     return resident_pages * os.sysconf("SC_PAGE_SIZE") / 2**20
 
 
+def gram_floor(qf, gf, block=2048):
+    """Only the matrix products of the upper triangle of the (q+g)^2 Gram matrix, in the
+    blocked re-ranking's blocks: what any exact method that needs every pairwise
+    distance (each row's nearest neighbours and its maximum) must at least spend."""
+    features = np.concatenate([qf, gf])
+    starts = range(0, len(features), block)
+    for row_start in starts:
+        rows = features[row_start : row_start + block]
+        for col_start in starts[row_start // block :]:
+            rows @ features[col_start : col_start + block].T
+    return np.zeros((len(qf), len(gf)), np.float32)
+
+
+def cpu_seconds() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
 def run_worker(args) -> None:
     qf, gf = make_features(args.num_query, args.num_gallery, args.dim)
     baseline = current_rss_mib()
-    method = re_ranking if args.worker == "blocked" else reference_from_features
-    start = time.perf_counter()
+    method = {"blocked": re_ranking, "reference": reference_from_features, "floor": gram_floor}[
+        args.worker]
+    start, cpu_start = time.perf_counter(), cpu_seconds()
     result = method(qf, gf)
-    seconds = time.perf_counter() - start
+    seconds, cpu = time.perf_counter() - start, cpu_seconds() - cpu_start
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
     np.save(args.output, result)
-    print(json.dumps({"seconds": seconds, "peak_mib": peak - baseline}))
+    print(json.dumps({"seconds": seconds, "cpu_seconds": cpu, "peak_mib": peak - baseline}))
 
 
 # === Parent process: sizes, children, table ===
@@ -133,7 +152,7 @@ def main(argv=None):
         "--reference-memory-gib", type=float, default=24.0,
         help="run the reference only where its estimated peak fits in this and in 80%% of free memory",
     )
-    parser.add_argument("--worker", choices=("blocked", "reference"), help=argparse.SUPPRESS)
+    parser.add_argument("--worker", choices=("blocked", "reference", "floor"), help=argparse.SUPPRESS)
     parser.add_argument("--num-query", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--num-gallery", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--output", help=argparse.SUPPRESS)
@@ -155,15 +174,17 @@ def main(argv=None):
             blocked_path = os.path.join(scratch, "blocked.npy")
             reference_path = os.path.join(scratch, "reference.npy")
             run_reference = REFERENCE_BYTES_PER_ELEMENT * num_all**2 <= budget
-            blocked_runs, reference_runs = [], []
+            blocked_runs, reference_runs, floor_runs = [], [], []
             for _ in range(args.repeats):
                 blocked_runs.append(measure("blocked", num_query, num_gallery, args.dim, blocked_path))
                 if run_reference:
                     reference_runs.append(
                         measure("reference", num_query, num_gallery, args.dim, reference_path))
+                floor_runs.append(measure("floor", num_query, num_gallery, args.dim, reference_path + ".floor.npy"))
             blocked = median_of(blocked_runs)
             row = {"num_query": num_query, "num_gallery": num_gallery, "blocked": blocked,
-                   "runs": {"blocked": blocked_runs, "reference": reference_runs}}
+                   "floor": median_of(floor_runs),
+                   "runs": {"blocked": blocked_runs, "reference": reference_runs, "floor": floor_runs}}
             print(json.dumps(row), file=sys.stderr, flush=True)
             if run_reference:
                 reference = median_of(reference_runs)
@@ -195,23 +216,31 @@ def print_table(rows, args, budget) -> None:
         print("- rows marked ~ are EXTRAPOLATED for the reference (proportional to (q+g)^2 from the "
               "largest measured size): it would not fit in the memory budget")
     print()
-    print("| queries x gallery | blocked time (s) | blocked peak (MiB) | reference time (s) "
-          "| reference peak (MiB) | speed-up | memory ratio | max abs diff |")
-    print("|---|---:|---:|---:|---:|---:|---:|---:|")
+    print("| queries x gallery | blocked time (s) | blocked CPU (s) | blocked peak (MiB) "
+          "| reference time (s) | reference CPU (s) | reference peak (MiB) | speed-up (time) "
+          "| speed-up (CPU) | memory ratio | max abs diff | Gram floor time / CPU (s) "
+          "| reference / floor (time, CPU) |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for row in rows:
-        blocked = row["blocked"]
+        blocked, floor = row["blocked"], row["floor"]
         reference = row.get("reference")
         size = f"{row['num_query']} x {row['num_gallery']}"
+        floor_cells = f"{floor['seconds']:.1f} / {floor['cpu_seconds']:.1f}"
         if reference is None:
-            print(f"| {size} | {blocked['seconds']:.1f} | {blocked['peak_mib']:.0f} | - | - | - | - | - |")
+            print(f"| {size} | {blocked['seconds']:.1f} | {blocked['cpu_seconds']:.1f} "
+                  f"| {blocked['peak_mib']:.0f} | - | - | - | - | - | - | - | {floor_cells} | - |")
             continue
         mark = "~" if row["extrapolated"] else ""
         difference = "-" if row["difference"] is None else f"{row['difference']:.1e}"
         print(
-            f"| {size} | {blocked['seconds']:.1f} | {blocked['peak_mib']:.0f} "
-            f"| {mark}{reference['seconds']:.1f} | {mark}{reference['peak_mib']:.0f} "
+            f"| {size} | {blocked['seconds']:.1f} | {blocked['cpu_seconds']:.1f} | {blocked['peak_mib']:.0f} "
+            f"| {mark}{reference['seconds']:.1f} | {mark}{reference['cpu_seconds']:.1f} "
+            f"| {mark}{reference['peak_mib']:.0f} "
             f"| {mark}{reference['seconds'] / blocked['seconds']:.1f}x "
-            f"| {mark}{reference['peak_mib'] / blocked['peak_mib']:.1f}x | {difference} |"
+            f"| {mark}{reference['cpu_seconds'] / blocked['cpu_seconds']:.1f}x "
+            f"| {mark}{reference['peak_mib'] / blocked['peak_mib']:.1f}x | {difference} | {floor_cells} "
+            f"| {mark}{reference['seconds'] / floor['seconds']:.1f}x, "
+            f"{mark}{reference['cpu_seconds'] / floor['cpu_seconds']:.1f}x |"
         )
 
 
