@@ -180,7 +180,8 @@ def main(argv=None):
                 if run_reference:
                     reference_runs.append(
                         measure("reference", num_query, num_gallery, args.dim, reference_path))
-                floor_runs.append(measure("floor", num_query, num_gallery, args.dim, reference_path + ".floor.npy"))
+                floor_runs.append(
+                    measure("floor", num_query, num_gallery, args.dim, reference_path + ".floor.npy"))
             blocked = median_of(blocked_runs)
             row = {"num_query": num_query, "num_gallery": num_gallery, "blocked": blocked,
                    "floor": median_of(floor_runs),
