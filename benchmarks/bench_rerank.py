@@ -13,14 +13,21 @@ about 20 bytes were measured at full Market size),
 its figures are extrapolated from the largest size measured, proportionally to
 (q+g)^2, and marked so.
 
+With ``--repeats N`` every size is measured N times per implementation, in
+alternating order (blocked, reference, blocked, ...), so that the load of a
+shared machine falls on both alike; the table gives the medians and the ratio
+of the medians.
+
     python benchmarks/bench_rerank.py            # 1/8, 1/4, 1/2 and full Market size
     python benchmarks/bench_rerank.py --quick    # 1/16 and 1/8 of Market size
+    python benchmarks/bench_rerank.py --scales 1 --repeats 3   # full size, side by side
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import statistics
 import os
 import resource
 import subprocess
@@ -75,16 +82,35 @@ def current_rss_mib() -> float:
     return resident_pages * os.sysconf("SC_PAGE_SIZE") / 2**20
 
 
+def gram_floor(qf, gf, block=2048):
+    """Only the matrix products of the upper triangle of the (q+g)^2 Gram matrix, in the
+    blocked re-ranking's blocks: what any exact method that needs every pairwise
+    distance (each row's nearest neighbours and its maximum) must at least spend."""
+    features = np.concatenate([qf, gf])
+    starts = range(0, len(features), block)
+    for row_start in starts:
+        rows = features[row_start : row_start + block]
+        for col_start in starts[row_start // block :]:
+            rows @ features[col_start : col_start + block].T
+    return np.zeros((len(qf), len(gf)), np.float32)
+
+
+def cpu_seconds() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
 def run_worker(args) -> None:
     qf, gf = make_features(args.num_query, args.num_gallery, args.dim)
     baseline = current_rss_mib()
-    method = re_ranking if args.worker == "blocked" else reference_from_features
-    start = time.perf_counter()
+    method = {"blocked": re_ranking, "reference": reference_from_features, "floor": gram_floor}[
+        args.worker]
+    start, cpu_start = time.perf_counter(), cpu_seconds()
     result = method(qf, gf)
-    seconds = time.perf_counter() - start
+    seconds, cpu = time.perf_counter() - start, cpu_seconds() - cpu_start
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
     np.save(args.output, result)
-    print(json.dumps({"seconds": seconds, "peak_mib": peak - baseline}))
+    print(json.dumps({"seconds": seconds, "cpu_seconds": cpu, "peak_mib": peak - baseline}))
 
 
 # === Parent process: sizes, children, table ===
@@ -102,6 +128,10 @@ def measure(kind, num_query, num_gallery, dim, output):
     return json.loads(completed.stdout.strip().splitlines()[-1])
 
 
+def median_of(runs):
+    return {key: statistics.median(run[key] for run in runs) for key in runs[0]}
+
+
 def available_memory_bytes() -> int:
     with open("/proc/meminfo") as meminfo:
         for line in meminfo:
@@ -113,12 +143,16 @@ def available_memory_bytes() -> int:
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="1/16 and 1/8 of Market size only")
+    parser.add_argument("--scales", help="comma-separated fractions of Market size "
+                        "(default 1/8, 1/4, 1/2, 1; --quick: 1/16, 1/8)")
+    parser.add_argument("--repeats", type=int, default=1,
+                        help="measurements per implementation and size, alternating; medians")
     parser.add_argument("--dim", type=int, default=2048, help="feature dimension")
     parser.add_argument(
         "--reference-memory-gib", type=float, default=24.0,
         help="run the reference only where its estimated peak fits in this and in 80%% of free memory",
     )
-    parser.add_argument("--worker", choices=("blocked", "reference"), help=argparse.SUPPRESS)
+    parser.add_argument("--worker", choices=("blocked", "reference", "floor"), help=argparse.SUPPRESS)
     parser.add_argument("--num-query", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--num-gallery", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--output", help=argparse.SUPPRESS)
@@ -127,7 +161,10 @@ def main(argv=None):
         run_worker(args)
         return
 
-    scales = QUICK_SCALES if args.quick else FULL_SCALES
+    if args.scales:
+        scales = tuple(float(value) for value in args.scales.split(","))
+    else:
+        scales = QUICK_SCALES if args.quick else FULL_SCALES
     budget = min(args.reference_memory_gib * 2**30, 0.8 * available_memory_bytes())
     rows, last_reference = [], None
     with tempfile.TemporaryDirectory() as scratch:
@@ -136,10 +173,22 @@ def main(argv=None):
             num_all = num_query + num_gallery
             blocked_path = os.path.join(scratch, "blocked.npy")
             reference_path = os.path.join(scratch, "reference.npy")
-            blocked = measure("blocked", num_query, num_gallery, args.dim, blocked_path)
-            row = {"num_query": num_query, "num_gallery": num_gallery, "blocked": blocked}
-            if REFERENCE_BYTES_PER_ELEMENT * num_all**2 <= budget:
-                reference = measure("reference", num_query, num_gallery, args.dim, reference_path)
+            run_reference = REFERENCE_BYTES_PER_ELEMENT * num_all**2 <= budget
+            blocked_runs, reference_runs, floor_runs = [], [], []
+            for _ in range(args.repeats):
+                blocked_runs.append(measure("blocked", num_query, num_gallery, args.dim, blocked_path))
+                if run_reference:
+                    reference_runs.append(
+                        measure("reference", num_query, num_gallery, args.dim, reference_path))
+                floor_runs.append(
+                    measure("floor", num_query, num_gallery, args.dim, reference_path + ".floor.npy"))
+            blocked = median_of(blocked_runs)
+            row = {"num_query": num_query, "num_gallery": num_gallery, "blocked": blocked,
+                   "floor": median_of(floor_runs),
+                   "runs": {"blocked": blocked_runs, "reference": reference_runs, "floor": floor_runs}}
+            print(json.dumps(row), file=sys.stderr, flush=True)
+            if run_reference:
+                reference = median_of(reference_runs)
                 row["reference"], row["extrapolated"] = reference, False
                 row["difference"] = float(
                     np.abs(np.load(blocked_path) - np.load(reference_path)).max()
@@ -160,30 +209,39 @@ def print_table(rows, args, budget) -> None:
     print(f"- machine: {machine_description()}")
     print(
         f"- features: {args.dim}-d float32, L2-normalised, clustered; k1=20, k2=6, lambda=0.3; "
-        "peak = child-process peak RSS above its RSS once the features exist"
+        "peak = child-process peak RSS above its RSS once the features exist; "
+        f"median of {args.repeats} run(s) per implementation and size, alternating"
     )
     print(f"- reference memory budget: {budget / 2**30:.1f} GiB (estimated 28 B per (q+g)^2 element)")
     if any(row.get("extrapolated") for row in rows):
         print("- rows marked ~ are EXTRAPOLATED for the reference (proportional to (q+g)^2 from the "
               "largest measured size): it would not fit in the memory budget")
     print()
-    print("| queries x gallery | blocked time (s) | blocked peak (MiB) | reference time (s) "
-          "| reference peak (MiB) | speed-up | memory ratio | max abs diff |")
-    print("|---|---:|---:|---:|---:|---:|---:|---:|")
+    print("| queries x gallery | blocked time (s) | blocked CPU (s) | blocked peak (MiB) "
+          "| reference time (s) | reference CPU (s) | reference peak (MiB) | speed-up (time) "
+          "| speed-up (CPU) | memory ratio | max abs diff | Gram floor time / CPU (s) "
+          "| reference / floor (time, CPU) |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for row in rows:
-        blocked = row["blocked"]
+        blocked, floor = row["blocked"], row["floor"]
         reference = row.get("reference")
         size = f"{row['num_query']} x {row['num_gallery']}"
+        floor_cells = f"{floor['seconds']:.1f} / {floor['cpu_seconds']:.1f}"
         if reference is None:
-            print(f"| {size} | {blocked['seconds']:.1f} | {blocked['peak_mib']:.0f} | - | - | - | - | - |")
+            print(f"| {size} | {blocked['seconds']:.1f} | {blocked['cpu_seconds']:.1f} "
+                  f"| {blocked['peak_mib']:.0f} | - | - | - | - | - | - | - | {floor_cells} | - |")
             continue
         mark = "~" if row["extrapolated"] else ""
         difference = "-" if row["difference"] is None else f"{row['difference']:.1e}"
         print(
-            f"| {size} | {blocked['seconds']:.1f} | {blocked['peak_mib']:.0f} "
-            f"| {mark}{reference['seconds']:.1f} | {mark}{reference['peak_mib']:.0f} "
+            f"| {size} | {blocked['seconds']:.1f} | {blocked['cpu_seconds']:.1f} | {blocked['peak_mib']:.0f} "
+            f"| {mark}{reference['seconds']:.1f} | {mark}{reference['cpu_seconds']:.1f} "
+            f"| {mark}{reference['peak_mib']:.0f} "
             f"| {mark}{reference['seconds'] / blocked['seconds']:.1f}x "
-            f"| {mark}{reference['peak_mib'] / blocked['peak_mib']:.1f}x | {difference} |"
+            f"| {mark}{reference['cpu_seconds'] / blocked['cpu_seconds']:.1f}x "
+            f"| {mark}{reference['peak_mib'] / blocked['peak_mib']:.1f}x | {difference} | {floor_cells} "
+            f"| {mark}{reference['seconds'] / floor['seconds']:.1f}x, "
+            f"{mark}{reference['cpu_seconds'] / floor['cpu_seconds']:.1f}x |"
         )
 
 

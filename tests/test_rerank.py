@@ -38,7 +38,7 @@ def reference_from_features(qf, gf, k1, k2, lambda_value):
         (0, 40, 150, 32, 20, 6, 0.3, None),
         (1, 25, 180, 16, 20, 6, 0.3, 7),
         (2, 60, 120, 64, 10, 3, 0.5, 33),
-        (3, 30, 200, 8, 5, 1, 0.3, 1),
+        (3, 30, 200, 8, 5, 1, 0.3, 3),
         (4, 15, 90, 24, 7, 9, 0.0, 50),
         (5, 50, 160, 12, 20, 6, 1.0, 64),
     ],
@@ -58,6 +58,39 @@ def test_blocked_equals_reference_with_exact_ties():
     qf[:5] = gf[:5]  # queries identical to gallery images: zero distances
     expected = reference_from_features(qf, gf, 20, 6, 0.3)
     result = re_ranking(qf, gf, block_size=9)
+    assert np.abs(result - expected).max() < 1e-5
+
+
+@pytest.mark.parametrize("block_size", [None, 16])
+def test_blocked_equals_reference_when_ties_straddle_every_neighbour_boundary(block_size):
+    """Small-integer features: every distance is an exact integer whatever the order of the
+    sums, so the many equal distances are exact ties in both implementations, and which of
+    the tied images count among the k nearest is decided by index alone (the reference's
+    stable argsort). Groups of 30 identical gallery images exceed k1 + 1."""
+    rng = np.random.default_rng(11)
+    distinct = rng.integers(0, 3, size=(6, 8)).astype(np.float32)
+    gf = np.concatenate([np.repeat(distinct, 30, axis=0), rng.integers(0, 3, size=(20, 8))])
+    gf = gf[rng.permutation(len(gf))].astype(np.float32)
+    qf = rng.integers(0, 3, size=(12, 8)).astype(np.float32)
+    expected = reference_from_features(qf, gf, 20, 6, 0.3)
+    result = re_ranking(qf, gf, block_size=block_size)
+    assert np.abs(result - expected).max() < 1e-5
+
+
+def test_blocked_equals_reference_when_most_weights_are_not_cached(monkeypatch):
+    """With no candidates kept beyond max(k1 + 1, k2), many pairs of the expanded sets R* are
+    not among a row's cached distances and are computed from the features instead."""
+    from aaa_keras.evaluation import rerank
+
+    monkeypatch.setattr(rerank, "_CANDIDATE_MARGIN", 0)
+    computed = []
+    pair_distances = rerank._pair_distances
+    monkeypatch.setattr(rerank, "_pair_distances",
+                        lambda *args: computed.append(len(args[2])) or pair_distances(*args))
+    qf, gf = clustered_features(12, 40, 160, 16, num_ids=20)
+    expected = reference_from_features(qf, gf, 20, 6, 0.3)
+    result = re_ranking(qf, gf, block_size=32)
+    assert computed and computed[0] > 100
     assert np.abs(result - expected).max() < 1e-5
 
 
@@ -81,11 +114,12 @@ def test_peak_memory_stays_far_below_full_matrices():
     # The reference holds at least original_dist, V, V_qe (float32) and
     # initial_rank (int32), (q+g)^2 each, plus an int64 argsort while ranking:
     # 24 (q+g)^2 bytes, 311 MB here. A single float64 (q+g)^2 matrix is
-    # 8 (q+g)^2 bytes (104 MB). The blocked version holds the features
-    # (3.7 MB), the output (7.2 MB) and temporaries bounded by its block
-    # constants (a 256-row distance block, 2 x 8 MiB of gathered pair
-    # features, a 256-row dense Jaccard chunk): about 30 MB. Bound: half of one
-    # float64 (q+g)^2 matrix, a sixth of what the reference needs at minimum.
+    # 8 (q+g)^2 bytes (104 MB). The blocked version holds the output (7.2 MB),
+    # one square distance block of the upper triangle (here all 3600 x 3600 at
+    # the default edge of 2048 would be too much, so the test passes 256: 0.25
+    # MiB) with its mask, the candidate keys (a few MB), sparse V and a 256-row
+    # dense Jaccard chunk: about 30 MB. Bound: half of one float64 (q+g)^2
+    # matrix, a sixth of what the reference needs at minimum.
     bound_bytes = 8 * num_all**2 / 2
     tracemalloc.start()
     try:

@@ -12,7 +12,6 @@ import re
 
 import numpy as np
 import tensorflow as tf
-import keras
 
 from aaa_keras.data.sampler import check_pk, index_dataset
 from aaa_keras.errors import DatasetError
@@ -73,22 +72,78 @@ def _pad_crop_flip(image, seed, image_size, padding):
 # BatchNorm variances so that a network evaluated in inference mode saw a fraction of the
 # variance it was trained on (docs/decisions.md, "Random erasing").
 ERASING_FILL = (123.675, 116.28, 103.53)
+ERASING_SCALE = (0.02, 0.33)  # keras.layers.RandomErasing's default ``scale``
+
+
+def _random_erasing(image, seed, probability: float, image_size):
+    """``keras.layers.RandomErasing(factor=(p, p), fill_value=ERASING_FILL)`` on one image, stateless.
+
+    The keras layer's distribution, drawn per image from ``seed``: with
+    probability ``p`` a rectangle whose width and height are each
+    ``sqrt(U(0.02, 0.33))`` of the image's, placed uniformly, is filled with
+    ``ERASING_FILL``. Written per image instead of calling the layer on the
+    batch: the layer builds a full-size fill tensor and mask per batch and
+    draws from a stateful generator, which made it the slowest step of the
+    demo's stage-1 pipeline (docs/benchmarks.md, "Input pipeline against
+    stage 1") and its output depend on thread timing (docs/decisions.md,
+    "Random erasing per image").
+    """
+    height, width = image_size
+    draws = tf.random.stateless_uniform([5], seed=seed)
+    low, high = ERASING_SCALE
+    fractions = tf.sqrt(low + (high - low) * draws[:2])  # (width, height) fractions
+    sides = tf.constant([width, height], tf.float32)
+    lengths = fractions * sides
+    starts = draws[2:4] * (sides - lengths)
+    x = tf.range(width, dtype=tf.float32)
+    y = tf.range(height, dtype=tf.float32)
+    in_x = (x >= starts[0]) & (x < starts[0] + lengths[0])
+    in_y = (y >= starts[1]) & (y < starts[1] + lengths[1])
+    mask = in_y[:, None, None] & in_x[None, :, None] & (draws[4] < probability)
+    return tf.where(mask, tf.constant(ERASING_FILL, tf.float32), image)
+
+
+# A training split whose decoded, resized images (float32) fit in this many bytes is decoded
+# once and augmented from memory every epoch (benchmarks/bench_input.py measures the saving).
+DECODED_CACHE_BYTES = 512 * 2**20
+
+
+def decoded_cache_fits(num_images: int, image_size, cache_bytes: int | None = None) -> bool:
+    """Whether ``num_images`` decoded float32 images of ``image_size`` fit the cache budget."""
+    budget = DECODED_CACHE_BYTES if cache_bytes is None else cache_bytes
+    return num_images * image_size[0] * image_size[1] * 3 * 4 <= budget
+
+
+def decoded_images(paths, image_size) -> np.ndarray:
+    """Every image decoded and resized once: float32 ``(N, H, W, 3)``, the pixels of :func:`decode_image`."""
+    batches = [batch.numpy() for batch in eval_dataset(paths, image_size, batch_size=64)]
+    if not batches:
+        return np.zeros((0, *image_size, 3), np.float32)
+    return np.concatenate(batches)
 
 
 def train_dataset(paths, labels, image_size, batch_size: int, seed: int = 0,
                   random_erasing_probability: float = 0.0, repeat: bool = True,
-                  ids_per_batch: int = 0, images_per_id: int = 0) -> tf.data.Dataset:
+                  ids_per_batch: int = 0, images_per_id: int = 0,
+                  cache_bytes: int | None = None) -> tf.data.Dataset:
     """Shuffled, augmented, batched training pairs ``(images, labels)``.
 
     Augmentation: random flip and pad-crop (padding 1/16 of the height, 16 px
     at 256x128 as in common re-ID baselines); with
-    ``random_erasing_probability`` > 0, ``keras.layers.RandomErasing`` at that
+    ``random_erasing_probability`` > 0, random erasing (:func:`_random_erasing`) at that
     fixed probability (paper Table 5's comparison), filled with ``ERASING_FILL``.
 
     With ``ids_per_batch`` P > 0 the batches are identity-balanced, P
     identities x ``images_per_id`` K images in the order of
     ``data/sampler.py``'s plan (``batch_size`` must be P * K; ``repeat=False``
     gives one epoch of the plan), with the same augmentation.
+
+    When the split's decoded images fit ``cache_bytes`` (default
+    ``DECODED_CACHE_BYTES``; 0 turns the cache off) they are decoded and
+    resized once, here, and every epoch gathers them from memory: the same
+    pixels, the same order and the same augmentation as decoding each epoch,
+    without the per-epoch decode and resize. Larger splits are decoded as
+    they are read.
     """
     padding = max(1, image_size[0] // 16)
     if ids_per_batch:
@@ -96,32 +151,41 @@ def train_dataset(paths, labels, image_size, batch_size: int, seed: int = 0,
             raise ValueError(f"batch_size {batch_size} is not ids_per_batch {ids_per_batch} x "
                              f"images_per_id {images_per_id}")
         check_pk(labels, ids_per_batch, images_per_id)
-        path_table = tf.constant(np.asarray(paths))
         label_table = tf.constant(np.asarray(labels, np.int32))
-        pairs = index_dataset(labels, ids_per_batch, images_per_id, seed, repeat).map(
-            lambda i: (tf.gather(path_table, i), tf.gather(label_table, i)))
+        indices = index_dataset(labels, ids_per_batch, images_per_id, seed, repeat).map(
+            lambda i: (i, tf.gather(label_table, i)))
     else:
         if len(paths) < batch_size:
             raise DatasetError(
                 f"the training split has {len(paths)} images, fewer than --batch-size {batch_size}; "
                 "lower --batch-size or add images")
-        pairs = tf.data.Dataset.from_tensor_slices((np.asarray(paths), np.asarray(labels, np.int32)))
-        pairs = pairs.shuffle(len(paths), seed=seed, reshuffle_each_iteration=True)
+        # Shuffling (index, label) pairs gives the permutation that shuffling (path, label) gave.
+        indices = tf.data.Dataset.from_tensor_slices(
+            (np.arange(len(paths), dtype=np.int64), np.asarray(labels, np.int32)))
+        indices = indices.shuffle(len(paths), seed=seed, reshuffle_each_iteration=True)
         if repeat:
-            pairs = pairs.repeat()
+            indices = indices.repeat()
+    if decoded_cache_fits(len(paths), image_size, cache_bytes):
+        image_table = tf.convert_to_tensor(decoded_images(paths, image_size))
+
+        def load(index):
+            return tf.gather(image_table, index)
+    else:
+        path_table = tf.constant(np.asarray(paths))
+
+        def load(index):
+            return decode_image(tf.gather(path_table, index), image_size)
+
+    def augment(pair, element_seed):
+        image = _pad_crop_flip(load(pair[0]), element_seed, image_size, padding)
+        if random_erasing_probability > 0:
+            erasing_seed = tf.random.experimental.stateless_fold_in(element_seed, 1)
+            image = _random_erasing(image, erasing_seed, random_erasing_probability, image_size)
+        return image, pair[1]
+
     seeds = tf.data.Dataset.random(seed=seed).batch(2)
-    dataset = tf.data.Dataset.zip((pairs, seeds)).map(
-        lambda pair, s: (_pad_crop_flip(decode_image(pair[0], image_size), s, image_size, padding),
-                         pair[1]),
-        num_parallel_calls=AUTOTUNE)
-    dataset = dataset.batch(batch_size, drop_remainder=True)
-    if random_erasing_probability > 0:
-        erasing = keras.layers.RandomErasing(
-            factor=(random_erasing_probability, random_erasing_probability),
-            fill_value=list(ERASING_FILL), value_range=(0, 255), seed=seed)
-        dataset = dataset.map(lambda x, y: (erasing(x, training=True), y),
-                              num_parallel_calls=AUTOTUNE)
-    return dataset.prefetch(AUTOTUNE)
+    dataset = tf.data.Dataset.zip((indices, seeds)).map(augment, num_parallel_calls=AUTOTUNE)
+    return dataset.batch(batch_size, drop_remainder=True).prefetch(AUTOTUNE)
 
 
 def eval_dataset(paths, image_size, batch_size: int = 64) -> tf.data.Dataset:

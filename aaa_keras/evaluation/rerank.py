@@ -12,11 +12,18 @@ Two implementations of the same algorithm:
   ``cdist`` itself, the same as here), and it sorts with ``kind="stable"`` so
   ties are broken by index and the result is deterministic.
 - ``re_ranking`` computes the same result from features without ever holding a
-  (q+g)^2 matrix: nearest neighbours are found block by block of rows, the
-  k-reciprocal sets and the encoding ``V`` are scipy sparse matrices, and only
-  the query x gallery block of the Jaccard distance is formed. At Market-1501
-  scale (3368 x 15913, 2048-d) it needs about 0.45 GB above the features,
-  where the reference needs about 7 GB (``benchmarks/bench_rerank.py``).
+  (q+g)^2 matrix. The distance matrix is symmetric, so one pass over the
+  square blocks of its upper triangle (half the matrix products of a pass
+  over all rows) gives every row its maximum and its nearest neighbours:
+  each row keeps a few more than ``max(k1 + 1, k2)`` candidates as packed
+  (distance, index) keys, and a block entry is looked at only when it is not
+  above the row's current last candidate. The k-reciprocal sets and the
+  encoding ``V`` are scipy sparse matrices whose weights come from the
+  candidates' distances, and only the query x gallery block of the Jaccard
+  distance is formed, from the inverted index of ``V``. At Market-1501 scale
+  (3368 x 15913, 2048-d) it needs about 0.3 GB above the features, where the
+  reference needs about 7 GB; the matrix products of the upper triangle are
+  about 85 % of its CPU time (``benchmarks/bench_rerank.py``, docs/benchmarks.md).
 
 Notation as in the paper: ``R(p, k)`` the k-reciprocal neighbours of ``p``,
 ``R*(p, k)`` its expansion with ``R(q, k/2)`` of candidates that share more
@@ -24,6 +31,9 @@ than 2/3 of their own set, ``V`` the Gaussian-weighted encoding of ``R*``,
 query expansion averages ``V`` over the ``k2`` nearest neighbours, and the
 final distance is ``(1 - lambda) * jaccard + lambda * original``, where
 ``original`` is the squared distance divided by its row maximum.
+
+Past 450 lines on purpose: the reference (the yardstick the tests and the
+benchmark compare with) stays beside the implementation it checks.
 """
 
 from __future__ import annotations
@@ -40,7 +50,8 @@ from aaa_keras.evaluation.distance import (
 from aaa_keras.progress import Progress
 
 # Upper bounds on temporaries of the blocked implementation, in elements.
-_DISTANCE_BLOCK_ELEMENTS = 1 << 23  # rows x (q+g) float32 distance block (32 MiB)
+_DISTANCE_BLOCK_EDGE = 2048  # square float32 distance block (16 MiB)
+_CANDIDATE_MARGIN = 12  # neighbours kept per row beyond max(k1 + 1, k2); see _ranked_candidates
 _PAIR_CHUNK_ELEMENTS = 1 << 21  # gathered feature values per side for the V weights (8 MiB)
 _TRIPLE_CHUNK = 1 << 20  # (query, image, gallery) triples per Jaccard chunk
 _JACCARD_ROWS = 256  # query rows per dense Jaccard chunk
@@ -132,28 +143,34 @@ def re_ranking(qf, gf, k1=20, k2=6, lambda_value=0.3, block_size=None):
     squared Euclidean distance blocks of the same features. The features are
     used as given: pass L2-normalised features for the standard setting, or
     features projected by a learned metric (``x -> L^T x`` with ``M = L L^T``)
-    to re-rank under that metric. ``block_size`` is the number of rows whose
-    distances to all q+g images are held at once (default: about 32 MiB of
-    float32). Returns a float32 (num_query, num_gallery) matrix.
+    to re-rank under that metric. ``block_size`` is the edge of the square
+    blocks of the (q+g)^2 distance matrix computed at once (default
+    ``_DISTANCE_BLOCK_EDGE``, 16 MiB of float32). Returns a float32
+    (num_query, num_gallery) matrix.
     """
     queries, gallery = as_feature_pair(qf, gf)
     num_query = len(queries)
-    features = np.concatenate([queries, gallery], axis=0)
-    del queries, gallery
+    features = _StackedRows(queries, gallery)  # rows of [qf; gf] without a copy of both
     all_num = len(features)
     _check_parameters(k1, k2, lambda_value, all_num)
     if block_size is None:
-        block_size = max(1, _DISTANCE_BLOCK_ELEMENTS // all_num)
+        block_size = _DISTANCE_BLOCK_EDGE
     if isinstance(block_size, bool) or not isinstance(block_size, (int, np.integer)) or block_size < 1:
         raise UserError(f"block_size must be a positive integer or None; received {block_size!r}.")
 
-    sq_norms = squared_norms(features)
+    sq_norms = np.concatenate([squared_norms(queries), squared_norms(gallery)])
     num_neighbours = max(k1 + 1, k2)
-    initial_rank, row_max, final_dist = _nearest_neighbours(
-        features, sq_norms, num_neighbours, num_query, block_size
+    keys, row_max, final_dist = _symmetric_neighbour_pass(
+        features, sq_norms, min(all_num, num_neighbours + _CANDIDATE_MARGIN), num_query,
+        int(block_size),
     )
+    divisor = _safe_divisor(row_max)
+    final_dist /= divisor[:num_query, None]
+    initial_rank, cache = _ranked_candidates(keys, divisor, num_neighbours)
+    del keys
 
-    V = _k_reciprocal_encoding(features, sq_norms, row_max, initial_rank, k1)
+    V = _k_reciprocal_encoding(features, sq_norms, divisor, initial_rank, k1, cache)
+    del cache
     if k2 != 1:
         V = _query_expansion(V, initial_rank[:, :k2])
     del initial_rank
@@ -172,49 +189,167 @@ def re_ranking(qf, gf, k1=20, k2=6, lambda_value=0.3, block_size=None):
     return final_dist
 
 
-def _nearest_neighbours(features, sq_norms, num_neighbours, num_query, block_size):
-    """Blockwise pass over all rows of the (q+g)^2 distance matrix.
+class _StackedRows:
+    """Rows of ``[top; bottom]`` by slice or index array, copying only what is asked for."""
 
-    Returns the ``num_neighbours`` nearest images of every image in stable
-    order (ties by index), each row's maximum squared distance, and the
-    query x gallery block of the row-normalised distances.
+    def __init__(self, top: np.ndarray, bottom: np.ndarray):
+        self.top, self.bottom, self.split = top, bottom, len(top)
+        self.shape = (len(top) + len(bottom), top.shape[1])
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def __getitem__(self, index):
+        if isinstance(index, slice):
+            start, stop, _ = index.indices(len(self))
+            if stop <= self.split:
+                return self.top[start:stop]
+            if start >= self.split:
+                return self.bottom[start - self.split : stop - self.split]
+            return np.concatenate([self.top[start:], self.bottom[: stop - self.split]])
+        index = np.asarray(index)
+        in_top = index < self.split
+        rows = np.empty((len(index), self.shape[1]), dtype=self.top.dtype)
+        rows[in_top] = self.top[index[in_top]]
+        rows[~in_top] = self.bottom[index[~in_top] - self.split]
+        return rows
+
+
+# A candidate is one (distance, column) pair packed into a uint64 key: the bits
+# of a non-negative float32 order as the float does, so keys order by
+# (distance, column), which is the order of a stable argsort of the row.
+_NO_KEY = np.uint64(np.iinfo(np.uint64).max)
+
+
+def _pack_keys(values: np.ndarray, columns: np.ndarray) -> np.ndarray:
+    bits = (values + np.float32(0.0)).astype(np.float32).view(np.uint32)  # -0.0 -> +0.0
+    return (bits.astype(np.uint64) << np.uint64(32)) | columns.astype(np.uint64)
+
+
+def _key_values(keys: np.ndarray) -> np.ndarray:
+    return (keys >> np.uint64(32)).astype(np.uint32).view(np.float32)
+
+
+def _key_columns(keys: np.ndarray) -> np.ndarray:
+    return (keys & np.uint64(0xFFFFFFFF)).astype(np.int64)
+
+
+def _symmetric_neighbour_pass(features, sq_norms, num_candidates, num_query, block):
+    """One pass over the upper triangle of the (q+g)^2 squared distance matrix.
+
+    The matrix is symmetric, so each off-diagonal square block ``(I, J)``,
+    ``I < J``, is computed once and serves the rows of ``I`` (as rows) and
+    the rows of ``J`` (as columns): half the matrix products of a row-wise
+    pass. Every row keeps its ``num_candidates`` smallest (distance, column)
+    keys; a block entry is looked at only when it is not above the row's
+    current ``num_candidates``-th smallest distance (a threshold that only
+    falls), so the selection costs one comparison per entry.
+
+    Returns the candidate keys (unordered within a row), every row's maximum
+    distance, and the raw query x gallery block of the distances.
     """
     all_num = len(features)
-    initial_rank = np.empty((all_num, num_neighbours), dtype=np.int32)
-    row_max = np.empty(all_num, dtype=np.float32)
+    keys = np.full((all_num, num_candidates), _NO_KEY, dtype=np.uint64)
+    threshold = np.full(all_num, np.inf, dtype=np.float32)
+    row_max = np.zeros(all_num, dtype=np.float32)
     query_gallery = np.empty((num_query, all_num - num_query), dtype=np.float32)
-    for start in range(0, all_num, block_size):
-        stop = min(start + block_size, all_num)
-        block = squared_distance_rows(
-            features[start:stop], sq_norms[start:stop], features, sq_norms
-        )
-        row_max[start:stop] = block.max(axis=1)
-        block /= _safe_divisor(row_max[start:stop])[:, None]
-        initial_rank[start:stop] = _stable_smallest(block, num_neighbours)
-        if start < num_query:
-            query_gallery[start : min(stop, num_query)] = block[: num_query - start, num_query:]
-    return initial_rank, row_max, query_gallery
+    starts = range(0, all_num, block)
+    for row_start in starts:
+        row_stop = min(row_start + block, all_num)
+        rows = features[row_start:row_stop]
+        row_norms = sq_norms[row_start:row_stop]
+        for col_start in starts[row_start // block :]:
+            col_stop = min(col_start + block, all_num)
+            distances = squared_distance_rows(
+                rows, row_norms, features[col_start:col_stop], sq_norms[col_start:col_stop]
+            )
+            np.maximum(row_max[row_start:row_stop], distances.max(axis=1),
+                       out=row_max[row_start:row_stop])
+            _merge_candidates(keys, threshold, distances, row_start, col_start)
+            if col_start != row_start:
+                np.maximum(row_max[col_start:col_stop], distances.max(axis=0),
+                           out=row_max[col_start:col_stop])
+                _merge_candidates(keys, threshold, distances, col_start, row_start, transposed=True)
+            if row_start < num_query and col_stop > num_query:
+                first_col = max(col_start, num_query)
+                query_gallery[row_start : min(row_stop, num_query),
+                              first_col - num_query : col_stop - num_query] = distances[
+                    : num_query - row_start, first_col - col_start :
+                ]
+    return keys, row_max, query_gallery
+
+
+def _merge_candidates(keys, threshold, distances, row_start, col_start, transposed=False):
+    """Merge the entries of a block into the candidate keys of its rows (from ``row_start``).
+
+    With ``transposed`` the block's columns are the rows (the lower triangle
+    seen through the upper one). Rows seen for the first time get their
+    threshold from this block by a partial sort, so that only a few entries
+    per row pass the comparison afterwards.
+    """
+    axis = 0 if transposed else 1
+    num_rows, num_cols = distances.shape[1 - axis], distances.shape[axis]
+    num_candidates = keys.shape[1]
+    row_threshold = threshold[row_start : row_start + num_rows]
+    fresh = np.isinf(row_threshold)
+    if num_cols >= num_candidates and fresh.any():
+        # The num_candidates-th smallest of this block bounds the row's final one.
+        fresh_part = np.ascontiguousarray(distances[:, fresh].T) if transposed else distances[fresh]
+        row_threshold[fresh] = np.partition(fresh_part, num_candidates - 1, axis=1)[
+            :, num_candidates - 1
+        ]
+    # flatnonzero of the C-ordered mask is several times faster than a 2-D nonzero.
+    if transposed:
+        flat = np.flatnonzero(distances <= row_threshold[None, :])
+        local_cols, local_rows = np.divmod(flat, num_rows)
+    else:
+        flat = np.flatnonzero(distances <= row_threshold[:, None])
+        local_rows, local_cols = np.divmod(flat, num_cols)
+    if len(flat) == 0:
+        return
+    values = distances.ravel()[flat]
+    new_keys = _pack_keys(values, local_cols + col_start)
+    order = np.argsort(local_rows, kind="stable")
+    local_rows, new_keys = local_rows[order], new_keys[order]
+    counts = np.bincount(local_rows, minlength=num_rows)
+    touched = np.flatnonzero(counts)
+    slot_of_row = np.zeros(num_rows, dtype=np.int64)
+    slot_of_row[touched] = np.arange(len(touched))
+    row_starts = np.cumsum(counts) - counts
+    padded = np.full((len(touched), num_candidates + counts.max()), _NO_KEY, dtype=np.uint64)
+    padded[:, :num_candidates] = keys[row_start + touched]
+    position = np.arange(len(local_rows)) - row_starts[local_rows]
+    padded[slot_of_row[local_rows], num_candidates + position] = new_keys
+    kept = np.partition(padded, num_candidates - 1, axis=1)[:, :num_candidates]
+    keys[row_start + touched] = kept
+    largest = kept.max(axis=1)
+    row_threshold[touched] = np.where(largest == _NO_KEY, np.float32(np.inf), _key_values(largest))
+
+
+def _ranked_candidates(keys, divisor, num_neighbours):
+    """``initial_rank`` from the candidate keys, and a lookup of the cached distances.
+
+    Candidates are ordered by (distance / row maximum, column), as the
+    reference's stable argsort of the normalised matrix orders them (a
+    division can round two distances to one value; the extra candidates
+    kept beyond ``num_neighbours`` cover that). The cache maps the pair
+    ``i * (q+g) + j`` of every candidate to its normalised distance.
+    """
+    all_num = len(keys)
+    valid = keys != _NO_KEY
+    columns = np.where(valid, _key_columns(keys), all_num)
+    normalised = np.where(valid, _key_values(keys) / divisor[:, None], np.float32(np.inf))
+    order = np.lexsort((columns, normalised), axis=1)
+    initial_rank = np.take_along_axis(columns, order[:, :num_neighbours], axis=1).astype(np.int32)
+    pairs = (np.arange(all_num, dtype=np.int64)[:, None] * all_num + columns)[valid]
+    values = normalised[valid]
+    sort = np.argsort(pairs)
+    return initial_rank, (pairs[sort], values[sort].astype(np.float32))
 
 
 def _safe_divisor(values: np.ndarray) -> np.ndarray:
     """Row maxima to divide by; a row of all-zero distances is left unscaled."""
     return np.where(values > 0, values, np.float32(1.0))
-
-
-def _stable_smallest(values: np.ndarray, k: int) -> np.ndarray:
-    """Column indices of the ``k`` smallest entries per row, ordered as a stable argsort.
-
-    ``np.partition`` finds each row's k-th smallest value in linear time; every
-    entry not above it is a candidate (more than ``k`` only with ties), and the
-    candidates are sorted by (value, column) exactly as ``argsort(kind="stable")``.
-    """
-    kth_value = np.partition(values, k - 1, axis=1)[:, k - 1]
-    rows, cols = np.nonzero(values <= kth_value[:, None])
-    order = np.lexsort((cols, values[rows, cols], rows))
-    rows, cols = rows[order], cols[order]
-    row_starts = np.searchsorted(rows, np.arange(len(values)))
-    position_in_row = np.arange(len(rows)) - row_starts[rows]
-    return cols[position_in_row < k].reshape(len(values), k)
 
 
 def _k_reciprocal_sets(initial_rank: np.ndarray, k: int) -> sp.csr_matrix:
@@ -252,15 +387,28 @@ def _expanded_sets(initial_rank: np.ndarray, k1: int) -> sp.csr_matrix:
     return expanded
 
 
-def _k_reciprocal_encoding(features, sq_norms, row_max, initial_rank, k1) -> sp.csr_matrix:
-    """V: row ``i`` holds exp(-d(i, j)) over j in R*(i, k1), normalised to sum 1."""
+def _k_reciprocal_encoding(features, sq_norms, divisor, initial_rank, k1, cache) -> sp.csr_matrix:
+    """V: row ``i`` holds exp(-d(i, j)) over j in R*(i, k1), normalised to sum 1.
+
+    ``d`` is the normalised distance; pairs among the rows' candidates come
+    from ``cache`` (most of R*), the others are computed from the features.
+    """
     expanded = _expanded_sets(initial_rank, k1)
-    rows = np.repeat(np.arange(expanded.shape[0]), np.diff(expanded.indptr))
+    all_num = expanded.shape[0]
+    rows = np.repeat(np.arange(all_num), np.diff(expanded.indptr))
     cols = expanded.indices
-    distances = _pair_distances(features, sq_norms, rows, cols)
-    distances /= _safe_divisor(row_max)[rows]
+    cached_pairs, cached_values = cache
+    pairs = rows.astype(np.int64) * all_num + cols
+    where = np.minimum(np.searchsorted(cached_pairs, pairs), len(cached_pairs) - 1)
+    found = cached_pairs[where] == pairs
+    distances = np.empty(len(pairs), dtype=np.float32)
+    distances[found] = cached_values[where[found]]
+    missing = ~found
+    if missing.any():
+        computed = _pair_distances(features, sq_norms, rows[missing], cols[missing])
+        distances[missing] = computed / divisor[rows[missing]]
     weights = np.exp(-distances).astype(np.float64)
-    row_sums = np.bincount(rows, weights=weights, minlength=expanded.shape[0])
+    row_sums = np.bincount(rows, weights=weights, minlength=all_num)
     return sp.csr_matrix(
         (weights / row_sums[rows], cols, expanded.indptr), shape=expanded.shape
     )
