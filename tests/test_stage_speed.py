@@ -105,11 +105,8 @@ def test_a_stale_table_is_caught_after_the_stage(image_files, stage2):
 
 def _adversarial(targets, omega=0.0):
     parts, attention = _parts(seed=1)
-    model = AdversarialModel(parts, attention, omega=omega, take_turns=False, targets=targets,
-                             attention_loss="soft", seed=0)
-    model.compile(optimizer=keras.optimizers.SGD(0.05, momentum=0.9))
-    model(tf.zeros((1, *SIZE, 3)))
-    return model
+    return AdversarialModel(parts, attention, omega=omega, take_turns=False, targets=targets,
+                            attention_loss="soft", seed=0)
 
 
 def _batch(seed=0, size=8):
@@ -126,8 +123,8 @@ def test_stage_three_targets_come_from_the_current_network_where_the_gate_is_ope
     targets = []
     for moved in (False, True):  # before and after the network moved
         if moved:
-            for _ in range(3):
-                model.train_on_batch(images, labels)
+            for variable in model.parts.network.trainable_variables:
+                variable.assign(variable * 1.5)
         features = model.stem(images, training=True)
         target = model._occlusion_target(features, labels, gate).numpy()
         _, p, k = hardest_occlusion(lambda f: model.tail(f, training=False)[1], features, labels)
@@ -135,24 +132,35 @@ def test_stage_three_targets_come_from_the_current_network_where_the_gate_is_ope
         np.testing.assert_allclose(target[open_], expected[open_], atol=1e-6)
         assert not target[~open_].any()
         targets.append(target)
-    before, target = targets
-    assert np.abs(target - before).max() > 1e-4  # the target followed the network
+    assert np.abs(targets[1] - targets[0]).max() > 1e-3  # the target followed the network
 
 
-def test_stage_three_gated_search_trains_exactly_as_the_search_of_every_sample():
+def test_stage_three_gated_search_gives_the_losses_and_gradients_of_the_search_of_every_sample():
+    """Eagerly, one occluded step of each (no tracing: this is a cheap test)."""
     images, labels = _batch(seed=2)
-    models = {targets: _adversarial(targets) for targets in stages.ADVERSARIAL_TARGETS}
-    rates = []
-    for _ in range(2):
-        metrics = {t: m.train_on_batch(images, labels, return_dict=True) for t, m in models.items()}
-        rates.append(metrics["gated"]["gate_rate"])
-        for name in ("loss", "adversarial_loss", "attention_loss", "gate_rate"):
-            np.testing.assert_allclose(metrics["gated"][name], metrics["all"][name], rtol=1e-5, atol=1e-6)
-    assert 0 < rates[0] < 1  # some gates open, some closed: the gather and scatter really ran
-    gated, every = models["gated"], models["all"]
-    for a, b in zip(gated.trainable_variables + gated.attention.trainable_variables,
-                    every.trainable_variables + every.attention.trainable_variables):
-        np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-5, atol=1e-6, err_msg=a.path)
+    results = {}
+    for targets in stages.ADVERSARIAL_TARGETS:
+        model = _adversarial(targets)
+        variables = model.parts.network.trainable_variables + model.attention.trainable_variables
+        with tf.GradientTape(persistent=True) as tape:
+            network_loss, attention_player_loss, values = model._step(
+                images, labels, training=True, occluded=tf.constant(True))
+            totals = (tf.reduce_sum(network_loss), tf.reduce_sum(attention_player_loss))
+        gradients = [g for total in totals for g in tape.gradient(total, variables)]
+        results[targets] = (values, gradients)
+    (gated, gated_gradients), (every, every_gradients) = results["gated"], results["all"]
+    gate = gated["gate_rate"].numpy()
+    assert 0 < gate.mean() < 1  # some gates open, some closed: the gather and scatter really ran
+    for name in ("adversarial_loss", "regularization_loss", "gate_rate", "ce_after"):
+        np.testing.assert_allclose(gated[name], every[name], rtol=1e-5, atol=1e-7, err_msg=name)
+    open_ = gate > 0  # the logged attention_loss is averaged over these
+    np.testing.assert_allclose(gated["attention_loss"].numpy()[open_], every["attention_loss"].numpy()[open_],
+                               rtol=1e-5)
+    for a, b in zip(gated_gradients, every_gradients):
+        if a is None:
+            assert b is None
+        else:
+            np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-4, atol=1e-6)
 
 
 def test_the_choices_are_named_once():
