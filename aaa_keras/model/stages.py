@@ -1,5 +1,7 @@
 """The three stage models of the paper, each with its own ``train_step`` / ``test_step``.
 
+(Past 450 lines: the three models share ``_StageModel`` and are read side by side.)
+
 Each step keeps the shape of Keras' default TensorFlow step: forward under a
 ``tf.GradientTape``, ``optimizer.scale_loss`` before ``tape.gradient``,
 ``optimizer.apply``, and a dict of ``keras.metrics.Mean`` results.
