@@ -241,6 +241,14 @@ def data_check(root, strict, camera_pattern):
 @click.option("--omega", type=float, default=None, help="Gate threshold of eq. 4. [default: 0.04]")
 @click.option("--cells-per-call", type=click.Choice(["1", "2", "4", "8", "16"]), default=None,
               help="Occluded copies per tail call in the grid search; lower saves memory. [default: 16]")
+@click.option("--attention-filters", type=click.IntRange(1), default=None,
+              help="Filters of the attention branch's two 3x3 convolutions. [default: 256]")
+@click.option("--attention-targets", type=click.Choice(config_lib.ATTENTION_TARGETS), default=None,
+              help="Stage 2's grid search: cached = once per image and flip (stage 2 augments by flip "
+                   "only), per-step = every step on pad-crop-flip views. [default: cached]")
+@click.option("--adversarial-targets", type=click.Choice(config_lib.ADVERSARIAL_TARGETS), default=None,
+              help="Stage 3's grid search: gated = only where eq. 4's gate is open (same loss), "
+                   "all = every sample. [default: gated]")
 @click.option("--steps-per-epoch", type=click.IntRange(0), default=None,
               help="0 = one pass over the data. [default: 0]")
 @click.option("--distribute", type=DISTRIBUTE_CHOICE, default=None,

@@ -20,6 +20,11 @@ STAGES = ("baseline", "attention", "adversarial")
 ATTENTION_LOSSES = ("l1", "bce", "soft")  # readings of eq. 2 (model/losses.py)
 MASKS = ("attention", "response", "random")  # what stage 3 ranks to occlude (model/occlusion.py)
 OCCLUDED_BATCHNORM = ("batch", "moving")
+# Stage 2's M_occ: searched once per training view (image x flip; stage 2 augments by flip only) or
+# every step on pad-crop-flip views (attention_targets.py; docs/decisions.md, "Stage 2's grid search once")
+ATTENTION_TARGETS = ("cached", "per-step")
+# Stage 3's M_occ: searched for the samples whose gate of eq. 4 is open, or for every sample (same loss)
+ADVERSARIAL_TARGETS = ("gated", "all")
 OCCLUSION_POINTS = ("conv2", "conv3", "conv4", "conv5")
 BACKBONES = ("resnet50", "mobilenet_v3_large", "efficientnet_b0", "tiny_resnet")
 DISTRIBUTE_STRATEGIES = ("none", "mirrored", "multiworker")  # tf.distribute (execution.py)
@@ -92,6 +97,8 @@ class RunConfig:
     diagnostic_images: int = 64  # fixed training images the attention diagnostics use per epoch
     take_turns: bool = True  # alternate unabridged and occluded steps
     cells_per_call: int = 16  # occluded copies per tail call; lower it to save memory
+    attention_targets: str = "cached"  # stage 2: grid search once per (image, flip), or every step
+    adversarial_targets: str = "gated"  # stage 3: grid search for the open gates of eq. 4, or every sample
     # === Execution ===
     jit_compile: bool = False
     distribute: str = "none"
@@ -237,7 +244,9 @@ def validate(config: RunConfig) -> None:
         raise UserError(
             f"--cells-per-call must divide {config.grid_size ** 2}, got {config.cells_per_call}")
     for name, choices in (("attention_loss", ATTENTION_LOSSES), ("mask", MASKS),
-                          ("occluded_batchnorm", OCCLUDED_BATCHNORM)):
+                          ("occluded_batchnorm", OCCLUDED_BATCHNORM),
+                          ("attention_targets", ATTENTION_TARGETS),
+                          ("adversarial_targets", ADVERSARIAL_TARGETS)):
         if getattr(config, name) not in choices:
             raise UserError(f"--{name.replace('_', '-')}: got {getattr(config, name)!r}; "
                             f"expected one of {choices}")

@@ -10,6 +10,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from aaa_keras import attention_targets
 from aaa_keras import config as config_lib
 from aaa_keras import guard, multiworker, preemption
 from aaa_keras.config import STAGES, RunConfig
@@ -176,7 +177,7 @@ def build_stage_model(stage: str, config: RunConfig, run_dir: str, log=print) ->
                             config.lambda1, config.lambda2, config.omega, config.take_turns,
                             mask=config.mask, attention_loss=config.attention_loss,
                             occluded_batchnorm=config.occluded_batchnorm, seed=config.seed,
-                            loss=loss, name="adversarial")
+                            loss=loss, targets=config.adversarial_targets, name="adversarial")
 
 
 def diagnostics_callback(stage: str, config: RunConfig, dataset: ReidDataset, log=print):
@@ -199,10 +200,39 @@ def diagnostics_callback(stage: str, config: RunConfig, dataset: ReidDataset, lo
                                  .as_numpy_iterator()))
     mask = "attention" if stage == "attention" else config.mask  # stage 2 always has M_att
     return AttentionDiagnostics(images, np.asarray(labels)[picks], mask, config.grid_size,
-                                config.occluded_fraction, seed=config.seed, log=log, stage=stage)
+                                config.occluded_fraction, seed=config.seed, log=log, stage=stage,
+                                frozen_network=stage == "attention")
 
 
 # === Training ===
+
+def cached_attention_targets(config: RunConfig, stage: str) -> bool:
+    """Whether ``stage`` is stage 2 searching its targets once per view (``attention_targets.py``)."""
+    return stage == "attention" and config.attention_targets == "cached"
+
+
+def stage_data(config: RunConfig, stage: str, paths, labels) -> tf.data.Dataset:
+    """The training batches of ``stage``: stage 2's views with ``--attention-targets cached``,
+    else pad-crop-flip (P x K batches where ``identity_batches``; random erasing in stage 1)."""
+    if cached_attention_targets(config, stage):
+        return attention_targets.view_dataset(paths, labels, config.image_size, config.batch_size,
+                                              seed=config.seed)
+    erasing = config.random_erasing_probability if (config.random_erasing and stage == "baseline") else 0.0
+    pk = dict(ids_per_batch=config.ids_per_batch, images_per_id=config.images_per_id) \
+        if identity_batches(config, stage) else {}
+    return train_dataset(paths, labels, config.image_size, config.batch_size,
+                         seed=config.seed, random_erasing_probability=erasing, **pk)
+
+
+def _fill_target_table(model, config: RunConfig, paths, labels, log) -> None:
+    """Stage 2: the grid search of every training view, once, before the first epoch."""
+    started = time.time()
+    table = attention_targets.target_table(model, paths, labels, config.image_size)
+    model.set_target_table(table)
+    log(f"Stage attention: grid search of {len(paths)} images x {attention_targets.VIEWS_PER_IMAGE} "
+        f"views done once in {time.time() - started:.1f} s; every epoch reads its targets from it "
+        "(--attention-targets cached)")
+
 
 def identity_batches(config: RunConfig, stage: str) -> bool:
     """Whether ``stage`` trains on P x K batches: stages 1 and 3 with ``ids_per_batch`` set."""
@@ -232,11 +262,8 @@ def train_stage(stage: str, config: RunConfig, dataset: ReidDataset, run_dir: st
     records = dataset.train_identities()
     labels, _ = dataset.relabel(records)
     steps = _steps_per_epoch(config, len(records), labels, stage)
-    erasing = config.random_erasing_probability if (config.random_erasing and stage == "baseline") else 0.0
-    pk = dict(ids_per_batch=config.ids_per_batch, images_per_id=config.images_per_id) \
-        if identity_batches(config, stage) else {}
-    data = train_dataset([r.path for r in records], labels, config.image_size, config.batch_size,
-                         seed=config.seed, random_erasing_probability=erasing, **pk)
+    paths = [r.path for r in records]
+    data = stage_data(config, stage, paths, labels)
 
     strategy = strategy or distribution_strategy(config.distribute)
     with precision_policy(config.mixed_precision):  # restored afterwards, also on error
@@ -271,9 +298,14 @@ def train_stage(stage: str, config: RunConfig, dataset: ReidDataset, run_dir: st
         guard.check_free_space(directory, model, stage)  # two checkpoints + logs, before any work
         guard.keep_backup_until_saved(callbacks)  # removed below, once the weights are saved
         started = time.time()
+        if cached_attention_targets(config, stage):
+            _fill_target_table(model, config, paths, labels, log)
         with guard.guarded_training(run_dir, stage, directory):  # NaN loss, full disk -> one line
             history = _fit_from(model, data, config.stage_epochs(stage), steps, resume_epoch, resume_step,
                                 callbacks=[*callbacks, guard.StopOnNonFiniteLoss(stage)])
+        if cached_attention_targets(config, stage):  # the frozen network still gives the cached targets
+            attention_targets.verify_target_table(model, model.target_table.numpy(), paths, labels,
+                                                  config.image_size, seed=config.seed)
         precise_bn = _precise_batchnorm(stage, config, model, data, log)
         seconds = time.time() - started
 

@@ -15,7 +15,16 @@ it, the compute a step cannot avoid is timed part by part, each part its own
 
 Stage 3 is timed with ``take_turns=False`` (every step occluded: the step the
 parts describe); the take-turns average (half the steps unabridged) is shown
-too. Timing: after ``--warmup`` calls of everything (tracing excluded), the
+too.
+
+Issue 22 rows, each against the same stage-1 step: stage 2 with its targets
+read from the table of ``--attention-targets cached`` (fed ``(images,
+views)``), and stage 3 with ``--adversarial-targets gated`` at the gate rates
+of ``--gate-rates``: on random data a random network's gate is almost never
+open, so these models open it for exactly that share of each batch (the loss
+is then not eq. 4's, the cost is: the grid search runs on the open samples).
+The rows "stage 2" and "stage 3" are the paths of before issue 22
+(``per-step``, ``all``). Timing: after ``--warmup`` calls of everything (tracing excluded), the
 callables are timed round-robin, one call each per round, so that load from
 other processes hits all of them alike; the median over ``--steps`` rounds is
 reported. Unless ``--no-xla``, the stages of ``--xla-stages`` are timed again
@@ -64,6 +73,8 @@ def parse_args(argv=None):
                         help="stages compared with jit_compile=True (stage 3 under XLA is ~40 s/step on CPU)")
     parser.add_argument("--xla-steps", type=int, default=3,
                         help="timed calls of each XLA model, after the main rounds")
+    parser.add_argument("--gate-rates", default="0,0.25,0.5,1",
+                        help="stage 3 with --adversarial-targets gated, the gate open for these shares")
     return parser.parse_args(argv)
 
 
@@ -136,16 +147,31 @@ class Parts:
         return loss
 
 
-def stage_model(stage, config, jit_compile, take_turns=False):
+class FixedGateModel(AdversarialModel):
+    """Stage 3 whose gate is open for exactly ``rate`` of each batch (the first samples): for timing."""
+
+    def __init__(self, *args, rate: float = 0.0, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.rate = rate
+
+    def _gate(self, p_bf, p_af):
+        size = tf.shape(p_bf)[0]
+        open_count = tf.cast(tf.round(self.rate * tf.cast(size, tf.float32)), tf.int32)
+        return tf.cast(tf.range(size) < open_count, tf.float32)
+
+
+def stage_model(stage, config, jit_compile, take_turns=False, targets="all", gate_rate=None):
     parts, attention = build_stage_parts(config)
     if stage == "baseline":
         model = BaselineModel(parts)
     elif stage == "attention":
         model = AttentionAssignmentModel(parts, attention, config.grid_size, config.cells_per_call)
     else:
-        model = AdversarialModel(parts, attention, config.grid_size, config.cells_per_call,
-                                 config.occluded_fraction, config.lambda1, config.lambda2,
-                                 config.omega, take_turns=take_turns)
+        kind = AdversarialModel if gate_rate is None else FixedGateModel
+        extra = {} if gate_rate is None else {"rate": gate_rate}
+        model = kind(parts, attention, config.grid_size, config.cells_per_call,
+                     config.occluded_fraction, config.lambda1, config.lambda2,
+                     config.omega, take_turns=take_turns, targets=targets, **extra)
     model.compile(optimizer=keras.optimizers.SGD(1e-4, momentum=0.9), jit_compile=jit_compile)
     return model
 
@@ -178,6 +204,14 @@ def main(argv=None):
         "stage 3": stage_model("adversarial", config, False),
         "stage 3, take turns": stage_model("adversarial", config, False, take_turns=True),
     }
+    models["stage 2, cached targets"] = stage_model("attention", config, False)
+    views = tf.range(args.batch_size)
+    models["stage 2, cached targets"].set_target_table(
+        rng.random((args.batch_size, config.grid_size ** 2)).astype("float32"))
+    gate_rates = [float(r) for r in args.gate_rates.split(",") if r.strip()]
+    for rate in gate_rates:
+        models[f"stage 3, gated search, gate open {rate:.0%}"] = stage_model(
+            "adversarial", config, False, targets="gated", gate_rate=rate)
     xla_names = []
     if args.xla:
         wanted = {s.strip() for s in args.xla_stages.split(",")}
@@ -188,6 +222,8 @@ def main(argv=None):
     parts = Parts(config, images, labels)
     callables = {name: (lambda m=model: m.train_on_batch(images, labels, return_dict=True))
                  for name, model in models.items()}
+    callables["stage 2, cached targets"] = lambda m=models["stage 2, cached targets"]: m.train_on_batch(
+        (images, views), labels, return_dict=True)
     callables.update({
         "part: stage-1 step (plain tf.function)": parts.stage1_step,
         "part: stem forward": parts.stem_forward,
@@ -245,6 +281,19 @@ def main(argv=None):
     print(f"| stage 3 with take turns (mean) | {t['stage 3, take turns']:.3f} | "
           f"{t['stage 3, take turns'] / base:.2f} | {turns_parts:.3f} | "
           f"{t['stage 3, take turns'] / turns_parts:.2f} |")
+    print()
+    print("Issue 22 (same rounds; the rows above are the paths before it):")
+    print()
+    print("| step | s / step | / stage 1 | / the same step before |")
+    print("|---|---|---|---|")
+    name = "stage 2, cached targets"
+    print(f"| {name} | {t[name]:.3f} | {t[name] / base:.2f} | {t[name] / t['stage 2']:.2f} |")
+    for rate in gate_rates:
+        name = f"stage 3, gated search, gate open {rate:.0%}"
+        print(f"| {name} (occluded step) | {t[name]:.3f} | {t[name] / base:.2f} | {t[name] / t['stage 3']:.2f} |")
+    cached_parts = t["part: stem forward"] + t["part: attention branch forward + backward"]
+    print(f"\nStage 2 cached, sum of its parts (stem forward + attention forward/backward): "
+          f"{cached_parts:.3f} s ({cached_parts / base:.2f} x stage 1)")
     print()
     print("| part (own tf.function) | s / call | / stage 1 |")
     print("|---|---|---|")

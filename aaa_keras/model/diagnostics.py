@@ -107,29 +107,61 @@ def _liveness(attention: keras.Model, features) -> dict:
             "attention_spread": float(np.mean(maps.reshape(len(maps), -1).std(axis=1)))}
 
 
-def attention_diagnostics(stem: keras.Model, tail: keras.Model, images, labels, mask: str = "attention",
-                          attention: keras.Model | None = None, grid_size: int = 4,
-                          fraction: float = 1.0 / 3.0, seed: int = 0,
-                          random_draws: int = RANDOM_DRAWS, chunk: int = 16) -> dict:
-    """Every diagnostic of the module docstring for ``images`` (0-255) and their ``labels``.
+def network_parts(stem: keras.Model, tail: keras.Model, images, labels, grid_size: int = 4,
+                  fraction: float = 1.0 / 3.0, seed: int = 0, random_draws: int = RANDOM_DRAWS,
+                  chunk: int = 16) -> list[dict]:
+    """What the diagnostics take from the network alone, per chunk of ``chunk`` images.
 
-    Images go through in chunks of ``chunk`` (each chunk sends 16 occluded
-    copies per image through the tail).
+    The features, the grid search (16 occluded copies per image through the
+    tail), ``p_full`` and the random thirds' ``p_random``: none depends on the
+    map being judged, so while the network is frozen (stage 2) they are the
+    same every epoch (:class:`AttentionDiagnostics` keeps them).
     """
     images = np.asarray(images, np.float32)
     labels = np.asarray(labels, np.int32)
-    noise = np.random.default_rng(seed + 1)  # the random mask's scores, apart from efficacy's thirds
 
     def logits_fn(f):
         return tail(f, training=False)[1]
 
-    parts = {name: [] for name in ("scores", "mask", "cell_p", "hardest", "p_full", "p_masked",
-                                   "p_random", "features")}
+    chunks = []
     for start in range(0, len(images), chunk):
         x = tf.constant(images[start:start + chunk])
         y = tf.constant(labels[start:start + chunk])
         features = tf.cast(stem(x, training=False), tf.float32)
         _, cell_probabilities, hardest_cell = hardest_occlusion(logits_fn, features, y, grid_size)
+        randoms = _random_masks(tuple(features.shape[:3]), fraction, random_draws, seed + start,
+                                grid_size)
+        chunks.append({
+            "x": x, "y": y, "features": features, "cell_p": cell_probabilities.numpy(),
+            "hardest": hardest_cell.numpy(),
+            "p_full": true_class_probability(logits_fn(features), y).numpy(),
+            "p_random": np.stack([true_class_probability(logits_fn(features * m), y).numpy()
+                                  for m in randoms])})
+    return chunks
+
+
+def attention_diagnostics(stem: keras.Model, tail: keras.Model, images, labels, mask: str = "attention",
+                          attention: keras.Model | None = None, grid_size: int = 4,
+                          fraction: float = 1.0 / 3.0, seed: int = 0,
+                          random_draws: int = RANDOM_DRAWS, chunk: int = 16,
+                          network: list[dict] | None = None) -> dict:
+    """Every diagnostic of the module docstring for ``images`` (0-255) and their ``labels``.
+
+    Images go through in chunks of ``chunk`` (each chunk sends 16 occluded
+    copies per image through the tail). ``network``: :func:`network_parts` of
+    these images, arguments and network, computed earlier (else computed here).
+    """
+    noise = np.random.default_rng(seed + 1)  # the random mask's scores, apart from efficacy's thirds
+
+    def logits_fn(f):
+        return tail(f, training=False)[1]
+
+    if network is None:
+        network = network_parts(stem, tail, images, labels, grid_size, fraction, seed, random_draws, chunk)
+    parts = {name: [] for name in ("scores", "mask", "cell_p", "hardest", "p_full", "p_masked",
+                                   "p_random", "features")}
+    for known in network:
+        features, y = known["features"], known["y"]
         if mask == "attention":
             scores = attention(features, training=False)
         elif mask == "response":
@@ -139,17 +171,11 @@ def attention_diagnostics(stem: keras.Model, tail: keras.Model, images, labels, 
             scores = smooth_noise(noise.random((batch, grid_size, grid_size, 1)),
                                   noise.random((batch, height, width, 1)), height, width)
         occlusion = top_fraction_mask(scores, fraction)
-        randoms = _random_masks(tuple(features.shape[:3]), fraction, random_draws, seed + start,
-                                grid_size)
         parts["scores"].append(np.asarray(scores)[..., 0])
         parts["mask"].append(np.asarray(occlusion)[..., 0])
-        parts["cell_p"].append(cell_probabilities.numpy())
-        parts["hardest"].append(hardest_cell.numpy())
-        parts["p_full"].append(true_class_probability(logits_fn(features), y).numpy())
+        for name in ("cell_p", "hardest", "p_full", "p_random", "features"):
+            parts[name].append(known[name])
         parts["p_masked"].append(true_class_probability(logits_fn(features * occlusion), y).numpy())
-        parts["p_random"].append(np.stack([true_class_probability(logits_fn(features * m), y).numpy()
-                                           for m in randoms]))
-        parts["features"].append(features)
     joined = {name: np.concatenate(values, axis=1 if name == "p_random" else 0)
               for name, values in parts.items() if name != "features"}
     height, width = parts["scores"][0].shape[1:]
@@ -178,20 +204,32 @@ class AttentionDiagnostics(keras.callbacks.Callback):
 
     Place it before the loggers in the callback list. It also logs the values
     before the first epoch, so a run shows where the map started.
+
+
+    ``frozen_network`` (stage 2: stem and tail never change): the network's
+    part of the diagnostics (:func:`network_parts`) is computed once and kept.
     """
 
     def __init__(self, images, labels, mask: str, grid_size: int, fraction: float, seed: int = 0,
-                 log=print, stage: str = ""):
+                 log=print, stage: str = "", frozen_network: bool = False):
         super().__init__()
         self.images, self.labels = np.asarray(images, np.float32), np.asarray(labels, np.int32)
         self.mask, self.grid_size, self.fraction, self.seed = mask, grid_size, fraction, seed
-        self.log, self.stage = log, stage
+        self.log, self.stage, self.frozen_network = log, stage, frozen_network
+        self._network = None
 
     def compute(self) -> dict:
         model = self.model
+        network = self._network
+        if network is None:
+            network = network_parts(model.stem, model.tail, self.images, self.labels, self.grid_size,
+                                    self.fraction, self.seed)
+            if self.frozen_network:
+                self._network = network
         return attention_diagnostics(
             model.stem, model.tail, self.images, self.labels, self.mask,
-            getattr(model, "attention", None), self.grid_size, self.fraction, self.seed)
+            getattr(model, "attention", None), self.grid_size, self.fraction, self.seed,
+            network=network)
 
     def on_train_begin(self, logs=None):
         self.log(f"Stage {self.stage} diagnostics before training ({len(self.images)} fixed "

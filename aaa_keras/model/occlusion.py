@@ -78,6 +78,35 @@ def hardest_occlusion(logits_fn, features, labels, grid_size: int = 4, cells_per
     return tf.stop_gradient(m_occ), tf.stop_gradient(cell_probabilities), hardest_cell
 
 
+def occlusion_target_where(logits_fn, features, labels, needed, reading: str = "bce",
+                           grid_size: int = 4, cells_per_call: int | None = None):
+    """``M_occ`` of eq. 2 for the samples where ``needed`` is true, zeros elsewhere, no gradient.
+
+    The grid search (:func:`hardest_occlusion`) runs on the ``needed`` samples
+    only (one gather, possibly of none), so its cost scales with their
+    number; their targets are those of a search over the whole batch (the
+    tail runs in inference mode: a sample's copies do not depend on the
+    others). Stage 3 passes the open gates of eq. 4: the target of a closed
+    gate is multiplied by 0 (docs/decisions.md, "Stage 3's grid search only
+    where the gate is open").
+
+    Returns ``(m_occ (B, H, W, 1), cell_probabilities (B, K))``; the rows of
+    samples not ``needed`` are 0 in both.
+    """
+    features = tf.stop_gradient(features)
+    height, width = features.shape[1], features.shape[2]
+    rows = tf.where(tf.cast(needed, tf.bool))  # (n, 1), int64
+    index = rows[:, 0]
+    cell_probabilities, hardest_cell = hardest_occlusion(
+        logits_fn, tf.gather(features, index), tf.gather(labels, index), grid_size, cells_per_call)[1:]
+    target = occlusion_target(reading, cell_probabilities, hardest_cell, height, width, grid_size)
+    batch = tf.shape(features, out_type=tf.int64)[0]
+    m_occ = tf.scatter_nd(rows, target, tf.stack([batch, height, width, 1]))
+    probabilities = tf.scatter_nd(rows, cell_probabilities,
+                                  tf.stack([batch, tf.cast(tf.shape(cell_probabilities)[1], tf.int64)]))
+    return tf.stop_gradient(m_occ), tf.stop_gradient(probabilities)
+
+
 def top_fraction_mask(attention_map, fraction: float = 1.0 / 3.0):
     """The 0-1 mask ``B`` of paper 3.3 / Algorithm 2 line 1, with no gradient.
 
@@ -93,7 +122,6 @@ def top_fraction_mask(attention_map, fraction: float = 1.0 / 3.0):
     occluded = tf.reduce_sum(tf.one_hot(top, positions, dtype=tf.float32), axis=1)  # (B, HW)
     mask = tf.reshape(1.0 - occluded, (-1, height, width, 1))
     return tf.stop_gradient(mask)
-
 
 
 def feature_response(features):

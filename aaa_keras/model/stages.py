@@ -1,5 +1,7 @@
 """The three stage models of the paper, each with its own ``train_step`` / ``test_step``.
 
+(Past 450 lines: the three models share ``_StageModel`` and are read side by side.)
+
 Each step keeps the shape of Keras' default TensorFlow step: forward under a
 ``tf.GradientTape``, ``optimizer.scale_loss`` before ``tape.gradient``,
 ``optimizer.apply``, and a dict of ``keras.metrics.Mean`` results.
@@ -22,7 +24,11 @@ from aaa_keras.model.losses import (adversarial_gate, adversarial_loss, attentio
                                     batch_hard_triplet_loss, gated_adversarial_loss,
                                     label_smoothing_cross_entropy, regularization_loss)
 from aaa_keras.model.occlusion import (feature_response, hardest_occlusion, occlusion_target,
-                                       random_scores, top_fraction_mask, true_class_probability)
+                                       occlusion_target_where, random_scores, top_fraction_mask,
+                                       true_class_probability)
+
+ADVERSARIAL_TARGETS = ("gated", "all")  # stage 3: M_occ for the open gates of eq. 4 only, or every sample
+
 
 
 def global_batch_mean(per_sample):
@@ -78,10 +84,15 @@ class _StageModel(keras.Model):
     def metrics(self):
         return list(self.trackers.values())
 
-    def _update(self, values: dict, weight=None):
+    def _update(self, values: dict, weight=None, sample_weights: dict | None = None):
+        """Each tracker gets its step mean (weighted by ``weight``), or, for a name in
+        ``sample_weights``, its per-sample values with those weights (a mean over some samples)."""
         for name, value in values.items():
-            self.trackers[name].update_state(tf.reduce_mean(tf.cast(value, tf.float32)),
-                                             sample_weight=weight)
+            value = tf.cast(value, tf.float32)
+            if sample_weights and name in sample_weights:
+                self.trackers[name].update_state(value, sample_weight=sample_weights[name])
+            else:
+                self.trackers[name].update_state(tf.reduce_mean(value), sample_weight=weight)
 
     def _results(self):
         return {name: tracker.result() for name, tracker in self.trackers.items()}
@@ -150,6 +161,14 @@ class AttentionAssignmentModel(_StageModel):
     neither their weights nor their BatchNorm statistics change. The target
     ``M_occ`` comes from the 16 grid occlusions of ``f`` (the hardest cell, or
     every cell graded with ``attention_loss="soft"``).
+
+    Because the network is frozen, the grid search is a function of the input
+    image alone. Fed ``((images, views), labels)`` after
+    :meth:`set_target_table`, a step looks up each image's 16 cell
+    probabilities in the table (row ``views[i]``, filled once per stage by
+    ``attention_targets.target_table``) instead of searching again; fed
+    ``(images, labels)`` it searches every step (``--attention-targets
+    per-step``).
     """
 
     tracker_names = ("loss", "attention_loss", "regularization_loss", "hardest_cell_probability")
@@ -163,17 +182,53 @@ class AttentionAssignmentModel(_StageModel):
         self.tail.trainable = False
         self.grid_size, self.cells_per_call = grid_size, cells_per_call
         self.attention_loss_reading = attention_loss
+        self.target_table = None
         self._make_trackers()
 
     def call(self, images, training=False):
         return self.attention(self.stem(images, training=False), training=training)
 
+    def set_target_table(self, table) -> None:
+        """The cell probabilities ``(views, K)`` of every training view (None: search every step)."""
+        self.target_table = None if table is None else tf.constant(table, tf.float32)
+        self.train_function = self.test_function = None  # retrace: the table is captured
+
+    @tf.function
+    def cell_probabilities(self, images, labels):
+        """The true-class probability of every grid occlusion ``(B, K)`` (Alg. 1, l. 1-3), frozen network."""
+        features = self.stem(images, training=False)
+        return hardest_occlusion(lambda f: self.tail(f, training=False)[1], features, labels,
+                                 self.grid_size, self.cells_per_call)[1]
+
+    def train_step(self, data):
+        return super().train_step(self._with_views(data))
+
+    def test_step(self, data):
+        return super().test_step(self._with_views(data))
+
+    def _with_views(self, data):
+        """``((images, views), labels)`` -> ``((images, views), labels)``; ``(images, labels)`` unchanged."""
+        images, labels, weights = keras.utils.unpack_x_y_sample_weight(data)
+        if isinstance(images, (tuple, list)):
+            if self.target_table is None:
+                raise ValueError("stage 2 was fed view indices but has no target table: "
+                                 "call set_target_table first")
+            images = tuple(images)
+        return keras.utils.pack_x_y_sample_weight(images, labels, weights)
+
     def _step(self, images, labels, training):
+        views = None
+        if isinstance(images, tuple):
+            images, views = images
         features = self.stem(images, training=False)
         attention_map = self.attention(features, training=training)
-        _, cell_probabilities, hardest_cell = hardest_occlusion(
-            lambda f: self.tail(f, training=False)[1], features, labels,
-            self.grid_size, self.cells_per_call)
+        if views is None:
+            _, cell_probabilities, hardest_cell = hardest_occlusion(
+                lambda f: self.tail(f, training=False)[1], features, labels,
+                self.grid_size, self.cells_per_call)
+        else:  # the same numbers, searched once per view before the first epoch
+            cell_probabilities = tf.gather(self.target_table, tf.cast(views, tf.int32))
+            hardest_cell = tf.argmin(cell_probabilities, axis=1, output_type=tf.int32)
         m_occ = occlusion_target(self.attention_loss_reading, cell_probabilities, hardest_cell,
                                  features.shape[1], features.shape[2], self.grid_size)
         per_sample = adversarial_loss(attention_map, m_occ, self.attention_loss_reading)  # eq. 1
@@ -220,6 +275,13 @@ class AdversarialModel(_StageModel):
 
     With ``take_turns`` even optimizer steps are unabridged (cross-entropy on
     ``tail(f)`` only) and odd steps occluded (everything).
+
+    ``targets="gated"`` runs the 16-cell grid search for ``M_occ`` only on the
+    samples whose gate of eq. 4 is open: the target of a closed gate is
+    multiplied by 0, so the loss and every gradient are those of ``"all"``
+    (the search on every sample), and the target still comes from the current
+    network. The logged ``attention_loss`` is eq. 2 averaged over the samples
+    with an open gate, under both settings.
     """
 
     _adversarial_names = ("adversarial_loss", "attention_loss", "regularization_loss", "gate_rate")
@@ -229,10 +291,13 @@ class AdversarialModel(_StageModel):
                  lambda1: float = 0.3, lambda2: float = 1.7, omega: float = 0.04,
                  take_turns: bool = True, mask: str = "attention", attention_loss: str = "bce",
                  occluded_batchnorm: str = "batch", seed: int | None = None,
-                 loss: NetworkLoss | None = None, **kwargs):
+                 loss: NetworkLoss | None = None, targets: str = "gated", **kwargs):
         super().__init__(**kwargs)
         if mask == "attention" and attention is None:
             raise ValueError("mask='attention' needs an attention branch")
+        if targets not in ADVERSARIAL_TARGETS:
+            raise ValueError(f"targets must be one of {ADVERSARIAL_TARGETS}, got {targets!r}")
+        self.targets = targets
         self.parts = parts
         self.network_loss = loss or NetworkLoss()
         self.stem, self.tail = parts.stem, parts.tail
@@ -313,20 +378,33 @@ class AdversarialModel(_StageModel):
                  "p_af": p_af}
         if self.attention is None:
             return terms
-        _, cell_probabilities, hardest_cell = hardest_occlusion(
-            lambda f: self.tail(f, training=False)[1], features, labels,
-            self.grid_size, self.cells_per_call)
-        m_occ = occlusion_target(self.attention_loss_reading, cell_probabilities, hardest_cell,
-                                 features.shape[1], features.shape[2], self.grid_size)
+        gate = self._gate(p_bf, p_af)
+        m_occ = self._occlusion_target(features, labels, gate)
         reading = self.attention_loss_reading
         terms.update({
             "adversarial_loss": gated_adversarial_loss(  # eq. 4
                 scores, m_occ, p_bf, p_af, self.lambda1, self.lambda2, self.omega, reading),
-            "attention_loss": attention_loss(scores, m_occ, reading),
+            "attention_loss": attention_loss(scores, m_occ, reading),  # logged over open gates only
             "regularization_loss": regularization_loss(scores),
-            "gate_rate": adversarial_gate(p_bf, p_af, self.omega),
+            "gate_rate": gate,
         })
         return terms
+
+    def _gate(self, p_bf, p_af):
+        """The switch of eq. 4 per sample (1 = the attention player learns from this sample)."""
+        return adversarial_gate(p_bf, p_af, self.omega)
+
+    def _occlusion_target(self, features, labels, gate):
+        """``M_occ`` from the current network (Alg. 1's search, tail in inference mode) where ``gate`` is
+        open (``targets="gated"``) or for every sample (``"all"``)."""
+        logits_fn = lambda f: self.tail(f, training=False)[1]  # noqa: E731
+        if self.targets == "all":
+            _, cell_probabilities, hardest_cell = hardest_occlusion(
+                logits_fn, features, labels, self.grid_size, self.cells_per_call)
+            return occlusion_target(self.attention_loss_reading, cell_probabilities, hardest_cell,
+                                    features.shape[1], features.shape[2], self.grid_size)
+        return occlusion_target_where(logits_fn, features, labels, gate, self.attention_loss_reading,
+                                      self.grid_size, self.cells_per_call)[0]
 
     def _step(self, images, labels, training, occluded):
         """Per-sample network loss, per-sample attention loss, and metric values.
@@ -382,8 +460,15 @@ class AdversarialModel(_StageModel):
         del tape
         weight = tf.cast(occluded, tf.float32)
         self._update({k: v for k, v in values.items() if k not in self.occluded_names})
-        self._update({k: v for k, v in values.items() if k in self.occluded_names}, weight=weight)
+        self._update({k: v for k, v in values.items() if k in self.occluded_names}, weight=weight,
+                     sample_weights=self._gated_weights(values, weight))
         return self._results()
+
+    def _gated_weights(self, values, weight):
+        """``attention_loss`` is averaged over the samples with an open gate (their M_occ is computed)."""
+        if self.attention is None:
+            return None
+        return {"attention_loss": values["gate_rate"] * weight}
 
     def _attention_player_step(self, tape, loss, occluded, gate):
         """Update the attention branch only when its loss is on somewhere in the global batch.
@@ -414,5 +499,5 @@ class AdversarialModel(_StageModel):
     def test_step(self, data):
         images, labels, _ = keras.utils.unpack_x_y_sample_weight(data)
         _, _, values = self._step(images, labels, training=False, occluded=tf.constant(True))
-        self._update(values)
+        self._update(values, sample_weights=self._gated_weights(values, tf.constant(1.0)))
         return self._results()
