@@ -116,6 +116,14 @@ def write_occluded_queries(records: list[ImageRecord], seed: int, out_dir: str,
     return occluded, float(np.mean(fractions)) if fractions else 0.0
 
 
+def already_occluded_error(data: str) -> UserError:
+    """The refusal of ``--occlude-queries`` on ``data`` (a path or ``builtin:NAME``) whose queries
+    are already occluded (it ships clean twins)."""
+    return UserError(f"--occlude-queries: the queries of {data} are already occluded (it has "
+                     f"{CLEAN_QUERY_DIR}/); its evaluation reports them beside their clean twins "
+                     "without the option")
+
+
 def check_seed(seed) -> None:
     if not isinstance(seed, (int, np.integer)) or isinstance(seed, bool) or seed < 0:
         raise UserError(f"--occlude-queries: expected a non-negative integer seed, got {seed!r}")
@@ -142,9 +150,7 @@ def query_pair(root: str, queries: list[ImageRecord], occlude_seed: int | None, 
     twins = clean_twins(root, queries)
     if occlude_seed is not None:
         if twins is not None:
-            raise UserError(f"--occlude-queries: the queries of {root} are already occluded (it has "
-                            f"{CLEAN_QUERY_DIR}/); its evaluation reports them beside their clean twins "
-                            "without the option")
+            raise already_occluded_error(root)
         occluded, fraction = write_occluded_queries(queries, occlude_seed, scratch, root)
         return QueryPair(list(queries), occluded, "occlude-queries", int(occlude_seed), fraction)
     if twins is not None:
