@@ -153,3 +153,15 @@ def test_no_pair_without_the_option_on_a_clean_dataset(tiny_data, tmp_path):
     assert occluded.query_pair(tiny_data, load_dataset(tiny_data).query, None, str(tmp_path)) is None
     with pytest.raises(UserError, match="--occlude-queries"):
         occluded.check_seed(-1)
+
+
+def test_same_camera_ok_marks_the_clean_and_occluded_tables_too(tiny_data, monkeypatch):
+    """`evaluate --same-camera-ok --occlude-queries N`: every table of the JSON carries the protocol."""
+    from aaa_keras.evaluation.rank import SAME_CAMERA_OK, mark_same_camera_ok
+
+    results, _, _ = run_evaluation(monkeypatch, tiny_data, 0)
+    marked = mark_same_camera_ok(results)
+    assert marked["euclidean"]["protocol"] == SAME_CAMERA_OK
+    for table in ("clean", "occluded", "drop"):
+        assert marked["occlusion"][table]["euclidean"]["protocol"] == SAME_CAMERA_OK, table
+    assert marked["occlusion"]["seed"] == 0 and "protocol" not in results["occlusion"]["clean"]["euclidean"]
