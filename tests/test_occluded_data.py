@@ -103,3 +103,30 @@ def test_registered_beside_demo_and_ablate_with_its_own_cache_directory():
     ablate = synth.default_synthetic_dir(**synth.BUILTIN_SIZES["ablate"])
     assert occluded != ablate
     assert os.path.basename(ablate) == "synthetic-market-v1-ids60+250-cams4-q3-seed0"  # unchanged
+
+
+def test_clean_twins_decode_like_their_queries_outside_the_occluders_jpeg_blocks(occluded_dir):
+    """query/ and query_clean/ come from one rendered image, both JPEG (one encoder): through the
+    pipeline's decoder they differ only inside the 16x16 JPEG blocks the occluder touches (+1 px
+    of chroma upsampling); docs/decisions.md says why not bit-identical outside the mask."""
+    import dataclasses
+
+    import tensorflow as tf
+
+    from aaa_keras.data.pipeline import decode_pixels
+
+    info = synth.plan_dataset(num_ids=24, num_test_ids=10, num_cams=4, images_per_id_per_cam=2)
+    shots = [s for s in info[1] if s.split == "query"][:6]
+    size = synth.DEFAULT_IMAGE_SIZE
+    cameras = {c: dataclasses.replace(synth._make_camera(0, c, (size[0] * synth._SUPERSAMPLE,
+                                                                size[1] * synth._SUPERSAMPLE)),
+                                      occluder_probability=0.0) for c in range(1, 5)}
+    looks = synth._identity_looks(0, list(range(1, 25)))
+    for shot in shots:
+        mask = occlusion_protocol.occlude_shot(synth._render_shot(shot, 0, looks, cameras, size), 0, shot).mask
+        query, clean = (decode_pixels(tf.io.read_file(os.path.join(occluded_dir, d, shot.file_name))).numpy()
+                        for d in (SPLITS["query"], occlusion_protocol.CLEAN_QUERY_DIR))
+        blocks = mask.reshape(size[0] // 16, 16, size[1] // 16, 16).any(axis=(1, 3)).repeat(16, 0).repeat(16, 1)
+        near = cv2.dilate(blocks.astype(np.uint8), np.ones((3, 3), np.uint8)).astype(bool)
+        assert not np.any((query != clean).any(axis=2) & ~near), shot.file_name
+        assert np.any((query != clean).any(axis=2) & mask)
