@@ -153,3 +153,24 @@ def test_a_tiny_grid_with_occluded_queries_end_to_end(tmp_path, tiny_data):
     for which in ("clean", "occluded"):
         assert record["query_sets"][which]["euclidean"]["mAP"] == pytest.approx(
             expected[which]["euclidean"]["mAP"], abs=1e-4)
+
+
+@pytest.mark.parametrize("kind", ["builtin", "directory"])
+def test_occlude_queries_on_already_occluded_data_is_refused_before_training(kind, tmp_path, monkeypatch):
+    """`ablate --data builtin:occluded --occlude-queries N` (or a directory with query_clean/): the
+    one-line refusal of evaluate, raised by run_grid before any run trains."""
+    from aaa_keras.ablate import run as ablate_run
+    from aaa_keras.errors import UserError
+
+    def no_training(*args, **kwargs):
+        raise AssertionError("run_variant called: a configuration trained before the refusal")
+    monkeypatch.setattr(ablate_run, "run_variant", no_training)
+    data = "builtin:occluded"
+    if kind == "directory":
+        data = str(tmp_path / "data")
+        for name in ("bounding_box_train", "bounding_box_test", "query", "query_clean"):
+            (tmp_path / "data" / name).mkdir(parents=True)
+    with pytest.raises(UserError, match="already occluded") as error:
+        ablate_run.run_grid(str(tmp_path / "out"), seeds=1, epochs=1, data=data, configs=["baseline"],
+                            occlude_queries=0, progress=lambda m: None)
+    assert "\n" not in str(error.value) and data in str(error.value)

@@ -26,22 +26,74 @@ def digest(paths):
 
 def test_same_seed_gives_the_same_images_and_another_seed_others(tiny_data, tmp_path):
     queries = load_dataset(tiny_data).query
-    first, fraction = occluded.write_occluded_queries(queries, 3, str(tmp_path / "a"))
-    second, _ = occluded.write_occluded_queries(list(reversed(queries)), 3, str(tmp_path / "b"))
-    other, _ = occluded.write_occluded_queries(queries, 4, str(tmp_path / "c"))
-    assert digest(r.path for r in first) == digest(r.path for r in second)  # order does not matter
-    assert digest(r.path for r in first) != digest(r.path for r in other)
+    first, fraction = occluded.write_occluded_queries(queries, 3, str(tmp_path / "a"), tiny_data)
+    second, _ = occluded.write_occluded_queries(list(reversed(queries)), 3, str(tmp_path / "b"), tiny_data)
+    other, _ = occluded.write_occluded_queries(queries, 4, str(tmp_path / "c"), tiny_data)
+
+    def by_query(originals, written):  # digest of each generated file, keyed by its query
+        return {o.path: list(digest([w.path]).values())[0] for o, w in zip(originals, written)}
+    assert by_query(queries, first) == by_query(list(reversed(queries)), second)  # order does not matter
+    assert by_query(queries, first) != by_query(queries, other)
     assert [(r.pid, r.camid) for r in first] == [(r.pid, r.camid) for r in queries]
     assert 0.2 - occluders.TOLERANCE <= fraction <= 0.5 + occluders.TOLERANCE
 
 
 def test_an_occluded_query_differs_from_its_original_only_inside_a_20_to_50_percent_region(tiny_data, tmp_path):
     queries = load_dataset(tiny_data).query
-    written, _ = occluded.write_occluded_queries(queries, 0, str(tmp_path))
-    for original, changed in zip(queries, written):
-        before, after = cv2.imread(original.path), cv2.imread(changed.path)
+    written, _ = occluded.write_occluded_queries(queries, 0, str(tmp_path), tiny_data)
+    size = cv2.imread(queries[0].path).shape[:2]
+    clean = pipeline_pixels([r.path for r in queries], size)  # as the model receives them
+    occl = pipeline_pixels([r.path for r in written], size)
+    for original, before, after in zip(queries, clean, occl):
         differs = np.any(before != after, axis=2).mean()
         assert 0.2 - 0.05 <= differs <= 0.5 + occluders.TOLERANCE, original.path
+
+
+def pipeline_pixels(paths, image_size):
+    """The pixels the model receives: evaluation's own loading path (data.pipeline.eval_dataset)."""
+    from aaa_keras.data.pipeline import eval_dataset
+
+    return np.concatenate([batch.numpy() for batch in eval_dataset(list(paths), image_size)])
+
+
+def test_outside_the_occluder_the_model_receives_the_clean_querys_exact_pixels(tiny_data, tmp_path):
+    """Clean and occluded queries share one decoder: through the evaluation pipeline they differ
+    inside the occluder's mask only (a change of JPEG decoder would alter most other pixels)."""
+    queries = load_dataset(tiny_data).query[:4]
+    written, _ = occluded.write_occluded_queries(queries, 0, str(tmp_path), tiny_data)
+    size = cv2.imread(queries[0].path).shape[:2]  # native size: the resize is the identity
+    clean = pipeline_pixels([r.path for r in queries], size)
+    occl = pipeline_pixels([r.path for r in written], size)
+    for i, record in enumerate(queries):
+        mask = occluded.occlude_query_file(record.path, 0, tiny_data).mask
+        np.testing.assert_array_equal(occl[i][~mask], clean[i][~mask], err_msg=record.path)
+        assert np.any(occl[i][mask] != clean[i][mask])
+
+
+def test_same_named_queries_in_different_folders_get_their_own_occluders(tiny_data, tmp_path):
+    """A folder layout (<id>/<cam>/0.jpg) repeats file names: the occluder is seeded by the path
+    relative to the dataset root, and the scratch names carry the query's index."""
+    import shutil
+
+    from aaa_keras.data.names import ImageRecord
+
+    source = load_dataset(tiny_data).query[0].path
+    root = tmp_path / "folders"
+    records = []
+    for pid in (1, 2):
+        (root / str(pid) / "c1").mkdir(parents=True)
+        shutil.copy(source, root / str(pid) / "c1" / "0.jpg")
+        records.append(ImageRecord(str(root / str(pid) / "c1" / "0.jpg"), pid, 1))
+    written, _ = occluded.write_occluded_queries(records, 0, str(tmp_path / "scratch"), str(root))
+    first, second = (cv2.imread(r.path) for r in written)
+    assert not np.array_equal(first, second)  # same pixels in, different occluders out
+    assert [(r.pid, r.camid) for r in written] == [(1, 1), (2, 1)]
+    moved = tmp_path / "elsewhere"  # the seed does not depend on where the dataset lies
+    shutil.copytree(root, moved)
+    again, _ = occluded.write_occluded_queries(
+        [ImageRecord(r.path.replace(str(root), str(moved)), r.pid, r.camid) for r in reversed(records)],
+        0, str(tmp_path / "scratch2"), str(moved))
+    assert digest([again[1].path]).popitem()[1] == digest([written[0].path]).popitem()[1]
 
 
 def fake_extract(calls):
@@ -72,7 +124,7 @@ def test_only_query_images_change_and_both_results_are_reported(tiny_data, monke
     assert queries_as_given == [r.path for r in dataset.query]
     assert gallery == [r.path for r in dataset.gallery]  # the gallery as stored, untouched
     assert [os.path.splitext(os.path.basename(p))[0] for p in generated] == \
-        [os.path.splitext(os.path.basename(r.path))[0] for r in dataset.query]
+        [f"{i}_" + os.path.splitext(os.path.basename(r.path))[0] for i, r in enumerate(dataset.query)]
     assert all(not os.path.exists(p) for p in generated)  # scratch removed afterwards
     assert digest(r.path for r in dataset.query + dataset.gallery + dataset.train) == before
     entry = results["occlusion"]
@@ -101,3 +153,15 @@ def test_no_pair_without_the_option_on_a_clean_dataset(tiny_data, tmp_path):
     assert occluded.query_pair(tiny_data, load_dataset(tiny_data).query, None, str(tmp_path)) is None
     with pytest.raises(UserError, match="--occlude-queries"):
         occluded.check_seed(-1)
+
+
+def test_same_camera_ok_marks_the_clean_and_occluded_tables_too(tiny_data, monkeypatch):
+    """`evaluate --same-camera-ok --occlude-queries N`: every table of the JSON carries the protocol."""
+    from aaa_keras.evaluation.rank import SAME_CAMERA_OK, mark_same_camera_ok
+
+    results, _, _ = run_evaluation(monkeypatch, tiny_data, 0)
+    marked = mark_same_camera_ok(results)
+    assert marked["euclidean"]["protocol"] == SAME_CAMERA_OK
+    for table in ("clean", "occluded", "drop"):
+        assert marked["occlusion"][table]["euclidean"]["protocol"] == SAME_CAMERA_OK, table
+    assert marked["occlusion"]["seed"] == 0 and "protocol" not in results["occlusion"]["clean"]["euclidean"]

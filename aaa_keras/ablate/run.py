@@ -247,11 +247,16 @@ def run_variant(out: str, seed: int, variant: Variant, settings: dict, metrics, 
 def _has_query_pair(data: str, occlude_queries: int | None) -> bool:
     """Whether the grid's runs are evaluated on clean and occluded queries: ``--occlude-queries``,
     or a dataset with clean query twins (built-in ``occluded``, or a directory with ``query_clean/``)."""
+    if occlude_queries is not None:
+        return True
+    return _has_clean_twins(data)
+
+
+def _has_clean_twins(data: str) -> bool:
+    """Whether ``data`` ships clean query twins: its queries are already occluded."""
     from aaa_keras.data.occlusion_protocol import clean_query_dir
     from aaa_keras.data.synth import builtin_settings
 
-    if occlude_queries is not None:
-        return True
     settings = builtin_settings(data or "")
     if settings is not None:
         return bool(settings.get("occluded"))
@@ -306,6 +311,10 @@ def run_grid(out: str, table: str | None = None, seeds: int = 5, epochs: int | N
         data = os.path.abspath(data)
     settings = grid_settings(preset, epochs, data, overrides or {}, baseline_epochs, occlude_queries)
     query_sets = _has_query_pair(data, occlude_queries)
+    if occlude_queries is not None and _has_clean_twins(data):  # refused before anything trains
+        from aaa_keras.evaluation.occluded import already_occluded_error
+
+        raise already_occluded_error(data)
     if table == "occlusion" and not query_sets:
         raise UserError(f"--table occlusion judges its claims on occluded queries, and {data} has none: use "
                         "--data builtin:occluded (or a dataset with query_clean/) or add --occlude-queries SEED")

@@ -177,6 +177,24 @@ def _check_arguments(num_ids, num_cams, seed, image_size, images_per_id_per_cam,
             raise UserError(f"{name}: expected a non-negative integer or None, got {value!r}")
 
 
+def plan_dataset(num_ids: int = DEFAULT_NUM_IDS, num_cams: int = DEFAULT_NUM_CAMS, seed: int = DEFAULT_SEED,
+                 images_per_id_per_cam: int = DEFAULT_IMAGES_PER_ID_PER_CAM, num_distractors: int | None = None,
+                 num_junk: int | None = None, num_test_ids: int | None = None,
+                 queries_per_camera: int = 1) -> tuple[dict, list[_Shot]]:
+    """``(settings with the defaults filled in, every shot)`` of :func:`synthesize_market` for these
+    arguments (its own defaults), without rendering anything."""
+    num_ids, num_cams, seed = int(num_ids), int(num_cams), int(seed)
+    images_per_id_per_cam, queries_per_camera = int(images_per_id_per_cam), int(queries_per_camera)
+    num_test = num_ids - num_ids // 2 if num_test_ids is None else int(num_test_ids)
+    num_distractors = num_test if num_distractors is None else int(num_distractors)
+    num_junk = max(1, num_test // 2) if num_junk is None else int(num_junk)
+    resolved = dict(num_ids=num_ids, num_cams=num_cams, seed=seed, images_per_id_per_cam=images_per_id_per_cam,
+                    num_distractors=num_distractors, num_junk=num_junk, num_test_ids=num_test,
+                    queries_per_camera=queries_per_camera)
+    return resolved, _plan(num_ids, num_cams, seed, images_per_id_per_cam, num_distractors, num_junk,
+                           num_test, queries_per_camera)
+
+
 def _write_files(directory: str, shots: list[_Shot], seed: int, image_size: tuple[int, int],
                  num_ids: int, num_cams: int, occluded: bool = False) -> None:
     """Render and write every shot. ``occluded``: the occluded protocol
@@ -233,15 +251,13 @@ def synthesize_market(out_dir: str, num_ids: int = DEFAULT_NUM_IDS,
     image_size = tuple(int(v) for v in image_size)
     _check_arguments(num_ids, num_cams, seed, image_size, images_per_id_per_cam,
                      num_distractors, num_junk, num_test_ids, queries_per_camera)
-    num_ids, num_cams, seed = int(num_ids), int(num_cams), int(seed)
-    images_per_id_per_cam, queries_per_camera = int(images_per_id_per_cam), int(queries_per_camera)
-    num_test = num_ids - num_ids // 2 if num_test_ids is None else int(num_test_ids)
-    num_distractors = num_test if num_distractors is None else int(num_distractors)
-    num_junk = max(1, num_test // 2) if num_junk is None else int(num_junk)
     out_dir = os.path.abspath(os.fspath(out_dir))
     _refuse_non_empty(out_dir)
-    shots = _plan(num_ids, num_cams, seed, images_per_id_per_cam, num_distractors, num_junk,
-                  num_test, queries_per_camera)
+    resolved, shots = plan_dataset(num_ids, num_cams, seed, images_per_id_per_cam, num_distractors, num_junk,
+                                   num_test_ids, queries_per_camera)
+    num_ids, num_cams, seed = resolved["num_ids"], resolved["num_cams"], resolved["seed"]
+    images_per_id_per_cam, queries_per_camera = resolved["images_per_id_per_cam"], resolved["queries_per_camera"]
+    num_test, num_distractors, num_junk = resolved["num_test_ids"], resolved["num_distractors"], resolved["num_junk"]
     info = dict(generator=f"aaa_keras synthetic-market-{SYNTH_VERSION}", num_ids=num_ids,
                 num_cams=num_cams, seed=seed, image_size=list(image_size),
                 images_per_id_per_cam=images_per_id_per_cam, num_distractors=num_distractors,
@@ -329,6 +345,25 @@ def builtin_settings(data: str) -> dict | None:
     return BUILTIN_SIZES[name]
 
 
+def _ensure_arguments(num_ids, num_cams, seed, num_test_ids, queries_per_camera, occluded) -> dict:
+    """What :func:`ensure_synthetic` passes to :func:`synthesize_market` (besides the path)."""
+    return dict(num_ids=num_ids, num_cams=num_cams, seed=seed, num_test_ids=num_test_ids,
+                queries_per_camera=queries_per_camera, occluded=occluded)
+
+
+def builtin_plan(name: str, seed: int = DEFAULT_SEED) -> tuple[dict, list[_Shot]]:
+    """``(settings, shots)`` of ``builtin:NAME`` exactly as :func:`ensure_synthetic` writes it
+    (``settings`` includes ``occluded``), without rendering: for checking a full-size plan."""
+    import inspect
+
+    defaults = {key: parameter.default for key, parameter in inspect.signature(ensure_synthetic).parameters.items()
+                if key != "log"}  # source.resolve_data calls ensure_synthetic(**BUILTIN_SIZES[name])
+    arguments = _ensure_arguments(**{**defaults, **BUILTIN_SIZES[name], "seed": seed})
+    occluded = arguments.pop("occluded")
+    settings, shots = plan_dataset(**arguments)
+    return {**settings, "occluded": bool(occluded)}, shots
+
+
 def ensure_synthetic(num_ids: int = DEFAULT_NUM_IDS, num_cams: int = DEFAULT_NUM_CAMS,
                      seed: int = DEFAULT_SEED, log: Callable[[str], None] = print,
                      num_test_ids: int | None = None, queries_per_camera: int = 1,
@@ -342,9 +377,8 @@ def ensure_synthetic(num_ids: int = DEFAULT_NUM_IDS, num_cams: int = DEFAULT_NUM
         f"to {path} (once)")
     start = time.perf_counter()
     try:
-        synthesize_market(path, num_ids=num_ids, num_cams=num_cams, seed=seed,
-                          num_test_ids=num_test_ids, queries_per_camera=queries_per_camera,
-                          occluded=occluded)
+        synthesize_market(path, **_ensure_arguments(num_ids, num_cams, seed, num_test_ids, queries_per_camera,
+                                                    occluded))
     except DatasetError:
         if not (os.path.isdir(path) and os.listdir(path)):
             raise

@@ -1,15 +1,18 @@
 """Clean and occluded queries side by side: the occlusion stress test (``--occlude-queries SEED``)
 and the clean twins of an occluded dataset (``builtin:occluded``'s ``query_clean/``).
 
-No TensorFlow: this module makes the occluded query images and formats the comparison;
+TensorFlow only to decode a query with the pipeline's decoder: this module makes the occluded query images and formats the comparison;
 ``evaluation/run.py`` and ``ablate/run.py`` embed them.
 
 Two sources of a (clean, occluded) pair of query sets, the same queries in the same order:
 
 - ``--occlude-queries SEED`` on any dataset: the queries as given are the clean set; each is
-  occluded by ``data/occluders.py`` with a Generator seeded from ``(SEED, CRC-32 of its
-  file name)``, over a fraction drawn from 20-50 %, and written losslessly (PNG, same stem)
-  to a scratch directory. The same SEED gives the same images whatever the order; the
+  decoded by the pipeline's own decoder (``data.pipeline.decode_pixels``), occluded by
+  ``data/occluders.py`` with a Generator seeded from ``(SEED, CRC-32 of its path relative to
+  the dataset root)``, over a fraction drawn from 20-50 %, and written losslessly (PNG,
+  ``<index>_<stem>.png``) to a scratch directory. So outside the occluder the model receives
+  exactly the pixels of the clean query (no change of JPEG decoder), and the clean result is
+  the ordinary evaluation's. The same SEED gives the same images whatever the order; the
   gallery and training images are never touched.
 - a dataset that ships its queries' clean twins (``query_clean/``, ``occlusion.json``):
   the queries as given are the occluded set, the twins the clean one.
@@ -52,33 +55,57 @@ class QueryPair:
                 "vs the queries as given")
 
 
-def query_rng(seed: int, file_name: str) -> np.random.Generator:
-    """The Generator of one query's occluder: depends on ``seed`` and the file name only."""
-    return np.random.default_rng(np.random.SeedSequence([int(seed), _PURPOSE, zlib.crc32(file_name.encode())]))
+def query_key(path: str, root: str | None) -> str:
+    """What seeds a query's occluder: its path relative to the dataset ``root`` with ``/``
+    separators (``query/0001_c1s1_000001_00.jpg``, ``0001/c1/0.jpg``): unique per query, the same
+    whatever the order of the queries or where the dataset lies; the file name when no root."""
+    if root is None:
+        return os.path.basename(path)
+    return os.path.relpath(os.path.abspath(path), os.path.abspath(root)).replace(os.sep, "/")
 
 
-def occlude_query_file(path: str, seed: int) -> occluders.Occlusion:
-    """One query image (read as stored) with its occluder for ``seed``."""
-    image = cv2.imread(path, cv2.IMREAD_COLOR)
-    if image is None:
-        raise DatasetError(f"{path}: the query image does not decode; find it with `python cli.py data check`")
-    rng = query_rng(seed, os.path.basename(path))
-    return occluders.occlusion(image, rng, occluders.random_fraction(rng))
+def query_rng(seed: int, key: str) -> np.random.Generator:
+    """The Generator of one query's occluder: depends on ``seed`` and ``key`` (:func:`query_key`) only."""
+    return np.random.default_rng(np.random.SeedSequence([int(seed), _PURPOSE, zlib.crc32(key.encode())]))
 
 
-def write_occluded_queries(records: list[ImageRecord], seed: int, out_dir: str) -> tuple[list[ImageRecord], float]:
-    """Each query of ``records`` occluded for ``seed``, written to ``out_dir/<stem>.png`` (lossless,
-    the same stem, so the same pid and camera); returns the new records in the same order and
-    the mean covered fraction."""
+def decode_query(path: str) -> np.ndarray:
+    """A query's pixels as the evaluation pipeline decodes them (``data.pipeline.decode_pixels``,
+    TensorFlow), as a BGR uint8 array for OpenCV. Decoding with OpenCV instead would change the
+    JPEG decoder between the clean and the occluded query (87 % of pixels differ by a level or two)."""
+    import tensorflow as tf
+
+    from aaa_keras.data.pipeline import decode_pixels, is_decode_error, op_error_reason
+
+    try:
+        rgb = decode_pixels(tf.io.read_file(path)).numpy()
+    except tf.errors.InvalidArgumentError as error:
+        if not is_decode_error(error):
+            raise
+        raise DatasetError(f"{path}: the query image does not decode ({op_error_reason(error)}); "
+                           "find it with `python cli.py data check`") from None
+    return np.ascontiguousarray(rgb[:, :, ::-1])
+
+
+def occlude_query_file(path: str, seed: int, root: str | None = None) -> occluders.Occlusion:
+    """One query image (decoded as the pipeline does) with its occluder for ``seed``."""
+    rng = query_rng(seed, query_key(path, root))
+    return occluders.occlusion(decode_query(path), rng, occluders.random_fraction(rng))
+
+
+def write_occluded_queries(records: list[ImageRecord], seed: int, out_dir: str,
+                           root: str | None = None) -> tuple[list[ImageRecord], float]:
+    """Each query of ``records`` occluded for ``seed``, written to ``out_dir/<index>_<stem>.png``
+    (lossless; the record keeps its pid and camera); returns the new records in the same order
+    and the mean covered fraction. ``root``: the dataset root, whose relative paths seed the
+    occluders (:func:`query_key`), so same-named files in different folders differ."""
     check_seed(seed)
     os.makedirs(out_dir, exist_ok=True)
     occluded, fractions = [], []
-    for record in records:
-        result = occlude_query_file(record.path, seed)
+    for index, record in enumerate(records):
+        result = occlude_query_file(record.path, seed, root)
         stem = os.path.splitext(os.path.basename(record.path))[0]
-        path = os.path.join(out_dir, stem + ".png")
-        if os.path.exists(path):
-            raise DatasetError(f"{record.path}: two queries share the stem {stem!r}; rename one")
+        path = os.path.join(out_dir, f"{index}_{stem}.png")
         ok, buffer = cv2.imencode(".png", result.image)
         if not ok:
             raise RuntimeError(f"cv2.imencode failed on the occluded {record.path}")
@@ -87,6 +114,14 @@ def write_occluded_queries(records: list[ImageRecord], seed: int, out_dir: str) 
         occluded.append(dataclasses.replace(record, path=path))
         fractions.append(result.fraction)
     return occluded, float(np.mean(fractions)) if fractions else 0.0
+
+
+def already_occluded_error(data: str) -> UserError:
+    """The refusal of ``--occlude-queries`` on ``data`` (a path or ``builtin:NAME``) whose queries
+    are already occluded (it ships clean twins)."""
+    return UserError(f"--occlude-queries: the queries of {data} are already occluded (it has "
+                     f"{CLEAN_QUERY_DIR}/); its evaluation reports them beside their clean twins "
+                     "without the option")
 
 
 def check_seed(seed) -> None:
@@ -115,10 +150,8 @@ def query_pair(root: str, queries: list[ImageRecord], occlude_seed: int | None, 
     twins = clean_twins(root, queries)
     if occlude_seed is not None:
         if twins is not None:
-            raise UserError(f"--occlude-queries: the queries of {root} are already occluded (it has "
-                            f"{CLEAN_QUERY_DIR}/); its evaluation reports them beside their clean twins "
-                            "without the option")
-        occluded, fraction = write_occluded_queries(queries, occlude_seed, scratch)
+            raise already_occluded_error(root)
+        occluded, fraction = write_occluded_queries(queries, occlude_seed, scratch, root)
         return QueryPair(list(queries), occluded, "occlude-queries", int(occlude_seed), fraction)
     if twins is not None:
         return QueryPair(twins, list(queries), "dataset")

@@ -74,9 +74,19 @@ def same_camera_ok_records(query, gallery) -> tuple[list, list]:
 
 
 def mark_same_camera_ok(results: dict) -> dict:
-    """``results`` (``{metric: entry}``) with ``"protocol": "same-camera-ok"`` in every metric entry."""
-    return {name: {**entry, "protocol": SAME_CAMERA_OK} if isinstance(entry, dict) and "mAP" in entry else entry
-            for name, entry in results.items()}
+    """``results`` (``{metric: entry}``) with ``"protocol": "same-camera-ok"`` in every metric entry,
+    including the tables of an ``"occlusion"`` entry (``clean``, ``occluded``, ``drop``:
+    ``evaluation/occluded.py``), which are results of the same protocol."""
+    def mark(table: dict) -> dict:
+        return {name: {**entry, "protocol": SAME_CAMERA_OK} if isinstance(entry, dict) and "mAP" in entry
+                else entry for name, entry in table.items()}
+
+    marked = mark(results)
+    occlusion = results.get("occlusion")
+    if isinstance(occlusion, dict):
+        marked["occlusion"] = {**occlusion, **{key: mark(occlusion[key]) for key in ("clean", "occluded", "drop")
+                                              if isinstance(occlusion.get(key), dict)}}
+    return marked
 
 
 def match_kind(query: dict, entry: dict) -> str:
