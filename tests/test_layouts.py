@@ -4,6 +4,7 @@ rule, occlusion shares, and one line naming a bad row or file."""
 
 import json
 import os
+import shutil
 
 import numpy as np
 import pytest
@@ -29,19 +30,54 @@ def test_a_folder_per_identity_with_cameras_is_split_by_identity_as_market_is(tm
     assert dataset.layout.startswith("folder")
     train_ids = {r.pid for r in dataset.train}
     test_ids = {r.pid for r in dataset.query} | {r.pid for r in dataset.gallery}
-    assert len(train_ids) == len(test_ids) == 5 and not train_ids & test_ids  # test fraction 0.5
+    # test fraction 0.5: each identity by its own hash draw, so about half, never all on one side
+    assert train_ids | test_ids == set(range(1, 11)) and not train_ids & test_ids
+    assert 2 <= len(test_ids) <= 8
     assert {r.camid for r in dataset.train} == {1, 2, 3}  # camera folders cam1..cam3
     # one query per test identity and camera, the rest gallery, no image in both
     queries = [(r.pid, r.camid) for r in dataset.query]
     assert sorted(queries) == sorted({(pid, cam) for pid in test_ids for cam in (1, 2, 3)})
-    assert len(dataset.gallery) == 5 * 3 * 2 - len(queries)
+    assert len(dataset.gallery) == len(test_ids) * 3 * 2 - len(queries)
     assert not {r.path for r in dataset.query} & {r.path for r in dataset.gallery}
     # deterministic; another seed or test fraction gives another split
     again = load_dataset(f"folder:{root}")
     assert [r.path for r in again.query] == [r.path for r in dataset.query]
     other = load_dataset(f"folder:{root}?seed=3")
     assert {r.pid for r in other.train} != train_ids
-    assert len({r.pid for r in load_dataset(f"folder:{root}?test-fraction=0.3").query}) == 3
+    smaller = {r.pid for r in load_dataset(f"folder:{root}?test-fraction=0.3").query}
+    assert smaller and smaller <= test_ids  # a lower fraction keeps a subset of the test identities
+
+
+def _sides(dataset) -> dict[str, str]:
+    """Identity folder name -> "train" or "test"."""
+    def name(record):
+        return os.path.relpath(record.path, dataset.root).split(os.sep)[0]
+    sides = {name(r): "train" for r in dataset.train}
+    sides.update({name(r): "test" for r in dataset.query + dataset.gallery})
+    return sides
+
+
+@pytest.mark.parametrize("names", [None, [f"person{i:02d}" for i in range(20)]])
+def test_adding_or_removing_an_identity_moves_no_other_identity_between_train_and_test(tmp_path, names):
+    root = files.folder_dataset(tmp_path / "crops", ids=20, cams=2, per_camera=1, camera_level=True, names=names)
+    before = _sides(load_dataset(f"folder:{root}"))
+    assert set(before.values()) == {"train", "test"}
+    added = "0000aaa" if names else "0021"  # a named one sorts first, renumbering every other identity
+    files.write_image(os.path.join(root, added, "cam1", "a.jpg"), 21)
+    files.write_image(os.path.join(root, added, "cam2", "b.jpg"), 21)
+    after = _sides(load_dataset(f"folder:{root}"))
+    assert {k: v for k, v in after.items() if k != added} == before
+    removed = sorted(before)[3]
+    shutil.rmtree(os.path.join(root, removed))
+    fewer = _sides(load_dataset(f"folder:{root}"))
+    assert fewer == {k: v for k, v in after.items() if k != removed}
+
+
+@pytest.mark.parametrize("fraction", [0.01, 0.99])
+def test_two_identities_keep_one_on_each_side_whatever_the_fraction(tmp_path, fraction):
+    root = files.folder_dataset(tmp_path / "crops", ids=2, cams=2, per_camera=2)
+    dataset = load_dataset(f"folder:{root}?test-fraction={fraction}")
+    assert len({r.pid for r in dataset.train}) == 1 and len({r.pid for r in dataset.gallery}) == 1
 
 
 def test_identity_folders_with_names_are_numbered_and_a_camera_pattern_reads_cameras(tmp_path):
