@@ -323,3 +323,35 @@ def test_same_camera_ok_keeps_same_camera_matches_but_never_the_query_image():
     # query a: a.jpg removed, c.jpg (0.2) first, a2 (0.5) second -> AP 1/2; query b: b2 first -> AP 1
     assert result["num_valid"] == 2 and result["mAP"] == pytest.approx(0.75)
     assert result["cmc"][0] == pytest.approx(0.5)
+
+
+# === The query picker ===
+
+def _unmatched(query, gallery) -> list:
+    cameras = {}
+    for record in gallery:
+        cameras.setdefault(record.pid, set()).add(record.camid)
+    return [r for r in query if not cameras.get(r.pid, set()) - {r.camid}]
+
+
+def test_every_picked_query_has_a_gallery_match_from_another_camera():
+    from aaa_keras.data.layouts_custom import pick_queries
+
+    # cameras 1 (two images) and 2 (one): one camera-1 query, the camera-2 image stays in the gallery
+    three = [("a.jpg", 7, 1), ("b.jpg", 7, 1), ("c.jpg", 7, 2)]
+    query, gallery = pick_queries(three, seed=0)
+    assert len(query) == 1 and query[0].camid == 1 and not _unmatched(query, gallery)
+    assert [r.path for r in gallery if r.camid == 2] == ["c.jpg"]
+    # a realistic spread: 200 ids, 2-3 cameras each (of 6), Poisson(1.5) + 1 images per camera
+    rng = np.random.default_rng(5)
+    test = []
+    for pid in range(1, 201):
+        for cam in rng.choice(6, size=int(rng.integers(2, 4)), replace=False) + 1:
+            test += [(f"{pid}_{cam}_{k}.jpg", pid, int(cam)) for k in range(int(rng.poisson(1.5)) + 1)]
+    for seed in range(3):
+        query, gallery = pick_queries(test, seed)
+        assert not _unmatched(query, gallery)
+        assert len({r.pid for r in query}) == 200 and len(query) + len(gallery) == len(test)
+    # single-camera data still gives queries (for --same-camera-ok), each keeping a gallery image
+    query, gallery = pick_queries([("a.jpg", 1, 1), ("b.jpg", 1, 1), ("c.jpg", 2, 1)], seed=0)
+    assert [r.pid for r in query] == [1] and len(gallery) == 2

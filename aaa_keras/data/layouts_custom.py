@@ -26,9 +26,10 @@ an identity is a test identity when a hash of ``(seed, its name)`` -- the
 folder name, or the CSV's person id -- read as a number in [0, 1) is below
 ``test_fraction`` (with N >= 2, at least one identity on each side), so
 adding or removing identities moves no other identity between train and
-test. Each test identity gives one query
-per camera, picked with a generator seeded by ``(seed, pid)``, as long as it
-keeps at least one gallery image; the rest of its images are the gallery, as
+test. Each test identity gives one query per camera, picked with a generator
+seeded by ``(seed, pid)``, as long as every query keeps a gallery image of
+the identity from another camera (single-camera data: any gallery image);
+the rest of its images are the gallery, as
 Market-1501 was made.
 """
 
@@ -281,25 +282,42 @@ def _split(rows: list, spec: DataSpec, split_given: bool, notes: list, names: di
 
 
 def pick_queries(test: list, seed: int) -> tuple[list[ImageRecord], list[ImageRecord]]:
-    """``(query, gallery)``: one query per identity and camera while the identity keeps a gallery image.
+    """``(query, gallery)``: one query per identity and camera while every query keeps a match.
 
-    Cameras in increasing order; the image of a camera is drawn with a
+    Cameras in increasing order; a camera gives a query only if afterwards
+    every query of the identity (this one and those picked before) still has
+    a gallery image of the identity from another camera, so each query is a
+    valid one (cameras 1, 1, 2: one camera-1 query, not also the only
+    camera-2 image, which would leave the camera-1 query no match). When the
+    whole test set is one camera, a query only needs a gallery image left
+    (single-camera data is evaluated with ``--same-camera-ok``). The image of a camera is drawn with a
     generator seeded by ``(seed, pid)``, so adding other identities changes
     no identity's queries.
     """
     by_pid: dict[int, list] = {}
     for row in sorted(test):
         by_pid.setdefault(row[1], []).append(row)
+    single_camera = len({row[2] for row in test}) <= 1
     query, gallery = [], []
     for pid, images in sorted(by_pid.items()):
         chosen = set()
         if pid > 0:
             rng = np.random.default_rng([seed, pid])
             for camid in sorted({cam for _, _, cam in images}):
-                if len(images) - len(chosen) < 2:
-                    break
                 candidates = [i for i, row in enumerate(images) if row[2] == camid]
-                chosen.add(candidates[int(rng.integers(len(candidates)))])
+                pick = candidates[int(rng.integers(len(candidates)))]
+                if _all_matched(images, chosen | {pick}, single_camera):
+                    chosen.add(pick)
         for i, (path, _, camid) in enumerate(images):
             (query if i in chosen else gallery).append(ImageRecord(path, pid, camid))
     return query, gallery
+
+
+def _all_matched(images: list, chosen: set, single_camera: bool = False) -> bool:
+    """Whether each chosen query's camera differs from some camera left in the gallery (with
+    ``single_camera`` data, only whether a gallery image is left: those queries are for
+    ``--same-camera-ok``)."""
+    if single_camera:
+        return len(images) > len(chosen)
+    gallery_cameras = {row[2] for i, row in enumerate(images) if i not in chosen}
+    return all(gallery_cameras - {images[i][2]} for i in chosen)
