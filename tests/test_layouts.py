@@ -355,3 +355,18 @@ def test_every_picked_query_has_a_gallery_match_from_another_camera():
     # single-camera data still gives queries (for --same-camera-ok), each keeping a gallery image
     query, gallery = pick_queries([("a.jpg", 1, 1), ("b.jpg", 1, 1), ("c.jpg", 2, 1)], seed=0)
     assert [r.pid for r in query] == [1] and len(gallery) == 2
+
+
+@pytest.mark.parametrize("cams", [1, 3])
+def test_data_check_warns_when_no_query_is_left_and_strict_fails(tmp_path, cams):
+    # one image per identity (one camera), or each identity in one camera of three: no query can be made
+    root = tmp_path / "crops"
+    for pid in range(1, 13):
+        files.write_image(os.path.join(str(root), f"{pid:04d}", f"cam{pid % cams + 1}", "a.jpg"), pid)
+        if cams > 1:
+            files.write_image(os.path.join(str(root), f"{pid:04d}", f"cam{pid % cams + 1}", "b.jpg"), pid)
+    report = check_dataset(f"folder:{root}", decode=False)
+    assert report.splits["query"].num_images == 0
+    assert any("no query image" in warning for warning in report.warnings) and not report.ok
+    with pytest.raises(DatasetError, match="strict check failed: .*no query image"):
+        check_dataset(f"folder:{root}", strict=True, decode=False)
