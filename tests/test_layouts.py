@@ -118,6 +118,14 @@ def test_a_malformed_folder_is_one_line_naming_it(tmp_path, make, fragment):
     assert fragment in one_line(caught)
 
 
+def test_identity_folders_1_and_01_are_refused_naming_both(tmp_path):
+    root = files.folder_dataset(tmp_path / "crops", ids=3, cams=1, per_camera=1, names=["1", "01", "2"])
+    with pytest.raises(DatasetError) as caught:
+        load_dataset(f"folder:{root}")
+    message = one_line(caught)
+    assert "01/ and 1/" in message and "person id 1" in message and str(root) in message
+
+
 def test_bad_spec_options_and_patterns_are_named(tmp_path):
     root = files.folder_dataset(tmp_path / "crops", ids=2, cams=1, per_camera=2, camera_level=False)
     for spec, fragment in ((f"folder:{root}?test-fraction=2", "test-fraction=2"),
@@ -154,6 +162,8 @@ def test_a_csv_list_with_splits_and_a_tsv_without(tmp_path):
     dataset = load_dataset(f"csv:{_csv(tmp_path, rows)}")
     assert dataset.layout.startswith("CSV")
     assert (len(dataset.train), len(dataset.query), len(dataset.gallery)) == (4, 2, 2)
+    commented = _csv(tmp_path, rows, "commented.csv", header="# my list\n\npath,pid,camid,split")
+    assert len(load_dataset(f"csv:{commented}").train) == 4  # the header on the first non-comment row
     tsv = _csv(tmp_path, [r[:3] for r in rows], "list.tsv", header="")
     unsplit = load_dataset(f"csv:{tsv}")
     # 2 test ids with one image per camera: one query each, so that each keeps a gallery image

@@ -15,7 +15,8 @@
 
 ``csv:FILE``
     One row per image, ``path,pid,camid[,split]``, comma- or tab-separated
-    (a ``.tsv`` file or a first line with a tab), an optional header row;
+    (a ``.tsv`` file or a first line with a tab), an optional header row (the
+    first row that is not blank or a ``#`` comment);
     ``path`` relative to the list file's directory (or absolute); ``camid``
     may be empty (then ``--camera-pattern`` on the path, else camera 1);
     ``split`` one of train, query, gallery, test -- given for every row or
@@ -184,13 +185,15 @@ def _csv_rows(path: str, spec: DataSpec) -> tuple[list, bool]:
     lines = text.splitlines()
     delimiter = "\t" if path.lower().endswith(".tsv") or (lines and "\t" in lines[0]) else ","
     rows, splits, unknown_camera = [], [], []
+    first_row = True
     for number, fields in enumerate(csv.reader(lines, delimiter=delimiter), start=1):
         fields = [field.strip() for field in fields]
         if not any(fields) or fields[0].startswith("#"):
             continue
         where = f"{path} line {number}"
-        if number == 1 and len(fields) > 1 and not _is_int(fields[1]):
-            continue  # a header row: path,pid,camid[,split]
+        header, first_row = first_row and len(fields) > 1 and not _is_int(fields[1]), False
+        if header:
+            continue  # a header row (the first row that is not blank or a # comment): path,pid,camid[,split]
         if len(fields) not in (3, 4):
             raise DatasetError(f"{where}: {len(fields)} fields; expected path,pid,camid[,split] "
                                f"(separated by {'tabs' if delimiter == chr(9) else 'commas'})")
