@@ -164,6 +164,9 @@ def test_a_csv_list_with_splits_and_a_tsv_without(tmp_path):
     assert (len(dataset.train), len(dataset.query), len(dataset.gallery)) == (4, 2, 2)
     commented = _csv(tmp_path, rows, "commented.csv", header="# my list\n\npath,pid,camid,split")
     assert len(load_dataset(f"csv:{commented}").train) == 4  # the header on the first non-comment row
+    tabbed = _csv(tmp_path, rows, "tabbed.txt", header="# my list\npath,pid,camid,split")
+    tabbed.write_text(tabbed.read_text().replace(",", "\t"))
+    assert len(load_dataset(f"csv:{tabbed}").train) == 4  # tabs seen on the first non-comment row
     tsv = _csv(tmp_path, [r[:3] for r in rows], "list.tsv", header="")
     unsplit = load_dataset(f"csv:{tsv}")
     # 2 test ids with one image per camera: one query each, so that each keeps a gallery image

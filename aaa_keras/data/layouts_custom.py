@@ -15,7 +15,7 @@
 
 ``csv:FILE``
     One row per image, ``path,pid,camid[,split]``, comma- or tab-separated
-    (a ``.tsv`` file or a first line with a tab), an optional header row (the
+    (a ``.tsv`` file or a tab in the first row), an optional header row (the
     first row that is not blank or a ``#`` comment);
     ``path`` relative to the list file's directory (or absolute); ``camid``
     may be empty (then ``--camera-pattern`` on the path, else camera 1);
@@ -183,7 +183,8 @@ def _csv_rows(path: str, spec: DataSpec) -> tuple[list, bool]:
     except (OSError, UnicodeDecodeError) as error:
         raise DatasetError(f"{path}: cannot be read as a text list ({error})") from None
     lines = text.splitlines()
-    delimiter = "\t" if path.lower().endswith(".tsv") or (lines and "\t" in lines[0]) else ","
+    first = next((line for line in lines if line.strip() and not line.lstrip().startswith("#")), "")
+    delimiter = "\t" if path.lower().endswith(".tsv") or "\t" in first else ","
     rows, splits, unknown_camera = [], [], []
     first_row = True
     for number, fields in enumerate(csv.reader(lines, delimiter=delimiter), start=1):
