@@ -12,7 +12,7 @@ import pytest
 import layout_files as files
 from aaa_keras.data import layouts
 from aaa_keras.data.check import check_data, check_dataset, format_report
-from aaa_keras.data.names import load_dataset
+from aaa_keras.data.layouts import load_dataset
 from aaa_keras.errors import DatasetError, UserError
 
 

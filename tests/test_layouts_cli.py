@@ -7,7 +7,7 @@ import json
 import pytest
 
 import layout_files as files
-from aaa_keras.data.names import load_dataset
+from aaa_keras.data.layouts import load_dataset
 from test_cli import TINY, assert_user_error, run
 
 

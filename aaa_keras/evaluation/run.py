@@ -13,7 +13,8 @@ import os
 import numpy as np
 
 from aaa_keras.data.check import verify_images
-from aaa_keras.data.names import ImageRecord, load_dataset, record_ids
+from aaa_keras.data.layouts import load_dataset
+from aaa_keras.data.names import ImageRecord, record_ids
 from aaa_keras.data.pipeline import eval_dataset, is_decode_error, op_error_reason
 from aaa_keras.files import write_json_atomically
 from aaa_keras.model.backbone import build_embedder
