@@ -383,3 +383,21 @@ def test_data_check_warns_when_no_query_is_left_and_strict_fails(tmp_path, cams)
     assert any("no query image" in warning for warning in report.warnings) and not report.ok
     with pytest.raises(DatasetError, match="strict check failed: .*no query image"):
         check_dataset(f"folder:{root}", strict=True, decode=False)
+
+
+def test_evaluating_a_run_on_its_own_changed_data_gives_a_one_line_warning(tmp_path):
+    import types
+
+    from aaa_keras.data.names import dataset_fingerprint
+    from aaa_keras.data.source import own_data_changed
+
+    spec = f"folder:{files.folder_dataset(tmp_path / 'crops', ids=8, cams=2, per_camera=1)}"
+    config = types.SimpleNamespace(data=spec, dataset_fingerprint=dataset_fingerprint(load_dataset(spec)))
+    assert own_data_changed(config, None, load_dataset(spec), spec) is None
+    files.write_image(tmp_path / "crops" / "0009" / "cam1" / "a.jpg", 9)
+    files.write_image(tmp_path / "crops" / "0009" / "cam2" / "b.jpg", 9)
+    changed = load_dataset(spec)
+    for data in (None, spec):
+        warning = own_data_changed(config, data, changed, spec)
+        assert warning.startswith(f"warning: {spec} no longer matches") and "\n" not in warning
+    assert own_data_changed(config, str(tmp_path / "other"), changed, spec) is None  # other data: by choice
