@@ -15,7 +15,8 @@ from aaa_keras import config as config_lib
 from aaa_keras import guard, multiworker, preemption
 from aaa_keras.config import STAGES, RunConfig
 from aaa_keras.data.check import verify_images
-from aaa_keras.data.names import SPLITS, ReidDataset, dataset_fingerprint, load_dataset
+from aaa_keras.data.layouts import load_dataset
+from aaa_keras.data.names import SPLITS, ReidDataset, dataset_fingerprint
 from aaa_keras.data.pipeline import train_dataset
 from aaa_keras.data.sampler import batches_per_epoch
 from aaa_keras.data.source import portable_data, resolve_data

@@ -259,7 +259,8 @@ def visualize_run(run_dir: str, stage: str | None = None, data: str | None = Non
         return written
 
     # === Data ===
-    from aaa_keras.data.names import dataset_fingerprint, load_dataset
+    from aaa_keras.data.layouts import load_dataset
+    from aaa_keras.data.names import dataset_fingerprint
 
     root = resolve_run_data(data, config.data, run_dir, log)
     dataset = load_dataset(root)

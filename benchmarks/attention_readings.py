@@ -57,7 +57,7 @@ def evaluation(run_dir, stage):
 
 def diagnostics(run_dir, stage):
     """The diagnostics of a trained stage, recomputed from its weights with the current code."""
-    from aaa_keras.data.names import load_dataset
+    from aaa_keras.data.layouts import load_dataset
     from aaa_keras.data.source import resolve_run_data
     from aaa_keras.model.diagnostics import attention_diagnostics
     from aaa_keras.run_dir import load_trained

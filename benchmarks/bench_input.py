@@ -39,7 +39,7 @@ import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 from aaa_keras.config import make_config  # noqa: E402
-from aaa_keras.data.names import load_dataset  # noqa: E402
+from aaa_keras.data.layouts import load_dataset  # noqa: E402
 from aaa_keras.data.pipeline import train_dataset  # noqa: E402
 from aaa_keras.data.synth import ensure_synthetic  # noqa: E402
 from aaa_keras.model.stages import BaselineModel  # noqa: E402

@@ -30,7 +30,7 @@ PERCENTILES = (0.1, 0.5, 1.0, 2.0, 5.0)
 
 
 def measure(run_dir, stage, feature, ends, data, max_images, representative_count) -> dict:
-    from aaa_keras.data.names import load_dataset
+    from aaa_keras.data.layouts import load_dataset
     from aaa_keras.data.source import resolve_run_data
     from aaa_keras.deploy import parity, tflite
     from aaa_keras.deploy.runtime import embed_files, read_images

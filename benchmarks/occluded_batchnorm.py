@@ -16,7 +16,8 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 from common import machine_description  # noqa: E402  (puts the repo on sys.path)
 
-from aaa_keras.data.names import load_dataset, record_ids  # noqa: E402
+from aaa_keras.data.layouts import load_dataset  # noqa: E402
+from aaa_keras.data.names import record_ids  # noqa: E402
 from aaa_keras.data.pipeline import train_dataset  # noqa: E402
 from aaa_keras.data.source import resolve_run_data  # noqa: E402
 from aaa_keras.evaluation.report import evaluate_features  # noqa: E402

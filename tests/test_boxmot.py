@@ -217,7 +217,7 @@ def _odd_crops(tiny_data, folder) -> list[str]:
 @pytest.mark.slow
 def test_boxmots_own_backends_load_every_file_and_give_the_keras_embeddings(exported, run_dir, tiny_data,
                                                                             tmp_path):
-    from aaa_keras.data.names import load_dataset
+    from aaa_keras.data.layouts import load_dataset
     from aaa_keras.deploy import parity as parity_lib
     from aaa_keras.model.backbone import build_embedder
     from aaa_keras.run_dir import load_trained

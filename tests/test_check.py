@@ -222,7 +222,7 @@ def test_a_truncated_jpeg_that_opencv_accepts_is_named(root):
 
 def test_verify_images_names_every_bad_file_and_the_flag(root, tmp_path):
     from aaa_keras.data.check import verify_images
-    from aaa_keras.data.names import load_dataset
+    from aaa_keras.data.layouts import load_dataset
 
     bad = [split_files(root, "train")[0], split_files(root, "query")[0]]
     truncate(bad[0])
@@ -243,7 +243,7 @@ def test_verify_images_names_every_bad_file_and_the_flag(root, tmp_path):
 
 def test_verify_images_caches_by_size_and_mtime(root, tmp_path, monkeypatch):
     from aaa_keras.data import check
-    from aaa_keras.data.names import load_dataset
+    from aaa_keras.data.layouts import load_dataset
 
     decoded = []
     real = check.decode_files

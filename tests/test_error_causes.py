@@ -115,3 +115,21 @@ def test_evaluate_reraises_another_invalid_argument_unchanged(monkeypatch, tmp_p
     with pytest.raises(tf.errors.InvalidArgumentError) as caught:
         _evaluate_raising(monkeypatch, tmp_path, error)
     assert caught.value is error
+
+
+def test_evaluate_logs_the_changed_own_data_warning(monkeypatch, tmp_path):
+    import aaa_keras.data.source
+    import aaa_keras.run_dir
+
+    lines = []
+    monkeypatch.setattr(aaa_keras.data.source, "own_data_changed",
+                        lambda config, data, dataset, root: "warning: data changed")
+    trained = types.SimpleNamespace(parts=None, stage="baseline", config=types.SimpleNamespace(data=""))
+    monkeypatch.setattr(aaa_keras.run_dir, "load_trained", lambda run_dir, stage, neck_feature=None: trained)
+    monkeypatch.setattr(aaa_keras.data.source, "resolve_run_data", lambda data, saved, run_dir, log: "data")
+    monkeypatch.setattr(run_lib, "build_embedder", lambda parts: types.SimpleNamespace(compile=lambda **_: None))
+    monkeypatch.setattr(run_lib, "load_dataset", lambda root: "dataset")
+    monkeypatch.setattr(run_lib, "verify_images", lambda dataset, *args, **kwargs: dataset)
+    monkeypatch.setattr(run_lib, "_evaluate_embedder", lambda *args: {})
+    run_lib.evaluate_run(str(tmp_path / "run"), log=lines.append)
+    assert "warning: data changed" in lines

@@ -88,7 +88,7 @@ def exported(run_dir, tmp_path_factory):
 @pytest.fixture(scope="module")
 def keras_reference(run_dir, tiny_data):
     """Test-split images (float32 0-255, as the pipeline decodes them) and their Keras embeddings."""
-    from aaa_keras.data.names import load_dataset
+    from aaa_keras.data.layouts import load_dataset
     from aaa_keras.data.pipeline import decode_image
     from aaa_keras.model.backbone import build_embedder
     from aaa_keras.run_dir import load_trained

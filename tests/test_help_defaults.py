@@ -48,7 +48,7 @@ def _check_pq_m():
 
 
 def _check_test_ids(tmp_path):
-    from aaa_keras.data.names import load_dataset
+    from aaa_keras.data.layouts import load_dataset
     from aaa_keras.data.synth import synthesize_market
 
     root = synthesize_market(str(tmp_path / "synth"), num_ids=7, num_cams=2, seed=0)

@@ -4,6 +4,7 @@ rule, occlusion shares, and one line naming a bad row or file."""
 
 import json
 import os
+import shutil
 
 import numpy as np
 import pytest
@@ -11,7 +12,7 @@ import pytest
 import layout_files as files
 from aaa_keras.data import layouts
 from aaa_keras.data.check import check_data, check_dataset, format_report
-from aaa_keras.data.names import load_dataset
+from aaa_keras.data.layouts import load_dataset
 from aaa_keras.errors import DatasetError, UserError
 
 
@@ -29,19 +30,54 @@ def test_a_folder_per_identity_with_cameras_is_split_by_identity_as_market_is(tm
     assert dataset.layout.startswith("folder")
     train_ids = {r.pid for r in dataset.train}
     test_ids = {r.pid for r in dataset.query} | {r.pid for r in dataset.gallery}
-    assert len(train_ids) == len(test_ids) == 5 and not train_ids & test_ids  # test fraction 0.5
+    # test fraction 0.5: each identity by its own hash draw, so about half, never all on one side
+    assert train_ids | test_ids == set(range(1, 11)) and not train_ids & test_ids
+    assert 2 <= len(test_ids) <= 8
     assert {r.camid for r in dataset.train} == {1, 2, 3}  # camera folders cam1..cam3
     # one query per test identity and camera, the rest gallery, no image in both
     queries = [(r.pid, r.camid) for r in dataset.query]
     assert sorted(queries) == sorted({(pid, cam) for pid in test_ids for cam in (1, 2, 3)})
-    assert len(dataset.gallery) == 5 * 3 * 2 - len(queries)
+    assert len(dataset.gallery) == len(test_ids) * 3 * 2 - len(queries)
     assert not {r.path for r in dataset.query} & {r.path for r in dataset.gallery}
     # deterministic; another seed or test fraction gives another split
     again = load_dataset(f"folder:{root}")
     assert [r.path for r in again.query] == [r.path for r in dataset.query]
     other = load_dataset(f"folder:{root}?seed=3")
     assert {r.pid for r in other.train} != train_ids
-    assert len({r.pid for r in load_dataset(f"folder:{root}?test-fraction=0.3").query}) == 3
+    smaller = {r.pid for r in load_dataset(f"folder:{root}?test-fraction=0.3").query}
+    assert smaller and smaller <= test_ids  # a lower fraction keeps a subset of the test identities
+
+
+def _sides(dataset) -> dict[str, str]:
+    """Identity folder name -> "train" or "test"."""
+    def name(record):
+        return os.path.relpath(record.path, dataset.root).split(os.sep)[0]
+    sides = {name(r): "train" for r in dataset.train}
+    sides.update({name(r): "test" for r in dataset.query + dataset.gallery})
+    return sides
+
+
+@pytest.mark.parametrize("names", [None, [f"person{i:02d}" for i in range(20)]])
+def test_adding_or_removing_an_identity_moves_no_other_identity_between_train_and_test(tmp_path, names):
+    root = files.folder_dataset(tmp_path / "crops", ids=20, cams=2, per_camera=1, camera_level=True, names=names)
+    before = _sides(load_dataset(f"folder:{root}"))
+    assert set(before.values()) == {"train", "test"}
+    added = "0000aaa" if names else "0021"  # a named one sorts first, renumbering every other identity
+    files.write_image(os.path.join(root, added, "cam1", "a.jpg"), 21)
+    files.write_image(os.path.join(root, added, "cam2", "b.jpg"), 21)
+    after = _sides(load_dataset(f"folder:{root}"))
+    assert {k: v for k, v in after.items() if k != added} == before
+    removed = sorted(before)[3]
+    shutil.rmtree(os.path.join(root, removed))
+    fewer = _sides(load_dataset(f"folder:{root}"))
+    assert fewer == {k: v for k, v in after.items() if k != removed}
+
+
+@pytest.mark.parametrize("fraction", [0.01, 0.99])
+def test_two_identities_keep_one_on_each_side_whatever_the_fraction(tmp_path, fraction):
+    root = files.folder_dataset(tmp_path / "crops", ids=2, cams=2, per_camera=2)
+    dataset = load_dataset(f"folder:{root}?test-fraction={fraction}")
+    assert len({r.pid for r in dataset.train}) == 1 and len({r.pid for r in dataset.gallery}) == 1
 
 
 def test_identity_folders_with_names_are_numbered_and_a_camera_pattern_reads_cameras(tmp_path):
@@ -82,6 +118,14 @@ def test_a_malformed_folder_is_one_line_naming_it(tmp_path, make, fragment):
     assert fragment in one_line(caught)
 
 
+def test_identity_folders_1_and_01_are_refused_naming_both(tmp_path):
+    root = files.folder_dataset(tmp_path / "crops", ids=3, cams=1, per_camera=1, names=["1", "01", "2"])
+    with pytest.raises(DatasetError) as caught:
+        load_dataset(f"folder:{root}")
+    message = one_line(caught)
+    assert "01/ and 1/" in message and "person id 1" in message and str(root) in message
+
+
 def test_bad_spec_options_and_patterns_are_named(tmp_path):
     root = files.folder_dataset(tmp_path / "crops", ids=2, cams=1, per_camera=2, camera_level=False)
     for spec, fragment in ((f"folder:{root}?test-fraction=2", "test-fraction=2"),
@@ -118,6 +162,11 @@ def test_a_csv_list_with_splits_and_a_tsv_without(tmp_path):
     dataset = load_dataset(f"csv:{_csv(tmp_path, rows)}")
     assert dataset.layout.startswith("CSV")
     assert (len(dataset.train), len(dataset.query), len(dataset.gallery)) == (4, 2, 2)
+    commented = _csv(tmp_path, rows, "commented.csv", header="# my list\n\npath,pid,camid,split")
+    assert len(load_dataset(f"csv:{commented}").train) == 4  # the header on the first non-comment row
+    tabbed = _csv(tmp_path, rows, "tabbed.txt", header="# my list\npath,pid,camid,split")
+    tabbed.write_text(tabbed.read_text().replace(",", "\t"))
+    assert len(load_dataset(f"csv:{tabbed}").train) == 4  # tabs seen on the first non-comment row
     tsv = _csv(tmp_path, [r[:3] for r in rows], "list.tsv", header="")
     unsplit = load_dataset(f"csv:{tsv}")
     # 2 test ids with one image per camera: one query each, so that each keeps a gallery image
@@ -287,3 +336,68 @@ def test_same_camera_ok_keeps_same_camera_matches_but_never_the_query_image():
     # query a: a.jpg removed, c.jpg (0.2) first, a2 (0.5) second -> AP 1/2; query b: b2 first -> AP 1
     assert result["num_valid"] == 2 and result["mAP"] == pytest.approx(0.75)
     assert result["cmc"][0] == pytest.approx(0.5)
+
+
+# === The query picker ===
+
+def _unmatched(query, gallery) -> list:
+    cameras = {}
+    for record in gallery:
+        cameras.setdefault(record.pid, set()).add(record.camid)
+    return [r for r in query if not cameras.get(r.pid, set()) - {r.camid}]
+
+
+def test_every_picked_query_has_a_gallery_match_from_another_camera():
+    from aaa_keras.data.layouts_custom import pick_queries
+
+    # cameras 1 (two images) and 2 (one): one camera-1 query, the camera-2 image stays in the gallery
+    three = [("a.jpg", 7, 1), ("b.jpg", 7, 1), ("c.jpg", 7, 2)]
+    query, gallery = pick_queries(three, seed=0)
+    assert len(query) == 1 and query[0].camid == 1 and not _unmatched(query, gallery)
+    assert [r.path for r in gallery if r.camid == 2] == ["c.jpg"]
+    # a realistic spread: 200 ids, 2-3 cameras each (of 6), Poisson(1.5) + 1 images per camera
+    rng = np.random.default_rng(5)
+    test = []
+    for pid in range(1, 201):
+        for cam in rng.choice(6, size=int(rng.integers(2, 4)), replace=False) + 1:
+            test += [(f"{pid}_{cam}_{k}.jpg", pid, int(cam)) for k in range(int(rng.poisson(1.5)) + 1)]
+    for seed in range(3):
+        query, gallery = pick_queries(test, seed)
+        assert not _unmatched(query, gallery)
+        assert len({r.pid for r in query}) == 200 and len(query) + len(gallery) == len(test)
+    # single-camera data still gives queries (for --same-camera-ok), each keeping a gallery image
+    query, gallery = pick_queries([("a.jpg", 1, 1), ("b.jpg", 1, 1), ("c.jpg", 2, 1)], seed=0)
+    assert [r.pid for r in query] == [1] and len(gallery) == 2
+
+
+@pytest.mark.parametrize("cams", [1, 3])
+def test_data_check_warns_when_no_query_is_left_and_strict_fails(tmp_path, cams):
+    # one image per identity (one camera), or each identity in one camera of three: no query can be made
+    root = tmp_path / "crops"
+    for pid in range(1, 13):
+        files.write_image(os.path.join(str(root), f"{pid:04d}", f"cam{pid % cams + 1}", "a.jpg"), pid)
+        if cams > 1:
+            files.write_image(os.path.join(str(root), f"{pid:04d}", f"cam{pid % cams + 1}", "b.jpg"), pid)
+    report = check_dataset(f"folder:{root}", decode=False)
+    assert report.splits["query"].num_images == 0
+    assert any("no query image" in warning for warning in report.warnings) and not report.ok
+    with pytest.raises(DatasetError, match="strict check failed: .*no query image"):
+        check_dataset(f"folder:{root}", strict=True, decode=False)
+
+
+def test_evaluating_a_run_on_its_own_changed_data_gives_a_one_line_warning(tmp_path):
+    import types
+
+    from aaa_keras.data.names import dataset_fingerprint
+    from aaa_keras.data.source import own_data_changed
+
+    spec = f"folder:{files.folder_dataset(tmp_path / 'crops', ids=8, cams=2, per_camera=1)}"
+    config = types.SimpleNamespace(data=spec, dataset_fingerprint=dataset_fingerprint(load_dataset(spec)))
+    assert own_data_changed(config, None, load_dataset(spec), spec) is None
+    files.write_image(tmp_path / "crops" / "0009" / "cam1" / "a.jpg", 9)
+    files.write_image(tmp_path / "crops" / "0009" / "cam2" / "b.jpg", 9)
+    changed = load_dataset(spec)
+    for data in (None, spec):
+        warning = own_data_changed(config, data, changed, spec)
+        assert warning.startswith(f"warning: {spec} no longer matches") and "\n" not in warning
+    assert own_data_changed(config, str(tmp_path / "other"), changed, spec) is None  # other data: by choice

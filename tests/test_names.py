@@ -7,9 +7,9 @@ import shutil
 import numpy as np
 import pytest
 
+from aaa_keras.data.layouts import load_dataset
 from aaa_keras.data.names import (
-    SPLITS, ImageRecord, ReidDataset, dataset_fingerprint, list_split, load_dataset,
-    name_format, parse_name, relabel)
+    SPLITS, ImageRecord, ReidDataset, dataset_fingerprint, list_split, name_format, parse_name, relabel)
 from aaa_keras.errors import DatasetError, UserError
 
 
@@ -171,3 +171,22 @@ def test_fingerprint_changes_with_the_training_images(tmp_path):
     after = dataset_fingerprint(load_dataset(str(root)))
     assert after != before
     assert after["num_train_ids"] == before["num_train_ids"] + 1
+
+
+def test_names_imports_no_module_built_on_it():
+    """``names`` is the bottom of the data modules: reading a dataset (``layouts.load_dataset``) lives
+    above it, so no import of layouts, check or source, even inside a function (no import cycle)."""
+    import ast
+
+    import aaa_keras.data.names as names
+
+    tree = ast.parse(open(names.__file__, encoding="utf-8").read())
+    imported = {node.module for node in ast.walk(tree) if isinstance(node, ast.ImportFrom) and node.module}
+    imported |= {alias.name for node in ast.walk(tree) if isinstance(node, ast.Import) for alias in node.names}
+    above = {m for m in imported if m.startswith(("aaa_keras.data.layouts", "aaa_keras.data.check",
+                                                  "aaa_keras.data.source", "aaa_keras.data.pipeline"))}
+    assert not above
+    from aaa_keras.data import load_dataset as from_package
+    from aaa_keras.data.layouts import load_dataset as from_layouts
+
+    assert from_package is from_layouts

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from aaa_keras.data import occluders
-from aaa_keras.data.names import load_dataset
+from aaa_keras.data.layouts import load_dataset
 from aaa_keras.data.synth import synthesize_market
 from aaa_keras.errors import UserError
 from aaa_keras.evaluation import occluded

@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 
 from aaa_keras.data import occluders, occlusion_protocol, synth
-from aaa_keras.data.names import SPLITS, load_dataset
+from aaa_keras.data.layouts import load_dataset
+from aaa_keras.data.names import SPLITS
 from aaa_keras.data.synth import synthesize_market
 
 

@@ -10,7 +10,7 @@ SIZE = (64, 32)
 
 
 def _split(root):
-    from aaa_keras.data.names import load_dataset
+    from aaa_keras.data.layouts import load_dataset
 
     dataset = load_dataset(root)
     records = dataset.train_identities()

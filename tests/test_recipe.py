@@ -276,7 +276,7 @@ def test_a_strong_stage_three_step_trains_the_network_and_the_attention_branch()
 # === P x K data ===
 
 def test_the_pk_training_dataset_yields_p_ids_times_k_images_per_batch(tiny_data):
-    from aaa_keras.data.names import load_dataset
+    from aaa_keras.data.layouts import load_dataset
     from aaa_keras.data.pipeline import train_dataset
 
     dataset = load_dataset(tiny_data)
@@ -294,7 +294,7 @@ def test_the_pk_training_dataset_yields_p_ids_times_k_images_per_batch(tiny_data
 
 def test_random_erasing_fills_with_the_mean_colour_inside_the_pixel_range(tiny_data):
     """keras' default fill is N(0, 1) x 255: pixels far outside [0, 255] that skewed BatchNorm."""
-    from aaa_keras.data.names import load_dataset
+    from aaa_keras.data.layouts import load_dataset
     from aaa_keras.data.pipeline import ERASING_FILL, train_dataset
 
     dataset = load_dataset(tiny_data)

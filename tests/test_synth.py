@@ -8,7 +8,8 @@ import cv2
 import pytest
 
 from aaa_keras.data import synth
-from aaa_keras.data.names import SPLITS, load_dataset, name_format, parse_name
+from aaa_keras.data.layouts import load_dataset
+from aaa_keras.data.names import SPLITS, name_format, parse_name
 from aaa_keras.data.synth import default_synthetic_dir, ensure_synthetic, synthesize_market
 from aaa_keras.errors import DatasetError, UserError
 

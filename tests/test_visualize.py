@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 
 from aaa_keras import plots, visualize
-from aaa_keras.data.names import ImageRecord, load_dataset
+from aaa_keras.data.layouts import load_dataset
+from aaa_keras.data.names import ImageRecord
 from aaa_keras.errors import RunDirError, UserError
 from aaa_keras.model.occlusion import grid_cells
 

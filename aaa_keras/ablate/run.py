@@ -126,7 +126,7 @@ def evaluate_per_query(run_dir: str, stage: str, metrics, log=print, occlude_que
     import tempfile
 
     from aaa_keras.evaluation.occluded import query_pair
-    from aaa_keras.data.names import load_dataset
+    from aaa_keras.data.layouts import load_dataset
     from aaa_keras.evaluation.distance import l2_normalize
     from aaa_keras.evaluation.report import _training_data
     from aaa_keras.data.names import record_ids as _ids

@@ -3,9 +3,10 @@ own data (``layouts*.py``), loading, checking, and the built-in synthetic genera
 package never imports TensorFlow (the tf.data input pipeline lives in ``aaa_keras.data.pipeline``)."""
 
 from aaa_keras.data.check import CheckReport, SplitStats, check_dataset, format_report
+from aaa_keras.data.layouts import load_dataset
 from aaa_keras.data.names import (
     DISTRACTOR_PID, IMAGE_EXTENSIONS, JUNK_PID, SPLITS, ImageRecord, ReidDataset,
-    dataset_fingerprint, list_split, load_dataset, parse_name, relabel)
+    dataset_fingerprint, list_split, parse_name, relabel)
 from aaa_keras.data.synth import default_synthetic_dir, ensure_synthetic, synthesize_market
 
 __all__ = [

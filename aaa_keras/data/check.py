@@ -280,7 +280,12 @@ def _query_warnings(dataset: ReidDataset, query_dir: str) -> list[str]:
     warnings = []
     unmatched = _unmatched_queries(dataset)
     num_query_ids = len({r.pid for r in dataset.query if r.is_identity})
-    if unmatched and len(unmatched) == num_query_ids:
+    if not num_query_ids:
+        warnings.append(
+            f"{query_dir}: no query image with a person id, so evaluation has nothing to rank; a query needs "
+            "another image of its identity in the gallery (from another camera): give test identities two or more "
+            "images, in two or more cameras")
+    elif unmatched and len(unmatched) == num_query_ids:
         warnings.append(
             f"{query_dir}: no query has a gallery image of its identity from another camera, so this split gives "
             "no valid query (a query is matched only against other cameras); fix: give the images distinct camera "

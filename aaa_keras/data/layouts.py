@@ -1,4 +1,4 @@
-"""Which layout a dataset is in, and reading it: :func:`load_layout`, behind ``names.load_dataset``.
+"""Which layout a dataset is in, and reading it: :func:`load_dataset` (:func:`load_layout`).
 
 ``--data`` names a dataset three ways (``data/source.py`` resolves the
 built-in names first):
@@ -167,6 +167,12 @@ def cuhk03_subsets(root: str) -> list[str]:
     """``root/labeled`` and ``root/detected`` that hold Market-1501's directories (CUHK03-NP's root)."""
     return [os.path.join(root, name) for name in ("labeled", "detected")
             if os.path.isdir(os.path.join(root, name, SPLITS["query"]))]
+
+
+def load_dataset(root: str) -> ReidDataset:
+    """Read a dataset: a root in any layout this module recognises, or a ``folder:`` / ``csv:`` spec
+    (``data/source.py`` resolves ``--data`` to one of these). Also ``aaa_keras.data.load_dataset``."""
+    return load_layout(os.fspath(root))
 
 
 def load_layout(text: str, allow_tiff: bool = False) -> ReidDataset:

@@ -15,23 +15,29 @@
 
 ``csv:FILE``
     One row per image, ``path,pid,camid[,split]``, comma- or tab-separated
-    (a ``.tsv`` file or a first line with a tab), an optional header row;
+    (a ``.tsv`` file or a tab in the first row), an optional header row (the
+    first row that is not blank or a ``#`` comment);
     ``path`` relative to the list file's directory (or absolute); ``camid``
     may be empty (then ``--camera-pattern`` on the path, else camera 1);
     ``split`` one of train, query, gallery, test -- given for every row or
     for none. Person id -1 is junk and 0 a distractor, as in Market-1501.
 
-Without a given split the identities are split deterministically: shuffled
-with ``seed``, the first ``round(test_fraction * N)`` (at least 1 and at most
-N - 1 when N >= 2) are test identities. Each test identity gives one query
-per camera, picked with a generator seeded by ``(seed, pid)``, as long as it
-keeps at least one gallery image; the rest of its images are the gallery, as
+Without a given split the identities are split deterministically and stably:
+an identity is a test identity when a hash of ``(seed, its name)`` -- the
+folder name, or the CSV's person id -- read as a number in [0, 1) is below
+``test_fraction`` (with N >= 2, at least one identity on each side), so
+adding or removing identities moves no other identity between train and
+test. Each test identity gives one query per camera, picked with a generator
+seeded by ``(seed, pid)``, as long as every query keeps a gallery image of
+the identity from another camera (single-camera data: any gallery image);
+the rest of its images are the gallery, as
 Market-1501 was made.
 """
 
 from __future__ import annotations
 
 import csv
+import hashlib
 import os
 import re
 
@@ -51,13 +57,14 @@ def load_spec(spec: DataSpec) -> ReidDataset:
         if not os.path.isdir(path):
             what = "is not a directory" if os.path.exists(path) else "does not exist"
             raise DatasetError(f"folder:{path}: {what}; expected a directory with a sub-folder per identity")
-        rows, split_given = _folder_rows(path, spec)
+        rows, split_given, names = _folder_rows(path, spec)
         layout, sources = "folder (a sub-folder per identity)", {"all": path}
     else:
         if not os.path.isfile(path):
             what = "is a directory" if os.path.isdir(path) else "does not exist"
             raise DatasetError(f"csv:{path}: {what}; expected a CSV/TSV list of path,pid,camid[,split]")
         rows, split_given = _csv_rows(path, spec)
+        names = {}
         layout, sources = "CSV list (path,pid,camid[,split])", {"all": path}
     if not rows:
         raise DatasetError(f"{spec.kind}:{path}: no images found (extensions .jpg, .jpeg, .png)")
@@ -65,7 +72,7 @@ def load_spec(spec: DataSpec) -> ReidDataset:
     if len({camid for _, _, camid, _ in rows}) == 1:
         notes.append("a single camera: every image is camera 1 (give a camera folder level, --camera-pattern "
                      "or the CSV's camid to tell cameras apart)")
-    splits = _split(rows, spec, split_given, notes)
+    splits = _split(rows, spec, split_given, notes, names)
     return ReidDataset(root=path, layout=layout, sources=sources, notes=notes, **splits)
 
 
@@ -77,8 +84,12 @@ def _folder_rows(root: str, spec: DataSpec) -> tuple[list, bool]:
     given = bool(top) and set(top) <= set(SPLIT_FOLDERS) and bool(set(top) & {"query", "gallery", "test"})
     directories = [os.path.join(root, split) for split in top] if given else [root]
     identities = sorted({name for directory in directories for name in _subdirs(directory)})
-    pids = ({name: int(name) for name in identities} if all(n.isdigit() and int(n) > 0 for n in identities)
+    numbered = all(n.isdigit() and int(n) > 0 for n in identities)
+    if numbered:
+        _refuse_duplicate_numbers(root, identities)
+    pids = ({name: int(name) for name in identities} if numbered
             else {name: index + 1 for index, name in enumerate(identities)})
+    spec_names = {pid: name for name, pid in pids.items()}
     camera_names = sorted({camera for directory in directories for name in _subdirs(directory)
                            for camera in _subdirs(os.path.join(directory, name))})
     cameras = _numbers(camera_names) or {name: index + 1 for index, name in enumerate(camera_names)}
@@ -88,7 +99,17 @@ def _folder_rows(root: str, spec: DataSpec) -> tuple[list, bool]:
         rows += [(p, pid, cam, split) for p, pid, cam, _ in _identity_rows(directory, pids, cameras)]
     if spec.camera_pattern is not None:
         rows = _cameras_from_pattern(rows, root, spec.camera_pattern)
-    return rows, given
+    return rows, given, spec_names
+
+
+def _refuse_duplicate_numbers(root: str, identities: list[str]) -> None:
+    """One line naming two identity folders with the same number (``1/`` and ``01/`` are both person 1)."""
+    seen: dict[int, str] = {}
+    for name in identities:
+        if int(name) in seen:
+            raise DatasetError(f"{root}: identity folders {seen[int(name)]}/ and {name}/ are both person id "
+                               f"{int(name)}; merge or rename one of them")
+        seen[int(name)] = name
 
 
 def _subdirs(directory: str) -> list[str]:
@@ -162,15 +183,18 @@ def _csv_rows(path: str, spec: DataSpec) -> tuple[list, bool]:
     except (OSError, UnicodeDecodeError) as error:
         raise DatasetError(f"{path}: cannot be read as a text list ({error})") from None
     lines = text.splitlines()
-    delimiter = "\t" if path.lower().endswith(".tsv") or (lines and "\t" in lines[0]) else ","
+    first = next((line for line in lines if line.strip() and not line.lstrip().startswith("#")), "")
+    delimiter = "\t" if path.lower().endswith(".tsv") or "\t" in first else ","
     rows, splits, unknown_camera = [], [], []
+    first_row = True
     for number, fields in enumerate(csv.reader(lines, delimiter=delimiter), start=1):
         fields = [field.strip() for field in fields]
         if not any(fields) or fields[0].startswith("#"):
             continue
         where = f"{path} line {number}"
-        if number == 1 and len(fields) > 1 and not _is_int(fields[1]):
-            continue  # a header row: path,pid,camid[,split]
+        header, first_row = first_row and len(fields) > 1 and not _is_int(fields[1]), False
+        if header:
+            continue  # a header row (the first row that is not blank or a # comment): path,pid,camid[,split]
         if len(fields) not in (3, 4):
             raise DatasetError(f"{where}: {len(fields)} fields; expected path,pid,camid[,split] "
                                f"(separated by {'tabs' if delimiter == chr(9) else 'commas'})")
@@ -210,7 +234,28 @@ def _is_int(text: str) -> bool:
 
 # === The split ===
 
-def _split(rows: list, spec: DataSpec, split_given: bool, notes: list) -> dict:
+def identity_draw(seed: int, name: str) -> float:
+    """A number in [0, 1) fixed by ``(seed, name)`` alone: an identity is a test identity when it is
+    below the test fraction, so adding or removing other identities moves no identity across."""
+    digest = hashlib.sha256(f"{seed}\0{name}".encode()).digest()
+    return int.from_bytes(digest[:8], "big") / 2.0 ** 64
+
+
+def split_test_identities(identities: dict[int, str], seed: int, test_fraction: float) -> set[int]:
+    """The test pids among ``identities`` (pid -> name): each by :func:`identity_draw` against
+    ``test_fraction``; with two or more identities and 0 < fraction < 1, at least one on each side
+    (the one with the lowest draw is moved to test, or the one with the highest to training)."""
+    draws = {pid: identity_draw(seed, name) for pid, name in identities.items()}
+    test = {pid for pid, draw in draws.items() if draw < test_fraction}
+    if len(draws) >= 2 and 0.0 < test_fraction < 1.0:
+        if not test:
+            test = {min(draws, key=lambda pid: (draws[pid], pid))}
+        elif len(test) == len(draws):
+            test.discard(max(draws, key=lambda pid: (draws[pid], pid)))
+    return test
+
+
+def _split(rows: list, spec: DataSpec, split_given: bool, notes: list, names: dict | None = None) -> dict:
     records = {split: [] for split in ("train", "query", "gallery")}
     if split_given:
         test = []
@@ -224,11 +269,9 @@ def _split(rows: list, spec: DataSpec, split_given: bool, notes: list) -> dict:
         records["gallery"] += gallery
         return records
     identities = sorted({pid for _, pid, _, _ in rows if pid > 0})
-    order = np.random.default_rng(spec.seed).permutation(len(identities))
-    num_test = int(round(spec.test_fraction * len(identities)))
-    if len(identities) >= 2 and 0.0 < spec.test_fraction < 1.0:
-        num_test = min(max(num_test, 1), len(identities) - 1)
-    test_ids = {identities[i] for i in order[:num_test]}
+    names = names or {}
+    test_ids = split_test_identities({pid: names.get(pid, str(pid)) for pid in identities}, spec.seed,
+                               spec.test_fraction)
     notes.append(f"split by identity (seed {spec.seed}, test fraction {spec.test_fraction:g}): "
                  f"{len(identities) - len(test_ids)} training, {len(test_ids)} test identities; one query per "
                  "test identity and camera")
@@ -243,25 +286,42 @@ def _split(rows: list, spec: DataSpec, split_given: bool, notes: list) -> dict:
 
 
 def pick_queries(test: list, seed: int) -> tuple[list[ImageRecord], list[ImageRecord]]:
-    """``(query, gallery)``: one query per identity and camera while the identity keeps a gallery image.
+    """``(query, gallery)``: one query per identity and camera while every query keeps a match.
 
-    Cameras in increasing order; the image of a camera is drawn with a
+    Cameras in increasing order; a camera gives a query only if afterwards
+    every query of the identity (this one and those picked before) still has
+    a gallery image of the identity from another camera, so each query is a
+    valid one (cameras 1, 1, 2: one camera-1 query, not also the only
+    camera-2 image, which would leave the camera-1 query no match). When the
+    whole test set is one camera, a query only needs a gallery image left
+    (single-camera data is evaluated with ``--same-camera-ok``). The image of a camera is drawn with a
     generator seeded by ``(seed, pid)``, so adding other identities changes
     no identity's queries.
     """
     by_pid: dict[int, list] = {}
     for row in sorted(test):
         by_pid.setdefault(row[1], []).append(row)
+    single_camera = len({row[2] for row in test}) <= 1
     query, gallery = [], []
     for pid, images in sorted(by_pid.items()):
         chosen = set()
         if pid > 0:
             rng = np.random.default_rng([seed, pid])
             for camid in sorted({cam for _, _, cam in images}):
-                if len(images) - len(chosen) < 2:
-                    break
                 candidates = [i for i, row in enumerate(images) if row[2] == camid]
-                chosen.add(candidates[int(rng.integers(len(candidates)))])
+                pick = candidates[int(rng.integers(len(candidates)))]
+                if _all_matched(images, chosen | {pick}, single_camera):
+                    chosen.add(pick)
         for i, (path, _, camid) in enumerate(images):
             (query if i in chosen else gallery).append(ImageRecord(path, pid, camid))
     return query, gallery
+
+
+def _all_matched(images: list, chosen: set, single_camera: bool = False) -> bool:
+    """Whether each chosen query's camera differs from some camera left in the gallery (with
+    ``single_camera`` data, only whether a gallery image is left: those queries are for
+    ``--same-camera-ok``)."""
+    if single_camera:
+        return len(images) > len(chosen)
+    gallery_cameras = {row[2] for i, row in enumerate(images) if i not in chosen}
+    return all(gallery_cameras - {images[i][2]} for i in chosen)

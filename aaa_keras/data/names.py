@@ -14,7 +14,8 @@ CUHK03-NP (``PPPP_cC_N.png``, e.g. ``0001_c1_1.png``) uses the same layout;
 its names are read only under a directory named like CUHK03 (``cuhk03-np/labeled``),
 so that a malformed Market name is not silently taken for one. The other
 layouts (MSMT17, Occluded-REID, Partial-REID, a folder per identity, a CSV
-list) live in ``layouts.py``; :func:`load_dataset` dispatches to them.
+list) live in ``layouts.py``, whose :func:`~aaa_keras.data.layouts.load_dataset` reads any of
+them (this module never imports it: ``layouts`` builds on this one).
 """
 
 from __future__ import annotations
@@ -189,14 +190,6 @@ class ReidDataset:
     def num_classes(self) -> int:
         """Number of training identities, i.e. the classifier's output size."""
         return len({r.pid for r in self.train_identities()})
-
-
-def load_dataset(root: str) -> ReidDataset:
-    """Read a dataset: a root in any layout ``layouts.py`` recognises, or a ``folder:`` /
-    ``csv:`` spec (``data/source.py`` resolves ``--data`` to one of these)."""
-    from aaa_keras.data.layouts import load_layout  # layouts builds on this module
-
-    return load_layout(os.fspath(root))
 
 
 def load_market(root: str) -> ReidDataset:

@@ -17,6 +17,7 @@ from __future__ import annotations
 import os
 
 from aaa_keras.data.layouts import LAYOUT_CHOICES, parse_spec
+from aaa_keras.data.names import dataset_fingerprint
 from aaa_keras.data.synth import BUILTIN_PREFIX, BUILTIN_SIZES, builtin_settings, default_synthetic_dir, \
     ensure_synthetic
 from aaa_keras.errors import UserError
@@ -79,3 +80,20 @@ def _builtin_name(saved: str) -> str | None:
         if os.path.basename(os.path.normpath(saved)) == os.path.basename(default_synthetic_dir(**settings)):
             return BUILTIN_PREFIX + name
     return None
+
+
+def own_data_changed(config, data: str | None, dataset, root: str) -> str | None:
+    """A one-line warning when a run evaluated on its own data (no ``--data``, or the same one)
+    finds it no longer matching the ``dataset_fingerprint`` stored at training, else None: files
+    were added or removed, so a ``folder:`` / ``csv:`` split may differ from the one trained on
+    (docs/decisions.md, "Your own data and the other benchmarks' layouts")."""
+    stored = getattr(config, "dataset_fingerprint", None)
+    if not stored or (data and data != config.data):
+        return None
+    now = dataset_fingerprint(dataset)
+    if now == stored:
+        return None
+    changed = ", ".join(f"{key} {stored.get(key)} -> {value}" for key, value in now.items()
+                        if stored.get(key) != value)
+    return (f"warning: {root} no longer matches the data this run trained on ({changed}); test identities "
+            "may differ from the run's split, so results are not comparable with its earlier ones")

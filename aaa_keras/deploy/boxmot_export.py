@@ -57,7 +57,7 @@ def export_boxmot(run_dir: str, out: str, stage: str | None = None, formats=FORM
     Returns ``{"version", "stage", "dir", "onnx", "openvino", "tflite": {quant: path}, "parity_json",
     "report"}``. Raises ``UserError`` on bad arguments or a missed parity threshold.
     """
-    from aaa_keras.data.names import load_dataset
+    from aaa_keras.data.layouts import load_dataset
     from aaa_keras.data.source import resolve_run_data
     from aaa_keras.deploy import export as export_lib
     from aaa_keras.model.backbone import build_embedder

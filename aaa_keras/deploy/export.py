@@ -129,7 +129,7 @@ def export_run(run_dir: str, out: str, stage: str | None = None, formats=FORMATS
     not exported). Raises ``UserError`` for bad arguments and
     when parity is missed (the export is then moved to ``out/_rejected/``).
     """
-    from aaa_keras.data.names import load_dataset
+    from aaa_keras.data.layouts import load_dataset
     from aaa_keras.data.source import resolve_run_data
     from aaa_keras.evaluation.run import extract_embeddings
     from aaa_keras.model.backbone import build_embedder

@@ -13,7 +13,8 @@ import os
 import numpy as np
 
 from aaa_keras.data.check import verify_images
-from aaa_keras.data.names import ImageRecord, load_dataset, record_ids
+from aaa_keras.data.layouts import load_dataset
+from aaa_keras.data.names import ImageRecord, record_ids
 from aaa_keras.data.pipeline import eval_dataset, is_decode_error, op_error_reason
 from aaa_keras.files import write_json_atomically
 from aaa_keras.model.backbone import build_embedder
@@ -52,7 +53,7 @@ def evaluate_run(run_dir: str, stage: str | None = None, data: str | None = None
     import tensorflow as tf
 
     from aaa_keras.errors import UserError
-    from aaa_keras.data.source import resolve_run_data
+    from aaa_keras.data.source import own_data_changed, resolve_run_data
     from aaa_keras.execution import distribution_strategy, precision_policy
     from aaa_keras.run_dir import load_trained
 
@@ -70,6 +71,9 @@ def evaluate_run(run_dir: str, stage: str | None = None, data: str | None = None
     config, stage = trained.config, trained.stage
     root = resolve_run_data(data, config.data, run_dir, log)
     dataset = load_dataset(root)
+    warning = own_data_changed(config, data, dataset, root)
+    if warning:
+        log(warning)
     splits = ("query", "gallery") + (("train",) if any(m != "euclidean" for m in metrics) else ())
     dataset = verify_images(dataset, splits, run_dir, skip_bad_images, log, purpose="evaluate")
     if same_camera_ok:  # every query a camera of its own; the JSON is written once marked, below
