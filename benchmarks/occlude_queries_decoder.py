@@ -4,7 +4,7 @@ outside the occluder that differ from the clean query as the model receives it
 Run: PYTHONPATH=. python benchmarks/occlude_queries_decoder.py (tiny dataset, a trivial embedder)."""
 import tempfile, numpy as np, keras, cv2
 from aaa_keras.data.synth import synthesize_market
-from aaa_keras.data.names import load_dataset
+from aaa_keras.data.layouts import load_dataset
 from aaa_keras.evaluation import occluded
 from aaa_keras.evaluation.run import extract_embeddings
 from aaa_keras.data.pipeline import eval_dataset
