@@ -22,8 +22,8 @@ VISUALIZATIONS = ("ranks", "attention", "occlusion", "curves")
 EXPORT_FORMATS = ("saved_model", "tflite", "onnx", "openvino")
 QUANTIZATIONS = ("float32", "float16", "int8")
 
-# Gallery index types of `index --index-type` (aaa_keras/deploy/gallery.py).
-INDEX_TYPES = ("exact", "ivf-pq")
+# Gallery index types of `index --index-type` (aaa_keras/deploy/index_types.py: what each one is).
+INDEX_TYPES = ("exact", "ivf-pq", "ivf-sq8", "pca-ivf-sq8", "pca-ivf-sq8-refine", "opq-ivf-pq-refine")
 
 # Tables of `ablate --table` (aaa_keras/ablate/).
 ABLATION_TABLES = ("3", "4", "5", "controls")

@@ -77,6 +77,9 @@ DESCRIBED = {
     ("export", "version"): ("Default: the next free version", None),
     ("export", "parity_max_images"): ("default all", None),
     ("search", "nprobe"): ("default: the index's own", None),
+    ("search", "k_factor"): ("default: the index's own", None),
+    ("index", "pca"): ("min(256, D)", lambda tmp: __import__("aaa_keras.deploy.index_types", fromlist=["x"])
+                       .default_pca(2048) == 256),
 }
 
 
