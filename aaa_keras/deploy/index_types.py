@@ -43,7 +43,7 @@ DEFAULT_K_FACTOR = 4  # refine types: candidates re-ranked per result
 DEFAULT_PCA = 256
 PQ_BITS = 8  # bits per sub-quantiser code: 256 centroids each
 MIN_TRAIN_PER_CELL = 39  # FAISS's own minimum of training points per k-means centroid
-TRAIN_PER_CELL = 128  # training sample per cell (FAISS: 30 to 256; its k-means subsamples above 256)
+TRAIN_PER_CELL = 40  # training sample per cell (FAISS: 30 to 256, and it warns below 39); see training_sample
 MIN_TRAIN = 256  # the scalar / product quantisers' own minimum (256 centroids per PQ sub-space)
 
 # What each type is, as a FAISS index_factory string (``Refine(SQ8)`` = IndexRefine over an 8-bit SQ of the
@@ -90,7 +90,12 @@ def default_pca(dim: int) -> int:
 
 
 def training_sample(vectors: np.ndarray, nlist: int | None, seed: int = 0) -> np.ndarray:
-    """A random sample of ``vectors`` to train on: TRAIN_PER_CELL per cell (at least MIN_TRAIN), not all."""
+    """A random sample of ``vectors`` to train on: TRAIN_PER_CELL per cell (at least MIN_TRAIN), not all.
+
+    40 per cell keeps training in minutes at a million 2048-d crops on 2 cores
+    (PCA's covariance and k-means both scale with the sample); the recall
+    measured with it is in docs/benchmarks.md.
+    """
     wanted = max(MIN_TRAIN, TRAIN_PER_CELL * (nlist or 1))
     if len(vectors) <= wanted:
         return np.ascontiguousarray(vectors, np.float32)
