@@ -263,10 +263,34 @@ def main():
                 print(f"  {index_type} nprobe {nprobe}" + (f" k_factor {k_factor:g}" if k_factor else "")
                       + f": 10-recall@10 {row['recall']:.4f}, mAP {row['map']:.4f}, {qps:.0f} queries/s "
                       f"({row['speedup']:.0f}x exact), {memory / 1e9:.3f} GB", flush=True)
+    # Exact search timed again now, beside the index searches (the load of a shared machine drifts): on the
+    # first chunks, scaled to N (its cost is linear in N). The ratios use the faster of the two timings.
+    exact["qps_during_add"] = exact["qps"]
+    exact["qps_after"] = exact_qps_again(args, data, queries, top)
+    exact["qps"] = max(exact["qps_during_add"], exact["qps_after"])
+    for row in rows:
+        row["speedup"] = row["qps"] / exact["qps"]
+        row["meets"] = (row["recall"] >= 0.95 and row["map_drop"] <= 0.5 and row["speedup"] >= 20
+                        and row["memory_ratio"] <= 0.25)
+    print(f"  exact timed again after the index searches: {exact['qps_after']:.1f} queries/s (during the adding: "
+          f"{exact['qps_during_add']:.1f}); ratios against {exact['qps']:.1f}", flush=True)
     print_report(args, exact, rows, time.time() - started)
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"args": vars(args), "exact": exact, "rows": rows}, f, indent=2)
+
+
+def exact_qps_again(args, data, queries, top, count=100_000):
+    """Queries/s of exact search over N vectors, from the time over the first ``count`` (x N / count)."""
+    import faiss
+
+    count = min(count, args.count)
+    flat = faiss.IndexFlatIP(args.dim)
+    for start in range(0, count, args.chunk):
+        flat.add(data.chunk(start, min(start + args.chunk, count)))
+    tick = time.perf_counter()
+    flat.search(queries, top)
+    return len(queries) / ((time.perf_counter() - tick) * args.count / count)
 
 
 def print_report(args, exact, rows, seconds):

@@ -135,10 +135,10 @@ def test_the_sq8_types_find_the_exact_top_10_on_clustered_vectors(index_type, tm
     recall = np.mean([len(set(f) & set(e)) / 10 for f, e in zip(found, exact)])
     # PCA to half the dimensions loses neighbours; the refine stage (full-dimension distances) finds them back
     assert recall >= {"ivf-sq8": 0.97, "pca-ivf-sq8": 0.65, "pca-ivf-sq8-refine": 0.97}[index_type], recall
-    if index_type.endswith("refine"):  # re-ranked in the full dimensions from 8-bit codes: nearly exact scores
+    if index_type.endswith("refine"):  # full-dimension 8-bit distances: nearly exact
         scores, ids = index.search(queries, 10)
         for q in range(len(queries)):
-            np.testing.assert_allclose(scores[q], queries[q] @ vectors[ids[q]].T, atol=0.01)
+            np.testing.assert_allclose(scores[q], queries[q] @ vectors[ids[q]].T, atol=0.02)
 
 
 def test_an_inconsistent_or_foreign_directory_is_refused_with_its_name(tmp_path):
