@@ -448,22 +448,30 @@ def export(run_dir, stage, out, formats, quantize, model_name, version, represen
 @click.option("--append", is_flag=True,
               help="Add the crops of --gallery that are not in the existing index yet (the others are not re-embedded).")
 @click.option("--index-type", type=click.Choice(vocabulary.INDEX_TYPES), default="exact", show_default=True,
-              help="exact: brute-force inner product; ivf-pq: approximate, for large galleries (>= 256 images).")
+              help="exact: brute force. The others are approximate, for large galleries (>= 256 images), named "
+                   "after their FAISS stages (pca: PCA to --pca dims; ivf: --nlist cells; sq8: 8-bit codes; "
+                   "opq/pq: product codes of --pq-m bytes; refine: candidates re-ranked by full-dimension "
+                   "distance); recall, speed and memory of each: docs/benchmarks.md.")
 @click.option("--nlist", type=click.IntRange(1), default=None,
-              help="ivf-pq cells, over N gallery images: at least 39 training images per cell, so N // 39 "
+              help="IVF cells, over N gallery images: at least 39 training images per cell, so N // 39 "
                    "decides below about 24,000 images. [default: min(4 sqrt(N), N // 39)]")
 @click.option("--pq-m", type=click.IntRange(1), default=None,
-              help="ivf-pq bytes per image; must divide the embedding size D. "
+              help="ivf-pq / opq bytes per image; must divide D (opq: --pca, as D). "
                    "[default: the largest divisor of D up to min(64, D / 2)]")
+@click.option("--pca", type=click.IntRange(1), default=None,
+              help="pca / opq types: dimensions kept. [default: min(256, D)]")
 @click.option("--nprobe", type=click.IntRange(1), default=16, show_default=True,
-              help="ivf-pq cells searched per query (stored in the index for `search`).")
+              help="IVF cells searched per query (stored in the index for `search`).")
+@click.option("--k-factor", type=click.FloatRange(1), default=4.0, show_default=True,
+              help="refine types: candidates re-ranked per result (stored in the index for `search`).")
 @click.option("--batch-size", type=click.IntRange(1), default=32, show_default=True)
 @click.option("--skip-bad-images", is_flag=True,
               help="Leave out crops that do not decode (named in one line) instead of stopping.")
 @click.option("--verify", is_flag=True, help="Check the index --out instead: every file readable, rows = "
               "vectors, its model present (--gallery not needed).")
 @user_errors
-def index(model_path, gallery, out, append, index_type, nlist, pq_m, nprobe, batch_size, skip_bad_images, verify):
+def index(model_path, gallery, out, append, index_type, nlist, pq_m, pca, nprobe, k_factor, batch_size,
+          skip_bad_images, verify):
     """Embed a folder of crops with an exported model into a searchable gallery index.
 
     \b
@@ -471,7 +479,7 @@ def index(model_path, gallery, out, append, index_type, nlist, pq_m, nprobe, bat
       python cli.py index --model models/aaa_net/1 --gallery ~/synth/bounding_box_test --out gallery_index
       python cli.py index --model models/aaa_net/1 --gallery crops/2024-06-02 --out gallery_index --append
       python cli.py index --model models/onnx/aaa_net/1/aaa_net_v1.onnx --gallery big/ --out big_index \\
-          --index-type ivf-pq --nprobe 32
+          --index-type pca-ivf-sq8-refine --nprobe 32
     """
     from aaa_keras.deploy import build_index
 
@@ -481,7 +489,7 @@ def index(model_path, gallery, out, append, index_type, nlist, pq_m, nprobe, bat
         verify_index(out, model_path, log=click.echo)
         return
     build_index(model_path, gallery, out, batch_size, log=click.echo, append=append, index_type=index_type,
-                nlist=nlist, pq_m=pq_m, nprobe=nprobe, skip_bad_images=skip_bad_images)
+                nlist=nlist, pq_m=pq_m, nprobe=nprobe, skip_bad_images=skip_bad_images, pca=pca, k_factor=k_factor)
 
 
 @cli.command()
@@ -518,10 +526,12 @@ def embed(model_path, images, out, batch_size, skip_bad_images, threads):
 @click.argument("images", nargs=-1, required=True)
 @click.option("--top", type=click.IntRange(1), default=10, show_default=True)
 @click.option("--nprobe", type=click.IntRange(1), default=None,
-              help="ivf-pq cells searched per query; default: the index's own.")
+              help="IVF cells searched per query. [default: the index's own]")
+@click.option("--k-factor", type=click.FloatRange(1), default=None,
+              help="refine types: candidates re-ranked per result. [default: the index's own]")
 @click.option("--picture", default=None, help="Also write the ranked lists as a PNG.")
 @user_errors
-def search(index_path, model_path, images, top, nprobe, picture):
+def search(index_path, model_path, images, top, nprobe, k_factor, picture):
     """Rank the indexed gallery for each query IMAGE with an exported model.
 
     \b
@@ -531,7 +541,8 @@ def search(index_path, model_path, images, top, nprobe, picture):
     from aaa_keras.deploy import format_search
     from aaa_keras.deploy import search as search_gallery
 
-    rankings = search_gallery(index_path, model_path, list(images), top, picture=picture, nprobe=nprobe)
+    rankings = search_gallery(index_path, model_path, list(images), top, picture=picture, nprobe=nprobe,
+                              k_factor=k_factor)
     click.echo(format_search(list(images), rankings))
     if picture:
         click.echo(f"Wrote {picture}")

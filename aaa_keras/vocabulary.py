@@ -24,8 +24,8 @@ QUANTIZATIONS = ("float32", "float16", "int8")
 # Contracts of `export --for`: the project's own (RGB 0-255 NHWC) or BoxMOT's re-ID (aaa_keras/deploy/boxmot.py).
 EXPORT_TARGETS = ("aaa-keras", "boxmot")
 
-# Gallery index types of `index --index-type` (aaa_keras/deploy/gallery.py).
-INDEX_TYPES = ("exact", "ivf-pq")
+# Gallery index types of `index --index-type` (aaa_keras/deploy/index_types.py: what each one is).
+INDEX_TYPES = ("exact", "ivf-pq", "ivf-sq8", "pca-ivf-sq8", "pca-ivf-sq8-refine", "opq-ivf-pq-refine")
 
 # Tables of `ablate --table` (aaa_keras/ablate/).
 ABLATION_TABLES = ("3", "4", "5", "controls", "occlusion")

@@ -2,44 +2,52 @@
 
 An index is a directory (``python cli.py index --out DIR``)::
 
-    DIR/meta.sqlite        table ``meta`` (key -> value: format, dim, index_type, nlist, pq_m, nprobe,
-                           generation, ntotal, model_path, model_kind, image_size, created) and table
-                           ``images`` (id = the vector's position in FAISS, path UNIQUE, file,
-                           gallery_dir, pid, camid, time, added, generation)
-    DIR/vectors.G.faiss    the FAISS index of generation G; only the generation named in ``meta`` is live
+    DIR/meta.sqlite        table ``meta`` (key -> value: format, dim, index_type, nlist, pq_m, pca, nprobe,
+                           k_factor, generation, base, deltas, ntotal, model_path, model_kind, image_size,
+                           created) and table ``images`` (id = the vector's position in the index, path UNIQUE,
+                           file, gallery_dir, pid, camid, time, added, generation)
+    DIR/vectors.B.faiss    the base: every vector up to generation B (``meta.base``)
+    DIR/delta.G.faiss      a delta: the vectors added after the previous live file, up to generation G;
+                           the live deltas are listed in ``meta.deltas`` (oldest first)
+    DIR/trained.faiss      the trained, empty index a delta starts from (not for ``exact``)
 
-Index types (inner product on L2-normalised embeddings, i.e. cosine):
+The index types (what each one is, trained how) are in
+:mod:`aaa_keras.deploy.index_types`. Opening an index reads the base and the
+live deltas and merges them in memory (``index_types.merge_into``), so a
+search is one FAISS search whatever the number of files.
 
-- ``exact``: ``IndexFlatIP``, brute force, 4 x D bytes per image; the same
-  top-k as a NumPy brute-force search (tested);
-- ``ivf-pq``: ``IVF{nlist},PQ{pq_m}`` (inverted lists over ``nlist`` k-means
-  cells, each vector product-quantised to ``pq_m`` bytes), searched in
-  ``nprobe`` cells; approximate, for galleries too large for ``exact``
-  (``benchmarks/bench_search.py`` measures recall@10 and speed). It is trained
-  on the images of the first ``index`` run, so that one should be
-  representative; ``--append`` adds to the trained cells without retraining.
-
-**Appending** (``GalleryIndex.append``) never re-embeds or rewrites the rows
-already there, and it is all-or-nothing. Under SQLite's write lock
-(``BEGIN IMMEDIATE``, so two appends run one after the other) it reads the
-live vectors, adds the new ones, writes them as generation ``G + 1`` (a new
-file, fsynced), inserts the new rows and moves ``meta.generation`` to
-``G + 1`` in the same transaction, commits, and only then deletes generation
-``G``. A process killed at any point leaves either the old generation named
-in ``meta`` with the old rows (the uncommitted rows are rolled back by
-SQLite's journal; an orphan ``vectors.G+1.faiss`` is removed by the next
-append), or the new one with all new rows: the row count always equals the
-live index's size (checked on every open). A reader holds a SQLite read
-transaction while it loads the live file, so an append cannot delete it
-under the reader.
+**Appending** (``GalleryIndex.append``) writes only what it adds, and it is
+all-or-nothing. Under SQLite's write lock (``BEGIN IMMEDIATE``: two appends
+run one after the other) it writes the new vectors alone as
+``delta.G+1.faiss`` (a new file, fsynced), inserts the new rows and moves
+``meta.generation`` / ``meta.deltas`` in the same transaction, and commits.
+**Compaction rule**: when the live deltas together hold as many vectors as
+the base (the index has doubled since its base was written), the append
+writes base + deltas + the new vectors as a new base ``vectors.G+1.faiss``
+instead, so every vector is rewritten about log2(N / N0) times over the life
+of an index, not at every append; and when more than :data:`MAX_DELTAS`
+deltas would be live, they are merged into one delta (smaller than the base,
+by the first rule). Files that are not live are deleted only while the
+deleting process holds the write lock and only by the state it reads under
+it: an orphan of a killed append, the files a compaction replaced. So two
+appends never delete each other's live files, and a reader, which holds a
+SQLite read transaction while it loads the live files, never loses one
+(a commit waits for the readers; deleting a file that the committed state
+does not name cannot touch a reader's). A process killed at any point leaves
+either the old state with the old rows (the uncommitted rows are rolled back
+by SQLite's journal; an orphan file is removed by the next append) or the new
+one with all new rows: the row count always equals the live vectors
+(checked on every open, per file).
 
 This module needs only NumPy, FAISS and the standard library (no TensorFlow).
+It is past 450 lines on purpose: the append's commit protocol, its cleanup and
+the reading that must agree with them are kept in one file, so the
+crash-consistency argument above can be checked against one piece of code.
 """
 
 from __future__ import annotations
 
 import datetime
-import math
 import os
 import re
 import shutil
@@ -47,17 +55,20 @@ import sqlite3
 
 import numpy as np
 
+from aaa_keras.deploy.index_types import (DEFAULT_K_FACTOR, DEFAULT_NPROBE, MIN_TRAIN_PER_CELL, PQ_BITS,  # noqa: F401
+                                          cosines, default_nlist, default_pq_m, empty_like, make_faiss_index, merge_into,
+                                          set_nprobe, set_search_params, uses)
 from aaa_keras.errors import DamagedFile, UserError
 from aaa_keras.files import PARTIAL_PREFIX, atomic_path, is_partial, read_back, reading
-from aaa_keras.vocabulary import INDEX_TYPES
+from aaa_keras.vocabulary import INDEX_TYPES  # noqa: F401
 
-INDEX_FORMAT = "aaa_keras-gallery-v2"
+INDEX_FORMAT = "aaa_keras-gallery-v3"
+READABLE_FORMATS = ("aaa_keras-gallery-v2", INDEX_FORMAT)  # v2: one vectors file, no deltas
 META_FILE = "meta.sqlite"
-DEFAULT_NPROBE = 16
-PQ_BITS = 8  # bits per sub-quantiser code: 256 centroids each
-MIN_TRAIN_PER_CELL = 39  # FAISS's own minimum of training points per k-means centroid
+TRAINED_FILE = "trained.faiss"
+MAX_DELTAS = 8  # more live deltas than this are merged into one
 LOCK_TIMEOUT_S = 600  # how long a second append / a reader waits for SQLite's lock
-_VECTORS = re.compile(r"vectors\.(\d+)\.faiss")
+_INDEX_FILE = re.compile(r"(vectors|delta)\.(\d+)\.faiss")
 
 ROW_FIELDS = ("path", "file", "gallery_dir", "pid", "camid", "time")
 
@@ -72,58 +83,14 @@ def _faiss():
     return faiss
 
 
-# === Choosing and building the FAISS index ===
-
-def default_pq_m(dim: int) -> int:
-    """Bytes per vector of IVF-PQ: the largest divisor of ``dim`` up to min(64, dim / 2)."""
-    limit = max(1, min(64, dim // 2))
-    return max(m for m in range(1, limit + 1) if dim % m == 0)
-
-
-def default_nlist(count: int) -> int:
-    """About 4 sqrt(N) cells, with at least 39 training points per cell."""
-    return max(1, min(int(4 * math.sqrt(count)), count // MIN_TRAIN_PER_CELL))
-
-
-def make_faiss_index(dim: int, index_type: str = "exact", nlist: int | None = None, pq_m: int | None = None,
-                     train: np.ndarray | None = None):
-    """An empty (trained, for ``ivf-pq``) FAISS inner-product index. Returns ``(index, params)``."""
-    faiss = _faiss()
-    if index_type == "exact":
-        return faiss.IndexFlatIP(dim), {"nlist": None, "pq_m": None}
-    if index_type != "ivf-pq":
-        raise UserError(f"--index-type: got {index_type!r}; expected one of {', '.join(INDEX_TYPES)}")
-    count = 0 if train is None else len(train)
-    minimum = 2 ** PQ_BITS
-    if count < minimum:
-        raise UserError(f"--index-type ivf-pq: needs at least {minimum} images to train its quantisers, the "
-                        f"gallery has {count}; use --index-type exact (fast enough for small galleries)")
-    nlist = default_nlist(count) if nlist is None else int(nlist)
-    pq_m = default_pq_m(dim) if pq_m is None else int(pq_m)
-    if not 1 <= nlist <= count:
-        raise UserError(f"--nlist {nlist}: expected 1 to {count} (the number of training images)")
-    if pq_m < 1 or dim % pq_m:
-        raise UserError(f"--pq-m {pq_m}: must divide the embedding size {dim} (e.g. {default_pq_m(dim)})")
-    index = faiss.index_factory(dim, f"IVF{nlist},PQ{pq_m}x{PQ_BITS}", faiss.METRIC_INNER_PRODUCT)
-    # Polysemous training (on by default) re-orders the PQ codes for Hamming-distance pre-filtering, which is
-    # not used here (polysemous_ht = 0); it took 20 of the 26 s of training 3000 64-d vectors.
-    faiss.downcast_index(faiss.extract_index_ivf(index)).do_polysemous_training = False
-    index.train(np.ascontiguousarray(train, np.float32))
-    return index, {"nlist": nlist, "pq_m": pq_m}
-
-
-def set_nprobe(index, nprobe: int) -> None:
-    faiss = _faiss()
-    try:
-        faiss.extract_index_ivf(index).nprobe = int(nprobe)
-    except RuntimeError:  # not an IVF index: nothing to set
-        pass
-
-
 # === Files ===
 
 def _vectors_path(directory: str, generation: int) -> str:
     return os.path.join(directory, f"vectors.{generation}.faiss")
+
+
+def _delta_path(directory: str, generation: int) -> str:
+    return os.path.join(directory, f"delta.{generation}.faiss")
 
 
 def _write_vectors(index, path: str) -> None:
@@ -133,21 +100,27 @@ def _write_vectors(index, path: str) -> None:
         faiss.write_index(index, tmp)
 
 
-def _commit_state(connection, generation: int, ntotal: int) -> None:
-    """Name the new generation live and commit the transaction (the commit point of an append)."""
-    connection.executemany("UPDATE meta SET value = ? WHERE key = ?",
-                           [(str(generation), "generation"), (str(ntotal), "ntotal")])
+def _commit_state(connection, state: dict) -> None:
+    """Name the new live files and count, and commit the transaction (the commit point of an append)."""
+    connection.executemany("INSERT OR REPLACE INTO meta VALUES (?, ?)",
+                           [(key, str(state[key])) for key in ("generation", "base", "deltas", "ntotal")]
+                           + [("format", INDEX_FORMAT)])
     connection.commit()
 
 
-def _remove_stale_vectors(directory: str, live: int) -> None:
-    """Delete every ``vectors.G.faiss`` other than the live generation's, and the temporary
-    files of killed writes (``files.is_partial``; ``vectors.G.faiss.tmpPID`` of older versions)."""
+def _live_names(state: dict) -> set[str]:
+    return {f"vectors.{state['base']}.faiss", *(f"delta.{g}.faiss" for g in state["delta_list"])}
+
+
+def _remove_dead_files(directory: str, state: dict) -> None:
+    """Delete the vectors / delta files that ``state`` does not name, and temporary files of killed writes
+    (``files.is_partial``; ``vectors.G.faiss.tmpPID`` of older versions). Call it only under the write lock
+    with the state read under it: then every file it deletes is dead for every process."""
+    live = _live_names(state)
     for name in os.listdir(directory):
-        match = _VECTORS.fullmatch(name)
         stale_tmp = (is_partial(name) and name.endswith(".faiss")) or (
-            name.startswith("vectors.") and ".faiss.tmp" in name)
-        if (match and int(match.group(1)) != live) or stale_tmp:
+            name.startswith(("vectors.", "delta.")) and ".faiss.tmp" in name)
+        if (_INDEX_FILE.fullmatch(name) and name not in live) or stale_tmp:
             try:
                 os.remove(os.path.join(directory, name))
             except FileNotFoundError:
@@ -160,10 +133,30 @@ def _connect(path: str) -> sqlite3.Connection:
     return connection
 
 
+def _state(connection) -> dict:
+    """``generation``, ``base``, ``deltas`` (text), ``delta_list`` and ``ntotal`` as committed (v2: no deltas)."""
+    meta = dict(connection.execute(
+        "SELECT key, value FROM meta WHERE key IN ('generation', 'base', 'deltas', 'ntotal')").fetchall())
+    generation = int(meta["generation"])
+    deltas = meta.get("deltas") or ""
+    return {"generation": generation, "base": int(meta.get("base", generation)), "deltas": deltas,
+            "delta_list": [int(g) for g in deltas.split(",") if g], "ntotal": int(meta["ntotal"])}
+
+
+def _segment_sizes(connection, state: dict) -> list[tuple[str, int]]:
+    """``(file name, rows it must hold)`` for the base and each live delta, from the rows' generations."""
+    counts = dict(connection.execute("SELECT generation, COUNT(*) FROM images GROUP BY generation").fetchall())
+    bounds = [state["base"], *state["delta_list"]]
+    sizes = [(f"vectors.{state['base']}.faiss", sum(n for g, n in counts.items() if g <= bounds[0]))]
+    for low, high in zip(bounds, bounds[1:]):
+        sizes.append((f"delta.{high}.faiss", sum(n for g, n in counts.items() if low < g <= high)))
+    return sizes
+
+
 _SCHEMA = """
 CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT);
 CREATE TABLE images (
-    id INTEGER PRIMARY KEY,          -- the vector's position in the FAISS index
+    id INTEGER PRIMARY KEY,          -- the vector's position in the index (base first, then the deltas)
     path TEXT NOT NULL UNIQUE,       -- absolute path when indexed
     file TEXT NOT NULL,              -- relative to gallery_dir
     gallery_dir TEXT NOT NULL,
@@ -198,13 +191,13 @@ class GalleryIndex:
                 info = dict(connection.execute("SELECT key, value FROM meta").fetchall())
             finally:
                 connection.close()
-        if info.get("format") != INDEX_FORMAT:
+        if info.get("format") not in READABLE_FORMATS:
             raise UserError(f"{label} {directory}: format {info.get('format')!r}, expected {INDEX_FORMAT!r}")
         self.info = info
         self.dim = int(info["dim"])
         self.index_type = info["index_type"]
         self._index = None
-        self._generation = None
+        self._files = None
 
     def remedy(self) -> str:
         """What to do about a damaged index, in words."""
@@ -223,17 +216,21 @@ class GalleryIndex:
     @classmethod
     def create(cls, directory: str, embeddings: np.ndarray, rows: list[dict], index_type: str = "exact",
                nlist: int | None = None, pq_m: int | None = None, nprobe: int = DEFAULT_NPROBE,
-               info: dict | None = None, label: str = "--out") -> GalleryIndex:
+               info: dict | None = None, label: str = "--out", pca: int | None = None,
+               k_factor: float = DEFAULT_K_FACTOR) -> GalleryIndex:
         """Write a new index directory (atomically: built beside it, then renamed into place)."""
         if os.path.exists(directory):
             raise UserError(f"{label} {directory}: already exists; add new crops to it with --append, or give "
                             "a new path. Nothing was overwritten")
         if nprobe < 1:
             raise UserError(f"--nprobe: expected a positive integer, got {nprobe}")
+        if k_factor < 1:
+            raise UserError(f"--k-factor: expected a number >= 1, got {k_factor}")
         embeddings = np.ascontiguousarray(embeddings, np.float32)
         if embeddings.ndim != 2 or len(embeddings) != len(rows) or not len(rows):
             raise UserError(f"{label} {directory}: nothing to index ({len(rows)} images)")
-        index, params = make_faiss_index(embeddings.shape[1], index_type, nlist, pq_m, embeddings)
+        index, params = make_faiss_index(embeddings.shape[1], index_type, nlist, pq_m, embeddings, pca)
+        trained = None if index_type == "exact" else empty_like(index)
         index.add(embeddings)
         parent = os.path.dirname(os.path.abspath(directory))
         os.makedirs(parent, exist_ok=True)
@@ -242,12 +239,15 @@ class GalleryIndex:
         os.makedirs(partial)
         try:
             _write_vectors(index, _vectors_path(partial, 0))
+            if trained is not None:
+                _write_vectors(trained, os.path.join(partial, TRAINED_FILE))
             connection = _connect(os.path.join(partial, META_FILE))
             connection.executescript(_SCHEMA)
             connection.execute("BEGIN")
-            meta = {"format": INDEX_FORMAT, "dim": embeddings.shape[1], "index_type": index_type,
-                    "nlist": params["nlist"], "pq_m": params["pq_m"], "nprobe": nprobe, "generation": 0,
-                    "ntotal": index.ntotal, "created": _now(), **(info or {})}
+            meta = {"format": INDEX_FORMAT, "dim": embeddings.shape[1], "index_type": index_type, **params,
+                    "nprobe": nprobe, "k_factor": k_factor if uses(index_type, "k_factor") else None,
+                    "generation": 0, "base": 0, "deltas": "", "ntotal": index.ntotal, "created": _now(),
+                    **(info or {})}
             connection.executemany("INSERT INTO meta VALUES (?, ?)",
                                    [(k, None if v is None else str(v)) for k, v in meta.items()])
             _insert_rows(connection, rows, 0, 0)
@@ -260,6 +260,23 @@ class GalleryIndex:
 
     # === Reading ===
 
+    def _read_live(self, connection, state: dict):
+        """The base and the live deltas read and merged into one index, each file's size checked against
+        its rows (one DamagedFile line naming the file that disagrees). Returns ``(index, file names)``."""
+        sizes = _segment_sizes(connection, state)
+        index = None
+        for name, rows in sizes:
+            part = self._read_vectors(os.path.join(self.directory, name))  # missing, empty, damaged -> one line
+            if part.ntotal != rows:
+                raise DamagedFile(f"{self.label} {self.directory}: inconsistent index: {rows} rows in {META_FILE} "
+                                  f"belong in {name}, which holds {part.ntotal} vectors; " + self.remedy())
+            if index is None:
+                index = part
+            else:
+                with reading(os.path.join(self.directory, name), "the index's vectors (FAISS)", self.remedy()):
+                    merge_into(index, part)  # a delta of another kind or training cannot merge: damage
+        return index, [name for name, _ in sizes]
+
     def _load(self):
         """The live FAISS index, loaded under a read transaction; checks rows == vectors."""
         if self._index is not None:
@@ -268,19 +285,18 @@ class GalleryIndex:
             connection = _connect(self._meta_path)
         try:
             with self._reading_meta():
-                connection.execute("BEGIN")  # a shared lock: no append can commit (and delete this file) meanwhile
-                generation, ntotal = _state(connection)
+                connection.execute("BEGIN")  # a shared lock: no append can commit (and delete a file) meanwhile
+                state = _state(connection)
                 rows = connection.execute("SELECT COUNT(*) FROM images").fetchone()[0]
-            path = _vectors_path(self.directory, generation)
-            index = self._read_vectors(path)  # missing, empty or damaged -> one line
+                index, files = self._read_live(connection, state)
             connection.execute("COMMIT")
         finally:
             connection.close()
-        if not rows == ntotal == index.ntotal:
+        if not rows == state["ntotal"] == index.ntotal:
             raise DamagedFile(f"{self.label} {self.directory}: inconsistent index: {rows} rows in {META_FILE}, "
-                              f"{ntotal} recorded, {index.ntotal} vectors in {os.path.basename(path)}; "
+                              f"{state['ntotal']} recorded, {index.ntotal} vectors in {', '.join(files)}; "
                               + self.remedy())
-        self._index, self._generation = index, generation
+        self._index, self._files = index, files
         return index
 
     def check_files(self) -> dict:
@@ -297,25 +313,29 @@ class GalleryIndex:
             raise DamagedFile(f"{self._meta_path}: the index's metadata (SQLite) is damaged "
                               f"({'; '.join(problems[:3])}); {self.remedy()}")
         size = self.size
-        return {"size": size, "vectors_file": os.path.basename(_vectors_path(self.directory, self._generation)),
-                "paths": paths}
+        return {"size": size, "vectors_file": " + ".join(self._files), "paths": paths}
 
     @property
     def size(self) -> int:
         return self._load().ntotal
 
-    def search(self, queries: np.ndarray, top: int, nprobe: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    def search(self, queries: np.ndarray, top: int, nprobe: int | None = None,
+               k_factor: float | None = None) -> tuple[np.ndarray, np.ndarray]:
         """``(scores, ids)``, each ``(Q, top)``: inner products (cosines) and row ids, best first; id -1 = none."""
         index = self._load()
         nprobe = int(self.info.get("nprobe") or DEFAULT_NPROBE) if nprobe is None else int(nprobe)
         if nprobe < 1:
             raise UserError(f"--nprobe: expected a positive integer, got {nprobe}")
-        set_nprobe(index, nprobe)
+        k_factor = float(self.info.get("k_factor") or DEFAULT_K_FACTOR) if k_factor is None else float(k_factor)
+        if k_factor < 1:
+            raise UserError(f"--k-factor: expected a number >= 1, got {k_factor}")
+        set_search_params(index, nprobe, k_factor)
         queries = np.ascontiguousarray(queries, np.float32)
         if queries.ndim != 2 or queries.shape[1] != self.dim:
             raise UserError(f"{self.label} {self.directory}: holds {self.dim}-d embeddings, the queries are "
                             f"{list(queries.shape)}")
-        return index.search(queries, int(min(top, max(index.ntotal, 1))))
+        scores, ids = index.search(queries, int(min(top, max(index.ntotal, 1))))
+        return cosines(index, scores), ids
 
     def rows(self, ids) -> list[dict]:
         """Metadata of row ids, in the order given."""
@@ -346,18 +366,34 @@ class GalleryIndex:
                 connection.close()
 
     def vectors(self, ids) -> np.ndarray:
-        """Stored vectors of row ids (exact index: the embeddings; ivf-pq: their PQ reconstruction)."""
+        """Stored vectors of row ids (exact index: the embeddings; the others: their decoded codes)."""
         index = self._load()
         faiss = _faiss()
         if self.index_type != "exact":
-            faiss.extract_index_ivf(index).make_direct_map()
+            try:
+                faiss.extract_index_ivf(index).make_direct_map()
+            except RuntimeError:
+                pass
         return np.stack([index.reconstruct(int(i)) for i in ids]) if len(ids) else np.zeros((0, self.dim))
 
     # === Appending ===
 
+    def _empty(self):
+        """A trained index holding no vectors: what a delta starts from."""
+        if self.index_type == "exact":
+            return _faiss().IndexFlatIP(self.dim)
+        trained = os.path.join(self.directory, TRAINED_FILE)
+        if os.path.exists(trained):
+            return self._read_vectors(trained)
+        return empty_like(self._load())  # a v2 index: no trained file
+
     def append(self, embeddings: np.ndarray, rows: list[dict]) -> int:
-        """Add new images (rows whose ``path`` is already indexed are skipped); returns how many were added."""
-        faiss = _faiss()
+        """Add new images (rows whose ``path`` is already indexed are skipped); returns how many were added.
+
+        Writes one new file (a delta, or by the compaction rule a merged
+        delta or a new base) and commits it with the rows; see the module
+        docstring.
+        """
         embeddings = np.ascontiguousarray(embeddings, np.float32)
         if len(embeddings) != len(rows) or (len(rows) and embeddings.shape[1] != self.dim):
             raise UserError(f"{self.label} {self.directory}: holds {self.dim}-d embeddings, got "
@@ -365,23 +401,23 @@ class GalleryIndex:
         connection = _connect(self._meta_path)
         new_path = None
         try:
-            connection.execute("BEGIN IMMEDIATE")  # the write lock: appends run one after another
-            generation, ntotal = _state(connection)
-            _remove_stale_vectors(self.directory, generation)  # orphans of a killed append
+            with self._reading_meta():
+                connection.execute("BEGIN IMMEDIATE")  # the write lock: appends run one after another
+                state = _state(connection)
+            _remove_dead_files(self.directory, state)  # orphans of a killed append
             present = {row[0] for row in connection.execute("SELECT path FROM images")}
             keep = [i for i, row in enumerate(rows) if row["path"] not in present]
             if not keep:
                 connection.rollback()
                 return 0
-            index = self._read_vectors(_vectors_path(self.directory, generation))
-            if index.ntotal != ntotal:
-                raise DamagedFile(f"{self.label} {self.directory}: inconsistent index: {ntotal} rows recorded, "
-                                  f"{index.ntotal} vectors; {self.remedy()}")
-            index.add(embeddings[keep])
-            new_path = _vectors_path(self.directory, generation + 1)
-            _write_vectors(index, new_path)
-            _insert_rows(connection, [rows[i] for i in keep], ntotal, generation + 1)
-            _commit_state(connection, generation + 1, index.ntotal)
+            generation = state["generation"] + 1
+            delta = self._empty()
+            delta.add(embeddings[keep])
+            new_state, written = self._plan(connection, state, generation, delta)
+            new_path = os.path.join(self.directory, f"{written}.{generation}.faiss")
+            _write_vectors(new_state.pop("index"), new_path)
+            _insert_rows(connection, [rows[i] for i in keep], state["ntotal"], generation)
+            _commit_state(connection, new_state)
             new_path = None  # committed: the new file is live
         except BaseException:
             if connection.in_transaction:
@@ -391,14 +427,45 @@ class GalleryIndex:
             raise
         finally:
             connection.close()
-        _remove_stale_vectors(self.directory, generation + 1)
-        self._index, self.info["ntotal"] = None, str(ntotal + len(keep))
+        self._cleanup()
+        self._index, self.info["ntotal"] = None, str(state["ntotal"] + len(keep))
         return len(keep)
 
+    def _plan(self, connection, state: dict, generation: int, delta) -> tuple[dict, str]:
+        """The compaction rule: the new state and what to write (``vectors``: a new base, ``delta``: a delta).
 
-def _state(connection) -> tuple[int, int]:
-    meta = dict(connection.execute("SELECT key, value FROM meta WHERE key IN ('generation', 'ntotal')").fetchall())
-    return int(meta["generation"]), int(meta["ntotal"])
+        Returns ``(state with "index": the FAISS index to write, "vectors" or "delta")``.
+        """
+        base_rows = _segment_sizes(connection, state)[0][1]
+        delta_rows = state["ntotal"] - base_rows + delta.ntotal
+        ntotal = state["ntotal"] + delta.ntotal
+        if delta_rows >= base_rows:  # the index has doubled since its base: write a new base
+            index, _ = self._read_live(connection, state)
+            merge_into(index, delta)
+            return {"generation": generation, "base": generation, "deltas": "", "ntotal": ntotal,
+                    "index": index}, "vectors"
+        deltas = [*state["delta_list"], generation]
+        if len(deltas) > MAX_DELTAS:  # merge the deltas into one (smaller than the base, by the rule above)
+            merged = self._empty()
+            for g in state["delta_list"]:
+                merge_into(merged, self._read_vectors(_delta_path(self.directory, g)))
+            merge_into(merged, delta)
+            delta, deltas = merged, [generation]
+        return {"generation": generation, "base": state["base"], "deltas": ",".join(map(str, deltas)),
+                "ntotal": ntotal, "index": delta}, "delta"
+
+    def _cleanup(self) -> None:
+        """After a commit: delete the files the committed state no longer names, under the write lock and by
+        the state read under it (a later append may already have committed another)."""
+        connection = _connect(self._meta_path)
+        try:
+            connection.execute("BEGIN IMMEDIATE")
+            _remove_dead_files(self.directory, _state(connection))
+            connection.rollback()
+        except sqlite3.OperationalError:  # locked for LOCK_TIMEOUT_S: the next append removes them
+            pass
+        finally:
+            connection.close()
 
 
 def _insert_rows(connection, rows: list[dict], first_id: int, generation: int) -> None:

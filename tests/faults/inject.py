@@ -11,6 +11,9 @@ Faults (test-only; nothing in the package reads them):
 - ``keras-version:V`` -- ``keras.__version__`` reads V (another Keras than the multi-worker patch's).
 - ``steps:SECONDS`` -- after every training step print ``step STAGE EPOCH STEP`` (1-based) and sleep
   SECONDS, so a test can send SIGTERM at a known step.
+- ``sigkill-at:POINT`` -- ``index --append`` SIGKILLs itself at POINT: ``new_file_written`` (its delta or
+  new base written, nothing committed), ``rows_inserted_not_committed`` (at the commit), or
+  ``committed_not_cleaned_up`` (committed, the files it replaced not yet deleted).
 - ``sigterm-at:EPOCH:STEP`` -- the process sends itself SIGTERM after that training step (1-based) and
   then takes 1.5 s per step: longer than TensorFlow's 1-second poll of the termination flag, so the
   save lands a step or two later whatever the machine's load (no race with a parent's signal).
@@ -100,6 +103,25 @@ def enospc_on(name):
     keras.Model.save_weights = save_weights
 
 
+def sigkill_at(point):
+    import signal
+
+    from aaa_keras.deploy import gallery
+
+    def die(*_args):
+        os.kill(os.getpid(), signal.SIGKILL)
+
+    write_vectors = gallery._write_vectors
+    if point == "new_file_written":
+        gallery._write_vectors = lambda index, path: (write_vectors(index, path), die())
+    elif point == "rows_inserted_not_committed":
+        gallery._commit_state = lambda connection, state: die()
+    elif point == "committed_not_cleaned_up":
+        gallery.GalleryIndex._cleanup = lambda self: die()
+    else:
+        raise SystemExit(f"unknown sigkill-at point {point!r}")
+
+
 def main():
     fault, separator, *args = sys.argv[1:]
     assert separator == "--", "usage: inject.py FAULT -- CLI ARGS"
@@ -124,6 +146,8 @@ def main():
     elif kind == "sigterm-at":
         epoch, step = spec.split(":")
         announce_steps(0.0, sigterm_at=(int(epoch), int(step)))
+    elif kind == "sigkill-at":
+        sigkill_at(spec)
     elif kind == "keras-version":
         import keras
 
