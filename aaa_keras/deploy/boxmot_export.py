@@ -262,7 +262,6 @@ def convert_int8(model, representative: np.ndarray) -> bytes:
     input's range is exactly BoxMOT's (about [-2.12, 2.64]: 0.0187 per step, about one grey level)."""
     import contextlib
     import io
-    import warnings
 
     import tensorflow as tf
 
@@ -273,17 +272,4 @@ def convert_int8(model, representative: np.ndarray) -> bytes:
     calibration[0, :, 0, 0], calibration[0, :, 0, -1] = low, high  # NCHW
     with contextlib.redirect_stdout(io.StringIO()):
         converter = tf.lite.TFLiteConverter.from_keras_model(model)
-
-    def representative_dataset():
-        for image in calibration:
-            yield [image[None]]
-
-    converter.optimizations = [tf.lite.Optimize.DEFAULT]
-    converter.representative_dataset = representative_dataset
-    converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
-    converter.inference_input_type = tf.int8
-    converter.inference_output_type = tf.int8
-    with contextlib.redirect_stdout(io.StringIO()), warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message="Statistics for quantized inputs")
-        content = converter.convert()
-    return tflite_lib.widen_embedding_range(content, tflite_lib.EMBEDDING_HEADROOM)
+    return tflite_lib.convert_integer(converter, calibration, tf.int8)

@@ -120,24 +120,33 @@ def convert(model: keras.Model, quantization: str, representative: np.ndarray | 
     elif quantization == "int8":
         if representative is None or len(representative) == 0:
             raise UserError("int8 quantisation needs representative images from the training split")
-        calibration = with_range_anchor(representative)
+        return convert_integer(converter, with_range_anchor(representative), tf.uint8)
+    return _converted(converter)
 
-        def representative_dataset():
-            for image in calibration:
-                yield [image[None]]
 
-        converter.optimizations = [tf.lite.Optimize.DEFAULT]
-        converter.representative_dataset = representative_dataset
-        converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
-        converter.inference_input_type = tf.uint8
-        converter.inference_output_type = tf.int8
+def convert_integer(converter, calibration: np.ndarray, input_type) -> bytes:
+    """Full-integer conversion: ``input_type`` (tf.uint8 raw pixels, or tf.int8 for BoxMOT's normalised
+    input) in, the int8 un-normalised embedding out, with its range widened (``widen_embedding_range``);
+    ``calibration``'s images (already anchored to the input's full range) are the representative set."""
+    import tensorflow as tf
+
+    def representative_dataset():
+        for image in calibration:
+            yield [image[None]]
+
+    converter.optimizations = [tf.lite.Optimize.DEFAULT]
+    converter.representative_dataset = representative_dataset
+    converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+    converter.inference_input_type = input_type
+    converter.inference_output_type = tf.int8
+    return widen_embedding_range(_converted(converter), EMBEDDING_HEADROOM)
+
+
+def _converted(converter) -> bytes:
     with contextlib.redirect_stdout(io.StringIO()), warnings.catch_warnings():
         # "Statistics for quantized inputs were expected": the legacy quantized_input_stats, unused here.
         warnings.filterwarnings("ignore", message="Statistics for quantized inputs")
-        content = converter.convert()
-    if quantization == "int8":
-        content = widen_embedding_range(content, EMBEDDING_HEADROOM)
-    return content
+        return converter.convert()
 
 
 EMBEDDING_HEADROOM = 1.5
