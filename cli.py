@@ -233,6 +233,10 @@ def data_check(root, strict, camera_pattern):
                    "[default: attention]")
 @click.option("--no-finetune", is_flag=True, default=False,
               help="Paper Table 4 without fine-tuning: same as --mask response (no stage 2).")
+@click.option("--occlusion-space", type=click.Choice(config_lib.OCCLUSION_SPACES), default=None,
+              help="Stage 3 occludes: feature = the conv3 feature map with zeros (paper), pixel = the "
+                   "image region the mask marks, covered with another identity of the batch (beyond "
+                   "the paper; docs/decisions.md). [default: feature]")
 @click.option("--occluded-batchnorm", type=click.Choice(config_lib.OCCLUDED_BATCHNORM), default=None,
               help="Stage 3: BatchNorm statistics of the occluded pass (docs/decisions.md). [default: batch]")
 @click.option("--no-take-turns", is_flag=True, default=False, help="Stage 3: every step occluded, no alternation.")

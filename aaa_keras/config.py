@@ -20,6 +20,9 @@ STAGES = ("baseline", "attention", "adversarial")
 ATTENTION_LOSSES = ("l1", "bce", "soft")  # readings of eq. 2 (model/losses.py)
 MASKS = ("attention", "response", "random")  # what stage 3 ranks to occlude (model/occlusion.py)
 OCCLUDED_BATCHNORM = ("batch", "moving")
+# Stage 3 occludes the conv3 feature map with zeros (paper) or the image with another identity's
+# pixels (model/pixel_occlusion.py; issue 21 item 2, beyond the paper)
+OCCLUSION_SPACES = ("feature", "pixel")
 # Stage 2's M_occ: searched once per training view (image x flip; stage 2 augments by flip only) or
 # every step on pad-crop-flip views (attention_targets.py; docs/decisions.md, "Stage 2's grid search once")
 ATTENTION_TARGETS = ("cached", "per-step")
@@ -94,6 +97,7 @@ class RunConfig:
     attention_loss: str = "bce"  # reading of eq. 2 in stages 2 and 3 (docs/decisions.md)
     mask: str = "attention"  # stage 3 occludes the top third of: M_att | feature response | noise
     occluded_batchnorm: str = "batch"  # BatchNorm statistics of stage 3's occluded pass
+    occlusion_space: str = "feature"  # stage 3 occludes f (paper) or the pixels B marks (upsampled)
     diagnostic_images: int = 64  # fixed training images the attention diagnostics use per epoch
     take_turns: bool = True  # alternate unabridged and occluded steps
     cells_per_call: int = 16  # occluded copies per tail call; lower it to save memory
@@ -244,7 +248,7 @@ def validate(config: RunConfig) -> None:
         raise UserError(
             f"--cells-per-call must divide {config.grid_size ** 2}, got {config.cells_per_call}")
     for name, choices in (("attention_loss", ATTENTION_LOSSES), ("mask", MASKS),
-                          ("occluded_batchnorm", OCCLUDED_BATCHNORM),
+                          ("occluded_batchnorm", OCCLUDED_BATCHNORM), ("occlusion_space", OCCLUSION_SPACES),
                           ("attention_targets", ATTENTION_TARGETS),
                           ("adversarial_targets", ADVERSARIAL_TARGETS)):
         if getattr(config, name) not in choices:

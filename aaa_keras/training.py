@@ -173,12 +173,16 @@ def build_stage_model(stage: str, config: RunConfig, run_dir: str, log=print) ->
             + ("paper Table 4, without fine-tuning: the top third of the feature response" if
                config.mask == "response" else "the control: a random third of the feature map") + ")")
         load_stage_weights(parts, attention, run_dir, "baseline", with_attention=False)
+    if config.occlusion_space == "pixel":
+        log(f"Stage adversarial: occlusion in pixel space: the region --mask {config.mask} marks, upsampled "
+            "to the image, is covered with another identity of the batch (beyond the paper)")
     return AdversarialModel(parts, attention if config.mask == "attention" else None,
                             config.grid_size, config.cells_per_call, config.occluded_fraction,
                             config.lambda1, config.lambda2, config.omega, config.take_turns,
                             mask=config.mask, attention_loss=config.attention_loss,
                             occluded_batchnorm=config.occluded_batchnorm, seed=config.seed,
-                            loss=loss, targets=config.adversarial_targets, name="adversarial")
+                            loss=loss, targets=config.adversarial_targets,
+                            occlusion_space=config.occlusion_space, name="adversarial")
 
 
 def diagnostics_callback(stage: str, config: RunConfig, dataset: ReidDataset, log=print):

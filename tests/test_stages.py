@@ -121,13 +121,13 @@ def test_attention_branch_is_bit_identical_after_an_unabridged_step():
 class _NoOcclusion(AdversarialModel):
     """Stage 3 whose occluded pass is the clean pass (a mask of ones)."""
 
-    def _occluded_terms(self, features, logits_before, keep, labels, training):
+    def _occluded_terms(self, *args):
         import aaa_keras.model.stages as stages
 
         original = stages.top_fraction_mask
         stages.top_fraction_mask = lambda scores, fraction: tf.ones_like(scores)
         try:
-            return super()._occluded_terms(features, logits_before, keep, labels, training)
+            return super()._occluded_terms(*args)
         finally:
             stages.top_fraction_mask = original
 

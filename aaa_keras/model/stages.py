@@ -23,11 +23,13 @@ from aaa_keras.model.batchnorm import batch_statistics_only
 from aaa_keras.model.losses import (adversarial_gate, adversarial_loss, attention_loss,
                                     batch_hard_triplet_loss, gated_adversarial_loss,
                                     label_smoothing_cross_entropy, regularization_loss)
+from aaa_keras.model.pixel_occlusion import donor_indices, occlude_images
 from aaa_keras.model.occlusion import (feature_response, hardest_occlusion, occlusion_target,
                                        occlusion_target_where, random_scores, top_fraction_mask,
                                        true_class_probability)
 
 ADVERSARIAL_TARGETS = ("gated", "all")  # stage 3: M_occ for the open gates of eq. 4 only, or every sample
+OCCLUSION_SPACES = ("feature", "pixel")  # stage 3 occludes f with zeros (paper) or the image (pixel_occlusion.py)
 
 
 
@@ -282,6 +284,13 @@ class AdversarialModel(_StageModel):
     (the search on every sample), and the target still comes from the current
     network. The logged ``attention_loss`` is eq. 2 averaged over the samples
     with an open gate, under both settings.
+
+    ``occlusion_space="pixel"`` (beyond the paper, ``model/pixel_occlusion.py``): the same mask
+    ``B``, upsampled to the image, is covered with the pixels of another identity of the batch,
+    and the occluded image goes through stem and tail for ``ce_after`` / ``p_af`` (both under
+    :func:`batch_statistics_only` with ``occluded_batchnorm="batch"``). The attention player's
+    target ``M_occ`` stays the feature-space grid search (docs/decisions.md, "Occlusion in
+    pixel space").
     """
 
     _adversarial_names = ("adversarial_loss", "attention_loss", "regularization_loss", "gate_rate")
@@ -291,8 +300,12 @@ class AdversarialModel(_StageModel):
                  lambda1: float = 0.3, lambda2: float = 1.7, omega: float = 0.04,
                  take_turns: bool = True, mask: str = "attention", attention_loss: str = "bce",
                  occluded_batchnorm: str = "batch", seed: int | None = None,
-                 loss: NetworkLoss | None = None, targets: str = "gated", **kwargs):
+                 loss: NetworkLoss | None = None, targets: str = "gated",
+                 occlusion_space: str = "feature", **kwargs):
         super().__init__(**kwargs)
+        if occlusion_space not in OCCLUSION_SPACES:
+            raise ValueError(f"occlusion_space must be one of {OCCLUSION_SPACES}, got {occlusion_space!r}")
+        self.occlusion_space = occlusion_space
         if mask == "attention" and attention is None:
             raise ValueError("mask='attention' needs an attention branch")
         if targets not in ADVERSARIAL_TARGETS:
@@ -313,6 +326,9 @@ class AdversarialModel(_StageModel):
         self.dropout_seed = keras.random.SeedGenerator(seed, name="shared_dropout_seed")
         self.mask_seed = keras.random.SeedGenerator(None if seed is None else seed + 1,
                                                     name="random_mask_seed")
+        if occlusion_space == "pixel":  # only then: the feature-space model keeps its state unchanged
+            self.donor_seed = keras.random.SeedGenerator(None if seed is None else seed + 2,
+                                                         name="pixel_donor_seed")
         self.occluded_names = ("ce_after", "p_bf", "p_af") + (
             self._adversarial_names if self.attention is not None else ())
         self.tracker_names = ("loss", "accuracy", "ce_before") + (
@@ -361,16 +377,27 @@ class AdversarialModel(_StageModel):
             return feature_response(tf.stop_gradient(features))
         return random_scores(features, self.mask_seed)
 
-    def _occluded_terms(self, features, logits_before, keep, labels, training):
+    def _occluded_classifier_input(self, images, features, occlusion, labels, training):
+        """The classifier's input of the occluded pass: ``tail(f * B)`` (Alg. 2, l. 2), or in pixel
+        space ``tail(stem(x occluded where B = 0))``; its BatchNorm statistics are never written."""
+        batch_statistics = training and self.occluded_batchnorm == "batch"
+        if self.occlusion_space == "pixel":
+            occluded_images, _ = occlude_images(images, occlusion, donor_indices(labels, self.donor_seed))
+            if batch_statistics:
+                with batch_statistics_only(self.parts.stem), batch_statistics_only(self.parts.training_tail):
+                    return self.parts.training_tail(self.stem(occluded_images, training=True), training=True)[1]
+            return self.parts.training_tail(self.stem(occluded_images, training=False), training=False)[1]
+        occluded = features * tf.cast(occlusion, features.dtype)  # Alg. 2, l. 2
+        if batch_statistics:
+            with batch_statistics_only(self.parts.training_tail):
+                return self.parts.training_tail(occluded, training=True)[1]
+        return self.parts.training_tail(occluded, training=False)[1]
+
+    def _occluded_terms(self, images, features, logits_before, keep, labels, training):
         """Everything an occluded step adds to the unabridged one, per sample."""
         scores = self._mask_scores(features, training)
         occlusion = top_fraction_mask(scores, self.occluded_fraction)  # Alg. 2, l. 1
-        occluded = features * tf.cast(occlusion, features.dtype)  # Alg. 2, l. 2
-        if training and self.occluded_batchnorm == "batch":
-            with batch_statistics_only(self.parts.training_tail):
-                _, classifier_input_after, _ = self.parts.training_tail(occluded, training=True)
-        else:
-            _, classifier_input_after, _ = self.parts.training_tail(occluded, training=False)
+        classifier_input_after = self._occluded_classifier_input(images, features, occlusion, labels, training)
         logits_after = self._classify(classifier_input_after, keep)
         p_bf = true_class_probability(logits_before, labels)  # Alg. 2, l. 3
         p_af = true_class_probability(logits_after, labels)
@@ -423,7 +450,7 @@ class AdversarialModel(_StageModel):
 
         terms = tf.cond(
             occluded,
-            lambda: self._occluded_terms(features, logits_before, keep, labels, training),
+            lambda: self._occluded_terms(images, features, logits_before, keep, labels, training),
             lambda: {name: zeros for name in self.occluded_names})
         network_loss = ce_before + terms["ce_after"]
         if "triplet_loss" in extra:
