@@ -8,6 +8,9 @@ picture's pixel size depends only on its layout; files are written through
 :func:`aaa_keras.files.atomic_path`. :mod:`aaa_keras.visualize` computes the
 arrays from a trained run; match / junk colours follow
 :func:`aaa_keras.evaluation.rank.match_kind`.
+
+Past 450 lines on purpose: every picture the product draws shares the layout constants and
+helpers above its functions; split across modules they would be imported back by each.
 """
 
 from __future__ import annotations
