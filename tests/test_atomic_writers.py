@@ -53,15 +53,17 @@ def _rows(count, start=0):
 def test_an_append_removes_the_temporary_vectors_of_a_killed_write(tmp_path):
     directory = str(tmp_path / "g")
     GalleryIndex.create(directory, _unit_vectors(50, 0), _rows(50))
-    stale = os.path.basename(files.partial_path(os.path.join(directory, "vectors.1.faiss")))
+    before = sorted(os.listdir(directory))
+    stale = [os.path.basename(files.partial_path(os.path.join(directory, name)))
+             for name in ("delta.1.faiss", "vectors.1.faiss")]  # a killed delta, a killed compaction
     older = "vectors.1.faiss.tmp4242"  # an older version's temporary name
-    for name in (stale, older):
+    for name in (*stale, older):
         with open(os.path.join(directory, name), "wb") as f:
             f.write(b"half a FAISS index")
-    assert files.is_partial(stale)
+    assert all(files.is_partial(name) for name in stale)
 
     assert GalleryIndex(directory).append(_unit_vectors(5, 1), _rows(5, start=100)) == 5
-    assert sorted(os.listdir(directory)) == [gallery.META_FILE, "vectors.1.faiss"]
+    assert sorted(os.listdir(directory)) == sorted([*before, "delta.1.faiss"])  # the temporaries are gone
     assert GalleryIndex(directory).size == 55
 
 
