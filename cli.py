@@ -558,7 +558,9 @@ def search(index_path, model_path, images, top, nprobe, k_factor, picture):
 @click.option("--data", "data_dir", default="builtin:ablate", show_default=True,
               help=DATA_HELP + " builtin:ablate: 250 test ids, ~1,600 queries; builtin:occluded: the same size, "
                    "every query occluded (clean and occluded results).")
-@click.option("--out", required=True, help="Grid directory: OUT/seed<S>/<config>/ run dirs, results.json/.md, claims.png.")
+@click.option("--out", default=None,
+              help="Grid directory: OUT/seed<S>/<config>/ run dirs, results.json/.md, claims.png. [default: "
+                   "runs/ablate for builtin:ablate, else runs/ablate-<dataset name>; -strong added with --recipe strong]")
 @click.option("--table", type=click.Choice([*vocabulary.ABLATION_TABLES, vocabulary.ALL]), default=None,
               help="Paper Table 3 (occlusion point), 4 (fine-tuning), 5 (random erasing), the controls, the "
                    "occlusion claims (on occluded queries: use builtin:occluded or --occlude-queries), or all. "
@@ -614,7 +616,12 @@ def ablate(data_dir, out, table, seeds, epochs, baseline_epochs, preset, recipe,
     import shlex
 
     from aaa_keras import ablate as ablate_lib
+    from aaa_keras.ablate.grid import default_out
     from aaa_keras.run_lock import hold
+
+    if out is None:
+        out = default_out(data_dir, recipe)
+        click.echo(f"--out not given: the grid is {out}")
 
     arguments, skip = [], False
     for argument in sys.argv[1:]:  # the grid's command: without --report-only and --write PATH

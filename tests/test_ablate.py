@@ -237,3 +237,13 @@ def test_help_shows_an_example():
     outcome = CliRunner().invoke(cli, ["ablate", "--help"])
     assert outcome.exit_code == 0
     assert "Example" in outcome.output and "python cli.py ablate" in outcome.output
+
+
+def test_out_defaults_to_a_directory_named_after_the_data_and_recipe():
+    from aaa_keras.ablate.grid import default_out
+
+    assert default_out("builtin:ablate", None) == os.path.join("runs", "ablate")
+    assert default_out("builtin:ablate", "strong") == os.path.join("runs", "ablate-strong")
+    assert default_out("builtin:occluded", "paper") == os.path.join("runs", "ablate-occluded")
+    assert default_out("/data/Market-1501-v15.09.15/", None) == os.path.join("runs", "ablate-Market-1501-v15.09.15")
+    assert default_out("csv:/data/mine.csv", None) == os.path.join("runs", "ablate-mine")

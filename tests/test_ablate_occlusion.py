@@ -61,9 +61,10 @@ def aaa_drops_less():
 
 def test_the_occlusion_table_runs_the_claims_it_names(aaa_drops_less):
     assert set(CONFIGS) == {"baseline", "aaa_conv3", "baseline_random_erasing", "aaa_random_mask",
-                            "baseline_2x_epochs"}
+                            "baseline_2x_epochs", "aaa_pixel", "aaa_pixel_random_mask"}
     judged = {r["claim"] for r in aaa_drops_less["claims"]["euclidean"]["mAP"]}
     assert judged == {"AAA-Net > baseline", "AAA-Net > random erasing", "attention mask > random mask",
+                      "attention mask > random mask, pixel space", "pixel > feature occlusion (attention mask)",
                       "AAA-Net > epoch control (baseline for stage 1 + 3's epochs)", LOSES_LESS}
 
 
@@ -174,3 +175,49 @@ def test_occlude_queries_on_already_occluded_data_is_refused_before_training(kin
         ablate_run.run_grid(str(tmp_path / "out"), seeds=1, epochs=1, data=data, configs=["baseline"],
                             occlude_queries=0, progress=lambda m: None)
     assert "\n" not in str(error.value) and data in str(error.value)
+
+
+def test_configs_bring_the_runs_they_copy_a_stage_from_in_training_order(monkeypatch, tmp_path):
+    """--configs aaa_pixel alone also trains the baseline (stage 1) and aaa_conv3 (stage 2), first."""
+    from aaa_keras.ablate import run as ablate_run
+
+    order = []
+
+    def first_run_only(out, seed, variant, *args, **kwargs):
+        order.append(variant.name)
+        raise KeyboardInterrupt  # stop before anything trains
+
+    monkeypatch.setattr(ablate_run, "run_variant", first_run_only)
+    with pytest.raises(KeyboardInterrupt):
+        ablate_run.run_grid(str(tmp_path / "grid"), seeds=1, epochs=1, data="builtin:occluded",
+                            configs=["aaa_pixel"], progress=lambda *_: None, log=lambda *_: None)
+    assert order == ["baseline"]
+    plan = [v.name for v in ablate_run.VARIANTS if v.name in ("baseline", "aaa_conv3", "aaa_pixel")]
+    assert plan == ["baseline", "aaa_conv3", "aaa_pixel"]  # the order run_grid trains them in
+
+
+@pytest.mark.slow
+def test_pixel_variants_share_stage_2_with_aaa_conv3_and_are_judged(tmp_path, tiny_data):
+    """The pixel-space pair on the tiny data with occluded queries: aaa_pixel's stage 2 is aaa_conv3's
+    (same weights), it trained stage 3 in pixel space, and both pixel claims are judged."""
+    import json
+
+    from aaa_keras.run_dir import load_trained
+
+    tiny = dict(backbone="tiny_resnet", batch_size=8, steps_per_epoch=2, image_height=64, image_width=32,
+                attention_filters=16, diagnostic_images=0)
+    results = ablate.run_grid(str(tmp_path / "grid"), seeds=1, epochs=1, data=tiny_data, overrides=tiny,
+                              progress=lambda *_: None, n_boot=200,
+                              configs=["aaa_pixel", "aaa_pixel_random_mask"], occlude_queries=3)
+    assert [r["config"] for r in results["runs"]] == ["baseline", "aaa_conv3", "aaa_pixel", "aaa_pixel_random_mask"]
+    trained = {r["config"]: r["trained"] for r in results["runs"]}
+    assert trained["aaa_pixel"] == ["adversarial"]  # stage 2 copied, not trained again
+    seed0 = tmp_path / "grid" / "seed0"
+    pixel, feature = (load_trained(str(seed0 / name), "attention").attention for name in ("aaa_pixel", "aaa_conv3"))
+    for a, b in zip(pixel.weights, feature.weights):
+        np.testing.assert_array_equal(a.numpy(), b.numpy())
+    for name in ("aaa_pixel", "aaa_pixel_random_mask"):
+        done = json.loads((seed0 / name / "adversarial" / "done.json").read_text())
+        assert done["settings"]["occlusion_space"] == "pixel"
+    claims = {r["claim"] for r in results["claims"]["euclidean"]["mAP"]}
+    assert {"attention mask > random mask, pixel space", "pixel > feature occlusion (attention mask)"} <= claims

@@ -85,6 +85,9 @@ DESCRIBED = {
     ("export", "version"): ("Default: the next free version", None),
     ("export", "parity_max_images"): ("default all", None),
     ("search", "nprobe"): ("default: the index's own", None),
+    ("ablate", "out"): ("runs/ablate for builtin:ablate, else runs/ablate-<dataset name>; -strong added with --recipe strong",
+                        lambda tmp: grid.default_out("builtin:ablate", None) == "runs/ablate"
+                        and grid.default_out("builtin:occluded", "strong") == "runs/ablate-occluded-strong"),
     ("ablate", "table"): ("occlusion with occluded queries (builtin:occluded, --occlude-queries), else all",
                           lambda tmp: _check_ablate_table()),
     ("search", "k_factor"): ("default: the index's own", None),

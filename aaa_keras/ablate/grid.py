@@ -36,6 +36,7 @@ class Variant:
     overrides: tuple = ()  # RunConfig overrides, as (key, value) pairs
     epoch_control: bool = False  # stage 1 for the network epochs of AAA-Net's stages 1 + 3
     from_baseline: bool = False  # starts from a copy of seed<S>/baseline's stage 1
+    attention_from: str = ""  # starts from a copy of seed<S>/<this variant>'s stage 2 (same stage 1)
 
 
 # In training order within a seed: the baseline first, everything that copies it after.
@@ -55,6 +56,15 @@ VARIANTS = (
             (("occlude_after", "conv3"), ("mask", "response")), from_baseline=True),
     Variant("aaa_random_mask", "AAA-Net with a random-third mask (control, conv3)", ("controls", "occlusion"),
             "adversarial", (("occlude_after", "conv3"), ("mask", "random")), from_baseline=True),
+    # Beyond the paper (issue 21): stage 3 covers the marked pixels with another identity of the
+    # batch (model/pixel_occlusion.py). Stage 2 is aaa_conv3's, copied: both spaces train the
+    # attention branch against the same feature-space target, so the pair differs in stage 3 only.
+    Variant("aaa_pixel", "AAA-Net, occlusion in pixel space (attention mask; beyond the paper)", ("occlusion",),
+            "adversarial", (("occlude_after", "conv3"), ("occlusion_space", "pixel")), from_baseline=True,
+            attention_from="aaa_conv3"),
+    Variant("aaa_pixel_random_mask", "Pixel-space occlusion of a random third (control)", ("occlusion",),
+            "adversarial", (("occlude_after", "conv3"), ("mask", "random"), ("occlusion_space", "pixel")),
+            from_baseline=True),
     Variant("baseline_random_erasing", "Baseline + random erasing", ("5", "occlusion"), "baseline",
             (("random_erasing", True),)),
     Variant("baseline_2x_epochs", "Baseline for stage 1 + 3's epochs (epoch control)", ("controls", "occlusion"),
@@ -72,6 +82,8 @@ CLAIMS = (
     ("conv3 > conv4 (Table 3)", "aaa_conv3", "aaa_conv4"),
     ("conv3 > conv5 (Table 3)", "aaa_conv3", "aaa_conv5"),
     ("attention mask > random mask", "aaa_conv3", "aaa_random_mask"),
+    ("attention mask > random mask, pixel space", "aaa_pixel", "aaa_pixel_random_mask"),
+    ("pixel > feature occlusion (attention mask)", "aaa_pixel", "aaa_conv3"),
 )
 
 # With clean and occluded queries (builtin:occluded, or --occlude-queries), every claim above is
@@ -90,8 +102,24 @@ TABLE_LAYOUT = (
     ("Table 5: AAA-Net against random erasing", ("baseline", "baseline_random_erasing", "aaa_conv3")),
     ("Controls (not in the paper)", ("baseline", "baseline_2x_epochs", "aaa_random_mask", "aaa_conv3")),
     ("Occlusion: clean and occluded queries", ("baseline", "baseline_random_erasing", "baseline_2x_epochs",
-                                                "aaa_random_mask", "aaa_conv3")),
+                                                "aaa_random_mask", "aaa_conv3", "aaa_pixel_random_mask",
+                                                "aaa_pixel")),
 )
+
+
+def default_out(data: str, recipe: str | None) -> str:
+    """``--out``'s default: ``runs/ablate`` for builtin:ablate, ``runs/ablate-<name>`` for another
+    dataset (its builtin name or its directory's), ``-strong`` added under the strong recipe."""
+    import os
+
+    if data.startswith(BUILTIN_PREFIX):
+        name = data[len(BUILTIN_PREFIX):]
+    elif data.startswith("csv:"):
+        name = os.path.splitext(os.path.basename(data[len("csv:"):]))[0]
+    else:
+        name = os.path.basename(os.path.normpath(data[len("folder:"):] if data.startswith("folder:") else data))
+    stem = "ablate" if name == "ablate" else f"ablate-{name}"
+    return os.path.join("runs", stem + ("-strong" if recipe == "strong" else ""))
 
 
 def select_variants(table: str) -> list[Variant]:

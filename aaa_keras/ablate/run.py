@@ -84,6 +84,27 @@ def _stage1_from_baseline(out: str, seed: int, run_dir: str, occlude_after: str,
     os.replace(partial, target)
 
 
+def _attention_from(out: str, seed: int, run_dir: str, source_name: str, log) -> None:
+    """Give ``run_dir`` (whose stage 1 is seed<S>/baseline's) the finished stage 2 of
+    ``seed<S>/<source_name>`` (copy; no training), so that the two differ in stage 3 only."""
+    from aaa_keras.run_dir import stage_is_done
+
+    target = os.path.join(run_dir, "attention")
+    if stage_is_done(run_dir, "attention"):
+        return
+    source_run = run_dir_of(out, seed, source_name)
+    if not stage_is_done(source_run, "attention"):
+        raise UserError(f"{source_run} has no finished stage 2 to start {run_dir} from")
+    partial = target + ".copying"
+    shutil.rmtree(partial, ignore_errors=True)
+    if os.path.isdir(target):
+        shutil.rmtree(target)
+    shutil.copytree(os.path.join(source_run, "attention"), partial,
+                    ignore=shutil.ignore_patterns("tensorboard", "backup"))
+    os.replace(partial, target)
+    log(f"{run_dir}: stage 2 copied from {source_run}")
+
+
 def _transplant_network(source_run, source_config, target_config, directory) -> None:
     """Save ``source_run``'s stage-1 weights into a network split at another occlusion point."""
     from aaa_keras.errors import RunDirError
@@ -218,6 +239,8 @@ def run_variant(out: str, seed: int, variant: Variant, settings: dict, metrics, 
     with run_lock.hold(run_dir, "ablate", log):
         if variant.from_baseline:
             _stage1_from_baseline(out, seed, run_dir, config.occlude_after, log)
+        if variant.attention_from:
+            _attention_from(out, seed, run_dir, variant.attention_from, log)
         started = time.time()
         trained = training.fit(variant.stage, config, run_dir, log=log)
         # A record without the newly asked metric: the training is its earlier one.
@@ -304,8 +327,10 @@ def run_grid(out: str, table: str | None = None, seeds: int = 5, epochs: int | N
         if unknown:
             raise UserError(f"unknown configurations {unknown}; expected names from {sorted(VARIANT_BY_NAME)}")
         variants = [v for v in VARIANTS if v.name in configs]
-        if any(v.from_baseline for v in variants) and "baseline" not in configs:
-            variants.insert(0, VARIANT_BY_NAME["baseline"])  # the stage 1 the others copy
+        needed = {"baseline"} if any(v.from_baseline for v in variants) else set()
+        needed |= {v.attention_from for v in variants if v.attention_from}
+        # the runs the others copy a stage from, in VARIANTS' (training) order
+        variants = [v for v in VARIANTS if v.name in set(configs) | needed]
     metrics = select_metrics(metric)
     if data and not data.startswith(BUILTIN_PREFIX):
         data = os.path.abspath(data)
