@@ -221,3 +221,24 @@ def test_pixel_variants_share_stage_2_with_aaa_conv3_and_are_judged(tmp_path, ti
         assert done["settings"]["occlusion_space"] == "pixel"
     claims = {r["claim"] for r in results["claims"]["euclidean"]["mAP"]}
     assert {"attention mask > random mask, pixel space", "pixel > feature occlusion (attention mask)"} <= claims
+
+
+def test_an_occluded_grid_writes_its_own_blocks_beside_the_reference_grids(aaa_drops_less, tmp_path):
+    """--write README.md / docs/results.md from a builtin:occluded grid: its own ablate:occluded blocks;
+    the builtin:ablate grid's blocks (same paper recipe) are left as they are."""
+    from aaa_keras.ablate import report
+
+    summary_begin, summary_end = report.markers("ablate-summary")
+    readme = tmp_path / "README.md"
+    readme.write_text(f"# R\n\n{summary_begin}\nreference grid\n{summary_end}\n")
+    results_doc = tmp_path / "results.md"
+    results_doc.write_text(f"# Results\n\n{report.BEGIN}\nreference grid\n{report.END}\n")
+    results = {**aaa_drops_less, "machine": "m", "wall_seconds": 1.0}
+    (tmp_path / "grid").mkdir()
+    report.write_report(results, str(tmp_path / "grid"), [str(readme), str(results_doc)])
+    for path, kind in ((readme, "ablate-summary"), (results_doc, "ablate")):
+        text = path.read_text()
+        assert "reference grid" in text, path
+        begin = report.markers(kind, "occluded")[0]
+        assert text.count(begin) == 1 and "aaa_conv3" not in text.split(begin)[0], path
+    assert (tmp_path / "ablation_claims_occluded.png").is_file()

@@ -107,9 +107,10 @@ TABLE_LAYOUT = (
 )
 
 
-def default_out(data: str, recipe: str | None) -> str:
-    """``--out``'s default: ``runs/ablate`` for builtin:ablate, ``runs/ablate-<name>`` for another
-    dataset (its builtin name or its directory's), ``-strong`` added under the strong recipe."""
+def grid_name(data: str, recipe: str | None) -> str:
+    """What tells a grid apart from the reference one (builtin:ablate, paper recipe: ``""``): the
+    recipe when not the paper's, then the dataset's name when not builtin:ablate (its builtin name,
+    its directory's, or its CSV file's stem), joined by "-": "strong", "occluded", "occluded-strong"."""
     import os
 
     if data.startswith(BUILTIN_PREFIX):
@@ -118,8 +119,16 @@ def default_out(data: str, recipe: str | None) -> str:
         name = os.path.splitext(os.path.basename(data[len("csv:"):]))[0]
     else:
         name = os.path.basename(os.path.normpath(data[len("folder:"):] if data.startswith("folder:") else data))
-    stem = "ablate" if name == "ablate" else f"ablate-{name}"
-    return os.path.join("runs", stem + ("-strong" if recipe == "strong" else ""))
+    parts = ([] if name == "ablate" else [name]) + (["strong"] if recipe == "strong" else [])
+    return "-".join(parts)
+
+
+def default_out(data: str, recipe: str | None) -> str:
+    """``--out``'s default: ``runs/ablate``, or ``runs/ablate-<grid_name>``."""
+    import os
+
+    name = grid_name(data, recipe)
+    return os.path.join("runs", "ablate" + (f"-{name}" if name else ""))
 
 
 def select_variants(table: str) -> list[Variant]:

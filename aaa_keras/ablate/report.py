@@ -10,8 +10,8 @@ import shutil
 import numpy as np
 
 from aaa_keras.ablate import occlusion as occlusion_lib
-from aaa_keras.ablate.grid import (CLAIMS, FIGURE_FILE, REPORT_FILE, RESULTS_FILE, TABLE_LAYOUT, VARIANT_BY_NAME,
-                                   VARIANTS, config_overrides)
+from aaa_keras.ablate.grid import (ABLATE_DATA, CLAIMS, FIGURE_FILE, REPORT_FILE, RESULTS_FILE, TABLE_LAYOUT,
+                                   VARIANT_BY_NAME, VARIANTS, config_overrides, grid_name)
 from aaa_keras.errors import UserError
 from aaa_keras.evaluation import ablation_stats
 from aaa_keras.files import write_text_atomically
@@ -316,24 +316,31 @@ def write_report(results: dict, out: str, write=(), command: str = "") -> list[s
     figure = plot_claims(results, os.path.join(out, FIGURE_FILE))
     if figure:
         written.append(figure)
-    recipe = grid_recipe(results)
+    key = grid_key(results)
     for path in write or ():
-        if _has_block(path, markers("ablate-recipes")[0]) and not _has_block(path, markers("ablate", recipe)[0]):
+        if _has_block(path, markers("ablate-recipes")[0]) and not _has_block(path, markers("ablate", key)[0]):
             continue  # a file holding only the cross-recipe table: --compare-with writes it
         if _has_block(path, SUMMARY_BEGIN):
             written.append(update_results_doc(path, summary_markdown(results, command), None,
-                                              *markers("ablate-summary", recipe)))
+                                              *markers("ablate-summary", key)))
         else:
-            written.append(update_results_doc(path, body, figure, *markers("ablate", recipe),
-                                              figure_name=f"ablation_claims{'' if recipe == 'paper' else '_' + recipe}.png"))
+            written.append(update_results_doc(path, body, figure, *markers("ablate", key),
+                                              figure_name=f"ablation_claims{'_' + key if key else ''}.png"))
     return written
 
 
-def markers(kind: str, recipe: str = "paper") -> tuple[str, str]:
+def grid_key(results: dict) -> str:
+    """The grid's name in its generated blocks and figure (``grid.grid_name``: "" for the paper
+    recipe on builtin:ablate, else e.g. "strong", "occluded")."""
+    return grid_name(results["settings"]["data"] or ABLATE_DATA, grid_recipe(results))
+
+
+def markers(kind: str, key: str = "") -> tuple[str, str]:
     """The begin / end comments of a generated block: ``kind`` is ``ablate`` (the full report),
     ``ablate-summary`` (a README's short form) or ``ablate-recipes`` (the cross-recipe table);
-    the paper recipe's keep the names they had before ``--recipe`` existed."""
-    name = kind if recipe == "paper" else f"{kind}:{recipe}"
+    ``key`` is :func:`grid_key` (the paper recipe on builtin:ablate keeps the names it had before
+    ``--recipe`` existed; "paper" is read as "")."""
+    name = kind if key in ("", "paper") else f"{kind}:{key}"
     return (f"<!-- {name}:begin (written by `python cli.py ablate --report-only --write`; do not edit) -->",
             f"<!-- {name}:end -->")
 

@@ -27,7 +27,7 @@ import numpy as np
 
 from aaa_keras.deploy import boxmot
 from aaa_keras.deploy import parity as parity_lib
-from aaa_keras.deploy.install import versioned_install, versions_in
+from aaa_keras.deploy.install import choose_version, versioned_install
 from aaa_keras.errors import UserError
 from aaa_keras.files import write_bytes_atomically, write_json_atomically
 
@@ -80,7 +80,7 @@ def export_boxmot(run_dir: str, out: str, stage: str | None = None, formats=FORM
     dataset = load_dataset(root)
     held = parity_lib.held_set(dataset, parity_max_images)
     parent = os.path.join(out, BOXMOT_DIR, model_name)
-    version = _version(parent, version, model_name, out)
+    version = choose_version([parent], version, model_name, out, " for BoxMOT")
 
     with versioned_install(version, order=(BOXMOT_DIR,), clean=[parent], log=log) as install:
         partial = install.partial(BOXMOT_DIR, parent)
@@ -145,17 +145,6 @@ def export_boxmot(run_dir: str, out: str, stage: str | None = None, formats=FORM
     example = result["onnx"] or result["openvino"] or next(iter(result["tflite"].values()), "")
     log(f"  In BoxMOT: a tracker's reid_weights=Path('{example}') (docs/deployment.md, section 9)")
     return result
-
-
-def _version(parent: str, version: int | None, model_name: str, out: str) -> int:
-    existing = versions_in(parent)
-    if version is None:
-        return (existing[-1] + 1) if existing else 1
-    if version in existing:
-        raise UserError(f"--version {version}: {model_name} version {version} for BoxMOT already exists under "
-                        f"{out} (versions: {', '.join(map(str, existing))}); omit --version to write "
-                        f"{existing[-1] + 1}. Nothing was overwritten")
-    return version
 
 
 def _keras_embeddings(embedder, paths, image_size) -> np.ndarray:

@@ -40,7 +40,7 @@ import numpy as np
 from aaa_keras.deploy import onnx_openvino
 from aaa_keras.deploy import parity as parity_lib
 from aaa_keras.deploy import tflite as tflite_lib
-from aaa_keras.deploy.install import versioned_install, versions_in
+from aaa_keras.deploy.install import choose_version, versioned_install
 from aaa_keras.errors import UserError
 from aaa_keras.files import write_bytes_atomically, write_json_atomically
 from aaa_keras.vocabulary import EXPORT_FORMATS, QUANTIZATIONS
@@ -96,18 +96,6 @@ def _parents(out: str, model_name: str) -> dict[str, str]:
             "onnx": os.path.join(out, ONNX_DIR, model_name), "openvino": os.path.join(out, OPENVINO_DIR, model_name)}
 
 
-def _choose_version(parents: dict, version: int | None, model_name: str, out: str) -> int:
-    """``version``, or one more than the highest under any format; an existing version is refused."""
-    existing = sorted(set().union(*(versions_in(parent) for parent in parents.values())))
-    if version is None:
-        return (existing[-1] + 1) if existing else 1
-    if version in existing:
-        raise UserError(f"--version {version}: {model_name} version {version} already exists under {out} "
-                        f"(versions: {', '.join(map(str, existing))}); omit --version to write "
-                        f"{existing[-1] + 1}. Nothing was overwritten")
-    return version
-
-
 # === The export ===
 
 def export_run(run_dir: str, out: str, stage: str | None = None, formats=FORMATS,
@@ -153,7 +141,7 @@ def export_run(run_dir: str, out: str, stage: str | None = None, formats=FORMATS
     dataset = load_dataset(root)
     held = parity_lib.held_set(dataset, parity_max_images)
     parents = _parents(out, model_name)
-    version = _choose_version(parents, version, model_name, out)
+    version = choose_version(parents.values(), version, model_name, out)
 
     with versioned_install(version, order=COMMIT_ORDER, clean=parents.values(), log=log) as install:
         log(f"Exporting stage {stage} of {run_dir} as {model_name} version {version} "

@@ -48,6 +48,19 @@ def versions_in(directory: str) -> list[int]:
                   if name.isdigit() and os.path.isdir(os.path.join(directory, name)))
 
 
+def choose_version(parents, version: int | None, model_name: str, out: str, what: str = "") -> int:
+    """``version``, or one more than the highest under any of ``parents`` (directories); an existing
+    version is refused with a one-line error (``what`` names the export, e.g. " for BoxMOT")."""
+    existing = sorted(set().union(*(versions_in(parent) for parent in parents)))
+    if version is None:
+        return (existing[-1] + 1) if existing else 1
+    if version in existing:
+        raise UserError(f"--version {version}: {model_name} version {version}{what} already exists under {out} "
+                        f"(versions: {', '.join(map(str, existing))}); omit --version to write "
+                        f"{existing[-1] + 1}. Nothing was overwritten")
+    return version
+
+
 def partial_dir_name(version: int, pid: int | None = None) -> str:
     """``_partial_<version>_<pid>``: the name a version is built under before it is renamed into place."""
     return f"{PARTIAL_PREFIX}{int(version)}_{os.getpid() if pid is None else int(pid)}"
