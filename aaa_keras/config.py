@@ -139,12 +139,15 @@ PRESETS: dict[str, dict] = {
     # and a larger stage-1/3 learning rate for training from scratch; stage 2
     # keeps its rate without the paper's x0.1 every 3 epochs, which left
     # the attention branch under-trained on the built-in data
-    # (docs/decisions.md, "Stage 2 optimizer").
+    # (docs/decisions.md, "Stage 2 optimizer"). The attention branch's width follows
+    # model/attention.py's rule, clip(channels of f, 64, 256): tiny_resnet's conv3 map has 32
+    # channels, so 64 (docs/decisions.md, "The attention branch's width follows its input").
     "demo": dict(image_height=128, image_width=64, batch_size=16, epochs=10,
                  backbone="tiny_resnet", baseline_lr=0.05, baseline_lr_decay_epochs=4,
                  attention_lr_decay_epochs=10,
-                 adversarial_lr=0.005, adversarial_lr_decay_epochs=4),
-    # The paper's settings (section 4.2); meant for a GPU.
+                 adversarial_lr=0.005, adversarial_lr_decay_epochs=4, attention_filters=64),
+    # The paper's settings (section 4.2); meant for a GPU. Attention branch: the RunConfig
+    # default 256 = the rule for ResNet-50's 512-channel conv3 map.
     "paper": dict(image_height=224, image_width=224, batch_size=32, epochs=10),
 }
 

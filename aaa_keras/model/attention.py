@@ -7,6 +7,22 @@ from keras import layers
 
 
 INITIAL_ATTENTION = 0.5
+# The branch's width rule (docs/decisions.md, "The attention branch's width follows its input"):
+# as many filters as the feature map it reads has channels, at least MIN and at most MAX. MAX is
+# the width the paper preset has always used (the paper gives none: "several stacked convolutional
+# layers"); ResNet-50's conv3 map has 512 channels, so the paper preset keeps 256.
+MIN_ATTENTION_FILTERS = 64
+MAX_ATTENTION_FILTERS = 256
+
+
+def attention_width(feature_channels: int) -> int:
+    """Filters of the branch's two 3x3 convolutions for a feature map of ``feature_channels``.
+
+    ``clip(C, 64, 256)``: the branch maps ``f`` to one channel, so it need not be wider than
+    ``f``; the floor keeps a thin map (tiny_resnet's conv3 has 32 channels) from a 32-wide
+    bottleneck. The presets' ``attention_filters`` follow it (tests/test_attention_width.py).
+    """
+    return int(min(MAX_ATTENTION_FILTERS, max(MIN_ATTENTION_FILTERS, int(feature_channels))))
 
 
 def build_attention_branch(feature_shape, filters: int = 256, seed: int | None = None) -> keras.Model:
