@@ -246,8 +246,8 @@ def data_check(root, strict, camera_pattern):
 @click.option("--cells-per-call", type=click.Choice(["1", "2", "4", "8", "16"]), default=None,
               help="Occluded copies per tail call in the grid search; lower saves memory. [default: 16]")
 @click.option("--attention-filters", type=click.IntRange(1), default=None,
-              help="Filters of the attention branch's two 3x3 convolutions. "
-                   "[default: demo preset 64, paper preset 256]")
+              help="Filters of the attention branch's two 3x3 convolutions. [default: clip(channels of the "
+                   "occluded feature map, 64, 256): 64 on tiny_resnet, 256 on ResNet-50 at conv3]")
 @click.option("--attention-targets", type=click.Choice(config_lib.ATTENTION_TARGETS), default=None,
               help="Stage 2's grid search: cached = once per image and flip (stage 2 augments by flip "
                    "only), per-step = every step on pad-crop-flip views. [default: cached]")

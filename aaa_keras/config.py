@@ -59,7 +59,7 @@ class RunConfig:
     backbone_weights: str = ""  # "" = random init, "imagenet", or a path to an .h5 file
     occlude_after: str = "conv3"  # paper Table 3: conv3 is best
     dropout: float = 0.5  # paper 4.2: 0.5 Market-1501, 0.6 DukeMTMC-reID
-    attention_filters: int = 256
+    attention_filters: int = 0  # 0 = model/attention.py's attention_width: clip(channels of f, 64, 256)
     bnneck: bool = False  # BatchNorm between the pooled feature and a bias-free classifier (BoT)
     neck_feature: str = "after"  # with bnneck, the retrieval feature: after its BatchNorm or before (BoT)
     last_stride: int = 2  # 1 keeps conv5 at conv4's resolution (BoT)
@@ -139,15 +139,15 @@ PRESETS: dict[str, dict] = {
     # and a larger stage-1/3 learning rate for training from scratch; stage 2
     # keeps its rate without the paper's x0.1 every 3 epochs, which left
     # the attention branch under-trained on the built-in data
-    # (docs/decisions.md, "Stage 2 optimizer"). The attention branch's width follows
-    # model/attention.py's rule, clip(channels of f, 64, 256): tiny_resnet's conv3 map has 32
-    # channels, so 64 (docs/decisions.md, "The attention branch's width follows its input").
+    # (docs/decisions.md, "Stage 2 optimizer"). Every preset's attention branch is as wide as
+    # model/attention.py's rule says for its backbone, clip(channels of f, 64, 256): 64 on
+    # tiny_resnet's 32-channel conv3 map, 256 on ResNet-50's 512 (docs/decisions.md, "The
+    # attention branch's width follows its input").
     "demo": dict(image_height=128, image_width=64, batch_size=16, epochs=10,
                  backbone="tiny_resnet", baseline_lr=0.05, baseline_lr_decay_epochs=4,
                  attention_lr_decay_epochs=10,
-                 adversarial_lr=0.005, adversarial_lr_decay_epochs=4, attention_filters=64),
-    # The paper's settings (section 4.2); meant for a GPU. Attention branch: the RunConfig
-    # default 256 = the rule for ResNet-50's 512-channel conv3 map.
+                 adversarial_lr=0.005, adversarial_lr_decay_epochs=4),
+    # The paper's settings (section 4.2); meant for a GPU.
     "paper": dict(image_height=224, image_width=224, batch_size=32, epochs=10),
 }
 

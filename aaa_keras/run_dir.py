@@ -184,14 +184,15 @@ def build_stage_parts(config: RunConfig, seed_offset: int = 0):
     """Fresh ``(ReidParts, attention branch)`` for ``config`` (random weights)."""
     import keras
 
-    from aaa_keras.model.attention import build_attention_branch
+    from aaa_keras.model.attention import attention_width, build_attention_branch
     from aaa_keras.model.backbone import build_parts
 
     keras.utils.set_random_seed(config.seed + seed_offset)
     parts = build_parts(config.num_classes, config.image_size, config.backbone,
                         config.occlude_after, config.dropout, config.backbone_weights,
                         bnneck=config.bnneck, last_stride=config.last_stride, neck_feature=config.neck_feature)
-    attention = build_attention_branch(parts.stem.output.shape[1:], config.attention_filters,
+    feature_shape = parts.stem.output.shape[1:]
+    attention = build_attention_branch(feature_shape, config.attention_filters or attention_width(feature_shape[-1]),
                                        seed=config.seed + 1000 + seed_offset)
     return parts, attention
 

@@ -99,7 +99,7 @@ def main(argv=None):
     print(f"Command: `{command}`")
     print(f"{config.backbone}, {config.image_size[0]}x{config.image_size[1]}, batch {config.batch_size}, "
           f"recipe {config.recipe}, feature map {tuple(features.shape[1:])}, attention filters "
-          f"{config.attention_filters}; median of {args.rounds} round-robin rounds")
+          f"{config.attention_filters or 'auto (clip(channels of f, 64, 256))'}; median of {args.rounds} round-robin rounds")
     print()
     print("| step | ms | / stage 1 | / stage 2 before |")
     print("|---|---|---|---|")

@@ -1,9 +1,10 @@
-"""The presets' attention-branch width follows the rule of model/attention.py (issue 22).
+"""The attention branch's width follows the rule of model/attention.py (issue 22).
 
-``attention_filters`` = clip(channels of the feature map the branch reads, 64, 256): the demo
-preset (tiny_resnet, conv3: 32 channels) gets 64, the paper preset (ResNet-50, conv3: 512
-channels) keeps the 256 it always had. Only the backbones are built (small inputs: the channel
-count does not depend on the image size), no training.
+Unless ``--attention-filters`` is given, the branch is clip(channels of the feature map it reads,
+64, 256) wide, chosen when it is built: the demo preset (tiny_resnet, conv3: 32 channels) gets 64,
+the paper preset (ResNet-50, conv3: 512 channels) keeps the 256 it always had, and a demo run on
+ResNet-50 gets ResNet-50's. Small inputs (the channel count does not depend on the image size),
+no training.
 """
 
 import pytest
@@ -23,16 +24,27 @@ def test_the_rule_clips_the_channel_count_to_64_256():
     assert [attention_width(c) for c in (16, 32, 64, 100, 256, 512, 2048)] == [64, 64, 64, 100, 256, 256, 256]
 
 
+def built_width(config) -> int:
+    """The filters of the built attention branch's first convolution."""
+    from aaa_keras.run_dir import build_stage_parts
+
+    _, attention = build_stage_parts(config)
+    return int(next(layer for layer in attention.layers if hasattr(layer, "filters")).filters)
+
+
+SMALL = dict(image_height=64, image_width=32, num_classes=10)
+
+
 @pytest.mark.parametrize("preset", sorted(PRESETS))
-def test_each_preset_s_branch_width_follows_the_rule(preset):
-    config = make_config(preset)
-    assert config.attention_filters == attention_width(feature_channels(config))
+def test_each_preset_s_branch_is_built_as_wide_as_the_rule_says(preset):
+    config = make_config(preset, **SMALL)
+    assert built_width(config) == attention_width(feature_channels(config))
 
 
-def test_the_demo_branch_is_64_wide_and_the_paper_s_keeps_256():
-    demo, paper = make_config("demo"), make_config("paper")
+def test_the_demo_branch_is_64_wide_the_paper_s_256_and_the_backbone_decides():
+    demo = make_config("demo", **SMALL)
     assert (demo.backbone, demo.occlude_after, feature_channels(demo)) == ("tiny_resnet", "conv3", 32)
-    assert demo.attention_filters == 64
-    assert paper.attention_filters == 256
-    assert make_config("demo", recipe="paper").attention_filters == 64  # the recipe does not touch it
-    assert make_config("demo", attention_filters=256).attention_filters == 256  # the flag still wins
+    assert built_width(demo) == 64
+    assert built_width(make_config("paper", **SMALL)) == 256
+    assert built_width(make_config("demo", backbone="resnet50", **SMALL)) == 256  # not the demo's 64
+    assert built_width(make_config("demo", attention_filters=16, **SMALL)) == 16  # the flag still wins

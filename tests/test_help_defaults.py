@@ -85,6 +85,11 @@ DESCRIBED = {
     ("export", "version"): ("Default: the next free version", None),
     ("export", "parity_max_images"): ("default all", None),
     ("search", "nprobe"): ("default: the index's own", None),
+    ("fit", "attention_filters"): (
+        "clip(channels of the occluded feature map, 64, 256): 64 on tiny_resnet, 256 on ResNet-50 at conv3",
+        lambda tmp: all(config_lib.make_config(p).attention_filters == 0 for p in PRESETS)
+        and __import__("aaa_keras.model.attention", fromlist=["x"]).attention_width(32) == 64
+        and __import__("aaa_keras.model.attention", fromlist=["x"]).attention_width(512) == 256),
     ("ablate", "out"): ("runs/ablate for builtin:ablate, else runs/ablate-<dataset name>; -strong added with --recipe strong",
                         lambda tmp: grid.default_out("builtin:ablate", None) == "runs/ablate"
                         and grid.default_out("builtin:occluded", "strong") == "runs/ablate-occluded-strong"),

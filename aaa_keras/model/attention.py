@@ -20,7 +20,8 @@ def attention_width(feature_channels: int) -> int:
 
     ``clip(C, 64, 256)``: the branch maps ``f`` to one channel, so it need not be wider than
     ``f``; the floor keeps a thin map (tiny_resnet's conv3 has 32 channels) from a 32-wide
-    bottleneck. The presets' ``attention_filters`` follow it (tests/test_attention_width.py).
+    bottleneck. ``attention_filters`` 0 (every preset's default) means this width, chosen when the
+    branch is built on the backbone's feature map (run_dir.build_stage_parts).
     """
     return int(min(MAX_ATTENTION_FILTERS, max(MIN_ATTENTION_FILTERS, int(feature_channels))))
 
