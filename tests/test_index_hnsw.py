@@ -20,12 +20,14 @@ HNSW_TYPES = ("pca-hnsw", "pca-hnsw-sq8")
 
 def _clustered(count, seed, identities=150):
     """Re-ID-like: identity centres in a RANK-dimensional subspace (as trained features: most variance in
-    few directions), crops around them, a small isotropic floor; rows of identity ``i % identities``."""
+    few directions), crops around them, a small isotropic floor, a common offset (mean cosine of two
+    unrelated crops about 0.5, as measured on trained runs); rows of identity ``i % identities``."""
     basis = np.linalg.qr(np.random.default_rng(99).normal(size=(DIM, RANK)))[0].T
     centres = np.random.default_rng(98).normal(size=(identities, RANK))
     rng = np.random.default_rng(seed)
     latent = centres[np.arange(count) % identities] + 0.4 * rng.normal(size=(count, RANK))
-    values = latent @ basis + 0.02 * rng.normal(size=(count, DIM))
+    offset = np.random.default_rng(97).normal(size=DIM)  # the common offset of trained (ReLU-pooled) features
+    values = latent @ basis + 0.02 * rng.normal(size=(count, DIM)) + 5.0 * offset / np.linalg.norm(offset)
     return (values / np.linalg.norm(values, axis=1, keepdims=True)).astype(np.float32)
 
 
