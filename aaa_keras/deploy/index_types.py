@@ -19,8 +19,22 @@ PCA subtracts the mean, which keeps L2 distances but not inner products
 - ``opq-ivf-pq-refine``: ``OPQ{pq_m}_{pca},IVF{nlist},PQ{pq_m}`` (OPQ
   rotation to ``pca`` dimensions, product-quantised to ``pq_m`` bytes),
   re-ranked like the above; ``pq_m + D`` bytes.
+- ``pca-hnsw``: ``PCAR{pca},HNSW32``: PCA to ``pca`` dimensions, then a
+  graph (FAISS ``IndexHNSWFlat``, :data:`HNSW_M` links per vector) over the
+  float PCA vectors; ``4 pca + 2 x 4 x HNSW_M`` bytes (1280 at PCA 256).
+  ``ef_search`` (FAISS's efSearch) trades speed for recall as ``nprobe``
+  does for IVF. No cells: its recall does not depend on how identities
+  fall into IVF cells.
+- ``pca-hnsw-sq8``: the same graph over 8-bit scalar codes of the PCA
+  vectors (``IndexHNSWSQ``); ``pca + 2 x 4 x HNSW_M`` bytes (768 at PCA 512).
 
-The IVF types are trained on a sample of the first ``index`` run's
+FAISS's guidance for these (its wiki, "Guidelines to choose an index"):
+HNSW when memory allows it, ``M`` 4 to 64 (here 32), efSearch the speed /
+accuracy knob; the graph is built by adding (efConstruction
+:data:`HNSW_EF_CONSTRUCTION`), only PCA and the SQ codes are trained. An
+append links the new vectors into the graph (:func:`merge_into`).
+
+The IVF types (and the HNSW types' PCA) are trained on a sample of the first ``index`` run's
 embeddings (FAISS's guideline: 30 to 256 training points per k-means cell;
 here up to :data:`TRAIN_PER_CELL`), never on every vector; appends add to
 the trained cells. The default (``search``'s and the benchmark's) comes from
