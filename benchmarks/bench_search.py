@@ -1,9 +1,12 @@
 #!/usr/bin/env python
 """Gallery search at scale on re-ID-like embeddings: every `index --index-type` against exact search.
 
+(Past 450 lines: the data model, its statistics and the measurement belong together, so that the numbers in
+docs/benchmarks.md come from one script.)
+
 For each index type (the FAISS indexes ``python cli.py index`` makes,
 ``aaa_keras.deploy.index_types.make_faiss_index``, trained the same way on a
-sample) and each ``nprobe`` / ``k_factor`` it prints, against exact search
+sample) and each ``nprobe`` / ``k_factor`` / ``ef_search`` it prints, against exact search
 (``IndexFlatIP``) over the same vectors:
 
 - **10-recall@10** (FAISS's definition): the fraction of the exact top-10
@@ -19,19 +22,30 @@ sample) and each ``nprobe`` / ``k_factor`` it prints, against exact search
 
 Re-ID-like embeddings (``ReidVectors``), generated deterministically in
 chunks, never all in memory: ``--count // --per-id`` identities with
-``--per-id`` crops each. A crop is ``L2norm(R (s * (c_id + noise * e)))``:
+``--per-id`` crops each. A crop is ``L2norm(R (s * (c_id + noise * e)) + m)``:
 ``c_id`` and ``e`` standard normal in D dimensions (the identity's centre, the
-crop's deviation), ``s`` a power-law spectrum (variance of latent dimension i
-proportional to ``i^-decay``, dimensions in random order), ``R`` a random
-rotation (block-diagonal, 256 x 256 random orthogonal blocks) so that no
-axis is special. Trained re-ID features are like this: most of the variance
-in a few hundred directions (decay 1: PCA to 256 keeps about 76 % of it, to
-512 about 86 %), several crops per person around a centre. ``--noise``
-calibrates the difficulty: 1.0 gives exact identity mAP 0.86 at 40,000
-crops (2,000 identities), a trained ResNet-50's level on Market-1501, and
-lower as the gallery grows (more look-alikes), as with real features.
-Queries are new crops of random gallery identities; the training sample is
-new crops of random identities (same distribution as the gallery).
+crop's deviation), ``s`` a spectrum (dimensions in random order), ``R`` a
+random rotation (block-diagonal, 256 x 256 random orthogonal blocks) so that
+no axis is special, ``m`` a common offset. Two models (``--model``):
+
+- ``calibrated`` (default), fitted to the statistics of trained runs'
+  embeddings (``benchmarks/embedding_stats.py``; docs/decisions.md, "Gallery
+  index: data calibrated on trained runs"): variance of latent dimension i
+  ~ ``(1 + i / (knee D))^-decay`` (knee 0.065, decay 3.6: PCA to D/8 keeps
+  ~96 %), noise 0.5 (within / between identity variance ~0.27), an offset
+  with ``|m|^2`` = ``--offset`` (1.0: the mean cosine of unrelated crops
+  ~0.49), and look-alike groups: ``c_id = sqrt(1 - g) u_id + sqrt(g) v_group``
+  for groups of ``--group`` (25) consecutive identities, ``g`` =
+  ``--group-share`` (0.94), so that a query's 99th-percentile other crop is
+  as close as its own identity's, as measured.
+- ``power-law``, the first model: variance ~ ``i^-decay`` (decay 1: PCA to
+  256 keeps ~76 %), noise 1.0, no offset, no groups (identities far more
+  separable than in trained runs).
+
+The same statistics as ``embedding_stats.py`` prints for real runs are printed
+for the data first (``--stats-only``: only them). Queries are new crops of
+random gallery identities; the training sample is new crops of random
+identities (same distribution as the gallery).
 
 The exact ground truth is computed chunk by chunk (``IndexFlatIP`` over each
 chunk, results merged), so the 8 GB exact index is never held: its queries/s
@@ -40,6 +54,7 @@ is the sum of the chunk searches' time, its memory N x D x 4 bytes.
 (the same FAISS index searched without re-ranking) when both are asked for.
 
     python benchmarks/bench_search.py                                         # 1M x 2048-d, every type
+    python benchmarks/bench_search.py --stats-only                            # the data's statistics
     python benchmarks/bench_search.py --count 100000 --types pca-ivf-sq8-refine   # a quick look
 """
 
