@@ -408,7 +408,8 @@ def main():
             ids10, qps10 = timed_search(index, queries, 10, args.repeats)
             ids, qps = timed_search(index, queries, top, args.repeats)
             row = {"type": index_type.partition(":")[0], "pca": params.get("pca"), "nprobe": nprobe,
-                   "k_factor": k_factor, "ef_search": ef_search, "bytes": memory, "build_s": entry["train_s"] + entry["add_s"], "qps10": qps10, "qps": qps,
+                   "k_factor": k_factor, "ef_search": ef_search, "bytes": memory,
+                   "build_s": entry["train_s"] + entry["add_s"], "qps10": qps10, "qps": qps,
                    "recall": recall_10_at_10(ids10, truth_ids), "map": identity_map(ids, query_ids, args.per_id, top)}
             row["speedup"], row["memory_ratio"] = qps / exact["qps"], memory / exact["bytes"]
             row["map_drop"] = 100 * (exact["map"] - row["map"])
