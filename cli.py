@@ -456,7 +456,8 @@ def export(run_dir, stage, out, formats, quantize, model_name, version, represen
               help="exact: brute force. The others are approximate, for large galleries (>= 256 images), named "
                    "after their FAISS stages (pca: PCA to --pca dims; ivf: --nlist cells; sq8: 8-bit codes; "
                    "opq/pq: product codes of --pq-m bytes; refine: candidates re-ranked by full-dimension "
-                   "distance); recall, speed and memory of each: docs/benchmarks.md.")
+                   "distance; hnsw: a graph searched with --ef-search); recall, speed and memory of each: "
+                   "docs/benchmarks.md.")
 @click.option("--nlist", type=click.IntRange(1), default=None,
               help="IVF cells, over N gallery images: at least 39 training images per cell, so N // 39 "
                    "decides below about 24,000 images. [default: min(4 sqrt(N), N // 39)]")
@@ -469,13 +470,16 @@ def export(run_dir, stage, out, formats, quantize, model_name, version, represen
               help="IVF cells searched per query (stored in the index for `search`).")
 @click.option("--k-factor", type=click.FloatRange(1), default=4.0, show_default=True,
               help="refine types: candidates re-ranked per result (stored in the index for `search`).")
+@click.option("--ef-search", type=click.IntRange(1), default=64, show_default=True,
+              help="hnsw types: candidates kept in the graph search, FAISS's efSearch (stored in the index for "
+                   "`search`).")
 @click.option("--batch-size", type=click.IntRange(1), default=32, show_default=True)
 @click.option("--skip-bad-images", is_flag=True,
               help="Leave out crops that do not decode (named in one line) instead of stopping.")
 @click.option("--verify", is_flag=True, help="Check the index --out instead: every file readable, rows = "
               "vectors, its model present (--gallery not needed).")
 @user_errors
-def index(model_path, gallery, out, append, index_type, nlist, pq_m, pca, nprobe, k_factor, batch_size,
+def index(model_path, gallery, out, append, index_type, nlist, pq_m, pca, nprobe, k_factor, ef_search, batch_size,
           skip_bad_images, verify):
     """Embed a folder of crops with an exported model into a searchable gallery index.
 
@@ -494,7 +498,8 @@ def index(model_path, gallery, out, append, index_type, nlist, pq_m, pca, nprobe
         verify_index(out, model_path, log=click.echo)
         return
     build_index(model_path, gallery, out, batch_size, log=click.echo, append=append, index_type=index_type,
-                nlist=nlist, pq_m=pq_m, nprobe=nprobe, skip_bad_images=skip_bad_images, pca=pca, k_factor=k_factor)
+                nlist=nlist, pq_m=pq_m, nprobe=nprobe, skip_bad_images=skip_bad_images, pca=pca, k_factor=k_factor,
+                ef_search=ef_search)
 
 
 @cli.command()
@@ -534,9 +539,11 @@ def embed(model_path, images, out, batch_size, skip_bad_images, threads):
               help="IVF cells searched per query. [default: the index's own]")
 @click.option("--k-factor", type=click.FloatRange(1), default=None,
               help="refine types: candidates re-ranked per result. [default: the index's own]")
+@click.option("--ef-search", type=click.IntRange(1), default=None,
+              help="hnsw types: candidates kept in the graph search (efSearch). [default: the index's own]")
 @click.option("--picture", default=None, help="Also write the ranked lists as a PNG.")
 @user_errors
-def search(index_path, model_path, images, top, nprobe, k_factor, picture):
+def search(index_path, model_path, images, top, nprobe, k_factor, ef_search, picture):
     """Rank the indexed gallery for each query IMAGE with an exported model.
 
     \b
@@ -547,7 +554,7 @@ def search(index_path, model_path, images, top, nprobe, k_factor, picture):
     from aaa_keras.deploy import search as search_gallery
 
     rankings = search_gallery(index_path, model_path, list(images), top, picture=picture, nprobe=nprobe,
-                              k_factor=k_factor)
+                              k_factor=k_factor, ef_search=ef_search)
     click.echo(format_search(list(images), rankings))
     if picture:
         click.echo(f"Wrote {picture}")

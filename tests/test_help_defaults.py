@@ -96,6 +96,7 @@ DESCRIBED = {
     ("ablate", "table"): ("occlusion with occluded queries (builtin:occluded, --occlude-queries), else all",
                           lambda tmp: _check_ablate_table()),
     ("search", "k_factor"): ("default: the index's own", None),
+    ("search", "ef_search"): ("default: the index's own", None),
     ("index", "pca"): ("min(256, D)", lambda tmp: __import__("aaa_keras.deploy.index_types", fromlist=["x"])
                        .default_pca(2048) == 256),
 }

@@ -55,7 +55,8 @@ import sqlite3
 
 import numpy as np
 
-from aaa_keras.deploy.index_types import (DEFAULT_K_FACTOR, DEFAULT_NPROBE, MIN_TRAIN_PER_CELL, PQ_BITS,  # noqa: F401
+from aaa_keras.deploy.index_types import (DEFAULT_EF_SEARCH, DEFAULT_K_FACTOR, DEFAULT_NPROBE,  # noqa: F401
+                                          MIN_TRAIN_PER_CELL, PQ_BITS,
                                           cosines, default_nlist, default_pq_m, empty_like, make_faiss_index, merge_into,
                                           set_nprobe, set_search_params, uses)
 from aaa_keras.errors import DamagedFile, UserError
@@ -217,7 +218,7 @@ class GalleryIndex:
     def create(cls, directory: str, embeddings: np.ndarray, rows: list[dict], index_type: str = "exact",
                nlist: int | None = None, pq_m: int | None = None, nprobe: int = DEFAULT_NPROBE,
                info: dict | None = None, label: str = "--out", pca: int | None = None,
-               k_factor: float = DEFAULT_K_FACTOR) -> GalleryIndex:
+               k_factor: float = DEFAULT_K_FACTOR, ef_search: int = DEFAULT_EF_SEARCH) -> GalleryIndex:
         """Write a new index directory (atomically: built beside it, then renamed into place)."""
         if os.path.exists(directory):
             raise UserError(f"{label} {directory}: already exists; add new crops to it with --append, or give "
@@ -226,6 +227,8 @@ class GalleryIndex:
             raise UserError(f"--nprobe: expected a positive integer, got {nprobe}")
         if k_factor < 1:
             raise UserError(f"--k-factor: expected a number >= 1, got {k_factor}")
+        if ef_search < 1:
+            raise UserError(f"--ef-search: expected a positive integer, got {ef_search}")
         embeddings = np.ascontiguousarray(embeddings, np.float32)
         if embeddings.ndim != 2 or len(embeddings) != len(rows) or not len(rows):
             raise UserError(f"{label} {directory}: nothing to index ({len(rows)} images)")
@@ -246,6 +249,7 @@ class GalleryIndex:
             connection.execute("BEGIN")
             meta = {"format": INDEX_FORMAT, "dim": embeddings.shape[1], "index_type": index_type, **params,
                     "nprobe": nprobe, "k_factor": k_factor if uses(index_type, "k_factor") else None,
+                    "ef_search": ef_search if uses(index_type, "ef_search") else None,
                     "generation": 0, "base": 0, "deltas": "", "ntotal": index.ntotal, "created": _now(),
                     **(info or {})}
             connection.executemany("INSERT INTO meta VALUES (?, ?)",
@@ -320,7 +324,7 @@ class GalleryIndex:
         return self._load().ntotal
 
     def search(self, queries: np.ndarray, top: int, nprobe: int | None = None,
-               k_factor: float | None = None) -> tuple[np.ndarray, np.ndarray]:
+               k_factor: float | None = None, ef_search: int | None = None) -> tuple[np.ndarray, np.ndarray]:
         """``(scores, ids)``, each ``(Q, top)``: inner products (cosines) and row ids, best first; id -1 = none."""
         index = self._load()
         nprobe = int(self.info.get("nprobe") or DEFAULT_NPROBE) if nprobe is None else int(nprobe)
@@ -329,7 +333,10 @@ class GalleryIndex:
         k_factor = float(self.info.get("k_factor") or DEFAULT_K_FACTOR) if k_factor is None else float(k_factor)
         if k_factor < 1:
             raise UserError(f"--k-factor: expected a number >= 1, got {k_factor}")
-        set_search_params(index, nprobe, k_factor)
+        ef_search = int(self.info.get("ef_search") or DEFAULT_EF_SEARCH) if ef_search is None else int(ef_search)
+        if ef_search < 1:
+            raise UserError(f"--ef-search: expected a positive integer, got {ef_search}")
+        set_search_params(index, nprobe, k_factor, ef_search)
         queries = np.ascontiguousarray(queries, np.float32)
         if queries.ndim != 2 or queries.shape[1] != self.dim:
             raise UserError(f"{self.label} {self.directory}: holds {self.dim}-d embeddings, the queries are "

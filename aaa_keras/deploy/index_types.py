@@ -19,8 +19,22 @@ PCA subtracts the mean, which keeps L2 distances but not inner products
 - ``opq-ivf-pq-refine``: ``OPQ{pq_m}_{pca},IVF{nlist},PQ{pq_m}`` (OPQ
   rotation to ``pca`` dimensions, product-quantised to ``pq_m`` bytes),
   re-ranked like the above; ``pq_m + D`` bytes.
+- ``pca-hnsw``: ``PCAR{pca},HNSW32``: PCA to ``pca`` dimensions, then a
+  graph (FAISS ``IndexHNSWFlat``, :data:`HNSW_M` links per vector) over the
+  float PCA vectors; ``4 pca + 2 x 4 x HNSW_M`` bytes (1280 at PCA 256).
+  ``ef_search`` (FAISS's efSearch) trades speed for recall as ``nprobe``
+  does for IVF. No cells: its recall does not depend on how identities
+  fall into IVF cells.
+- ``pca-hnsw-sq8``: the same graph over 8-bit scalar codes of the PCA
+  vectors (``IndexHNSWSQ``); ``pca + 2 x 4 x HNSW_M`` bytes (768 at PCA 512).
 
-The IVF types are trained on a sample of the first ``index`` run's
+FAISS's guidance for these (its wiki, "Guidelines to choose an index"):
+HNSW when memory allows it, ``M`` 4 to 64 (here 32), efSearch the speed /
+accuracy knob; the graph is built by adding (efConstruction
+:data:`HNSW_EF_CONSTRUCTION`), only PCA and the SQ codes are trained. An
+append links the new vectors into the graph (:func:`merge_into`).
+
+The IVF types (and the HNSW types' PCA) are trained on a sample of the first ``index`` run's
 embeddings (FAISS's guideline: 30 to 256 training points per k-means cell;
 here up to :data:`TRAIN_PER_CELL`), never on every vector; appends add to
 the trained cells. The default (``search``'s and the benchmark's) comes from
@@ -39,6 +53,9 @@ from aaa_keras.errors import UserError
 from aaa_keras.vocabulary import INDEX_TYPES
 
 DEFAULT_NPROBE = 16
+DEFAULT_EF_SEARCH = 64  # HNSW types: candidates kept in the graph search (FAISS's efSearch; >= top is used)
+HNSW_M = 32  # HNSW types: graph links per vector (FAISS: 4 to 64; 2 x M x 4 bytes per vector at level 0)
+HNSW_EF_CONSTRUCTION = 80  # HNSW types: candidates kept while linking a new vector (FAISS's default: 40)
 DEFAULT_K_FACTOR = 4  # refine types: candidates re-ranked per result
 DEFAULT_PCA = 256
 PQ_BITS = 8  # bits per sub-quantiser code: 256 centroids each
@@ -55,6 +72,8 @@ FACTORY = {
     "pca-ivf-sq8": "PCAR{pca},IVF{nlist},SQ8",
     "pca-ivf-sq8-refine": "PCAR{pca},IVF{nlist},SQ8,Refine(SQ8)",
     "opq-ivf-pq-refine": "OPQ{pq_m}_{pca},IVF{nlist},PQ{pq_m}x8,Refine(SQ8)",
+    "pca-hnsw": "PCAR{pca},HNSW{hnsw_m}",
+    "pca-hnsw-sq8": "PCAR{pca},HNSW{hnsw_m}_SQ8",
 }
 assert tuple(FACTORY) == INDEX_TYPES, "vocabulary.INDEX_TYPES and FACTORY must list the same types"
 INNER_PRODUCT_TYPES = ("exact", "ivf-pq")  # the others: L2 (see above)
@@ -70,7 +89,7 @@ def uses(index_type: str, what: str) -> bool:
     """Whether a type has a parameter: ``nlist``, ``pq_m``, ``pca`` or ``k_factor`` (the refine stage)."""
     template = FACTORY[index_type]
     return {"nlist": "{nlist}" in template, "pq_m": "{pq_m}" in template, "pca": "{pca}" in template,
-            "k_factor": "Refine" in template}[what]
+            "k_factor": "Refine" in template, "ef_search": "HNSW" in template}[what]
 
 
 def default_pq_m(dim: int) -> int:
@@ -120,10 +139,11 @@ def make_faiss_index(dim: int, index_type: str = "exact", nlist: int | None = No
     if count < MIN_TRAIN:
         raise UserError(f"--index-type {index_type}: needs at least {MIN_TRAIN} images to train its quantisers, "
                         f"the gallery has {count}; use --index-type exact (fast enough for small galleries)")
-    nlist = default_nlist(count) if nlist is None else int(nlist)
-    if not 1 <= nlist <= count:
-        raise UserError(f"--nlist {nlist}: expected 1 to {count} (the number of training images)")
-    params["nlist"] = nlist
+    if uses(index_type, "nlist"):
+        nlist = default_nlist(count) if nlist is None else int(nlist)
+        if not 1 <= nlist <= count:
+            raise UserError(f"--nlist {nlist}: expected 1 to {count} (the number of training images)")
+        params["nlist"] = nlist
     if uses(index_type, "pca"):
         pca = default_pca(dim) if pca is None else int(pca)
         if not 1 <= pca <= dim:
@@ -137,14 +157,35 @@ def make_faiss_index(dim: int, index_type: str = "exact", nlist: int | None = No
                             f"{space} (e.g. {default_pq_m(space)})")
         params["pq_m"] = pq_m
     metric = faiss.METRIC_INNER_PRODUCT if index_type in INNER_PRODUCT_TYPES else faiss.METRIC_L2
-    index = faiss.index_factory(dim, FACTORY[index_type].format(**params), metric)
-    ivf = faiss.extract_index_ivf(index)
-    if isinstance(faiss.downcast_index(ivf), faiss.IndexIVFPQ):
-        # Polysemous training (on by default) re-orders the PQ codes for Hamming-distance pre-filtering, which
-        # is not used here (polysemous_ht = 0); it took 20 of the 26 s of training 3000 64-d vectors.
-        faiss.downcast_index(ivf).do_polysemous_training = False
-    index.train(training_sample(train, nlist))
+    index = faiss.index_factory(dim, FACTORY[index_type].format(hnsw_m=HNSW_M, **params), metric)
+    hnsw = _hnsw(index)
+    if hnsw is not None:
+        hnsw.hnsw.efConstruction = HNSW_EF_CONSTRUCTION
+        hnsw.hnsw.efSearch = DEFAULT_EF_SEARCH
+    else:
+        ivf = faiss.extract_index_ivf(index)
+        if isinstance(faiss.downcast_index(ivf), faiss.IndexIVFPQ):
+            # Polysemous training (on by default) re-orders the PQ codes for Hamming-distance pre-filtering,
+            # which is not used here (polysemous_ht = 0); it took 20 of the 26 s of training 3000 64-d vectors.
+            faiss.downcast_index(ivf).do_polysemous_training = False
+    # HNSW types train only PCA (and the SQ codes): the same sample size as an IVF of default_nlist cells.
+    index.train(training_sample(train, params["nlist"] or default_nlist(count)))
     return index, params
+
+
+def _hnsw(index):
+    """The ``IndexHNSW`` inside ``index`` (under a refine stage and a PCA), or None."""
+    faiss = _faiss()
+    index = faiss.downcast_index(index)
+    while True:
+        if isinstance(index, faiss.IndexHNSW):
+            return index
+        if isinstance(index, faiss.IndexRefine):
+            index = faiss.downcast_index(index.base_index)
+        elif isinstance(index, faiss.IndexPreTransform):
+            index = faiss.downcast_index(index.index)
+        else:
+            return None
 
 
 def cosines(index, scores: np.ndarray) -> np.ndarray:
@@ -154,10 +195,16 @@ def cosines(index, scores: np.ndarray) -> np.ndarray:
     return scores
 
 
-def set_search_params(index, nprobe: int | None = None, k_factor: float | None = None) -> None:
-    """Cells searched (IVF types) and candidates re-ranked per result (refine types); ignored elsewhere."""
+def set_search_params(index, nprobe: int | None = None, k_factor: float | None = None,
+                      ef_search: int | None = None) -> None:
+    """Cells searched (IVF types), candidates re-ranked per result (refine types), candidates kept in the
+    graph search (HNSW types: efSearch); each ignored where the type has no such parameter."""
     faiss = _faiss()
-    if nprobe is not None:
+    hnsw = _hnsw(index)
+    if hnsw is not None:
+        if ef_search is not None:
+            hnsw.hnsw.efSearch = int(ef_search)
+    elif nprobe is not None:
         try:
             faiss.extract_index_ivf(index).nprobe = int(nprobe)
         except RuntimeError:  # not an IVF index: nothing to set
@@ -196,6 +243,11 @@ def merge_into(target, source) -> None:
     elif isinstance(into, faiss.IndexPreTransform):
         merge_into(into.index, other.index)
         into.ntotal += other.ntotal
+    elif isinstance(into, faiss.IndexHNSW):
+        # A graph has no merge_from: the source's stored vectors (in the PCA space; SQ8-decoded for
+        # HNSW_SQ8, which re-encodes them to the same codes) are linked into the target's graph.
+        if other.ntotal:
+            into.add(other.reconstruct_n(0, other.ntotal))
     elif isinstance(into, faiss.IndexIVF):
         into.merge_from(other, into.ntotal)  # inverted lists store ids: shift the source's
     else:

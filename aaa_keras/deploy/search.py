@@ -77,14 +77,15 @@ def build_index(model_path: str, gallery_dir: str, out_path: str, batch_size: in
                 append: bool = False, index_type: str = "exact", nlist: int | None = None,
                 pq_m: int | None = None, nprobe: int = gallery_lib.DEFAULT_NPROBE,
                 skip_bad_images: bool = False, pca: int | None = None,
-                k_factor: float = gallery_lib.DEFAULT_K_FACTOR) -> dict:
+                k_factor: float = gallery_lib.DEFAULT_K_FACTOR,
+                ef_search: int = gallery_lib.DEFAULT_EF_SEARCH) -> dict:
     """Embed the images under ``gallery_dir`` with an exported model into the index directory ``out_path``.
 
     A new index (``out_path`` must not exist) holds every image; with
     ``append`` the index must exist and only images not yet in it (by
     absolute path) are embedded and added. ``index_type`` (one of
     ``vocabulary.INDEX_TYPES``, with ``nlist``, ``pq_m``, ``pca`` where the
-    type has them; ``nprobe`` and ``k_factor`` are the stored defaults for
+    type has them; ``nprobe``, ``k_factor`` and ``ef_search`` are the stored defaults for
     ``search``) applies to a new index. Every image to embed is decoded
     once first (the pipeline's decoder, ``data.check.decode_files``): a file
     that does not decode stops the build before any embedding, named with
@@ -131,12 +132,12 @@ def build_index(model_path: str, gallery_dir: str, out_path: str, batch_size: in
         info = {"model_path": os.path.abspath(model_path), "model_kind": model.kind,
                 "image_size": f"{model.image_size[0]}x{model.image_size[1]}"}
         index = gallery_lib.GalleryIndex.create(out_path, embeddings, rows, index_type, nlist, pq_m, nprobe,
-                                                info=info, pca=pca, k_factor=k_factor)
+                                                info=info, pca=pca, k_factor=k_factor, ef_search=ef_search)
         added = len(rows)
     else:
         added = index.append(embeddings, rows)
     num_named = sum(row["pid"] is not None for row in rows)
-    extra = "".join(f", {key} {index.info[key]}" for key in ("pca", "nlist", "pq_m", "nprobe", "k_factor")
+    extra = "".join(f", {key} {index.info[key]}" for key in ("pca", "nlist", "pq_m", "nprobe", "k_factor", "ef_search")
                     if index.index_type != "exact" and index.info.get(key) not in (None, "None"))
     log(f"Wrote {out_path} ({index.index_type}{extra}): {added} images added, {index.size} in the index; "
         f"{num_named} of the added carry a person id and camera in their name")
@@ -243,13 +244,13 @@ def _check_same_model(index, model, index_path: str, model_path: str, label: str
 
 def search(index_path: str, model_path: str, image_paths, top: int = 10, batch_size: int = 32,
            picture: str | None = None, nprobe: int | None = None,
-           k_factor: float | None = None) -> list[list[dict]]:
+           k_factor: float | None = None, ef_search: int | None = None) -> list[list[dict]]:
     """Rank the indexed gallery for each query image; optionally draw the ranked lists.
 
     Returns one list per query of ``{"rank", "file", "path", "distance",
     "pid", "camid", "time"}`` dicts, nearest first (``pid`` / ``camid`` None
     when the gallery file name carries no id). ``nprobe`` and ``k_factor``
-    override the index's stored defaults (IVF / refine types only). With ``picture``, writes the
+    (and ``ef_search``) override the index's stored defaults (IVF / refine / HNSW types only). With ``picture``, writes the
     ranked-list PNG there (``aaa_keras.plots.save_ranked_lists``).
     """
     from aaa_keras.deploy.runtime import embed_files, load_exported
@@ -263,7 +264,7 @@ def search(index_path: str, model_path: str, image_paths, top: int = 10, batch_s
     model = load_exported(model_path)
     _check_same_model(index, model, index_path, model_path)
     queries = embed_files(model, image_paths, batch_size)
-    scores, ids = index.search(queries, int(top), nprobe, k_factor)
+    scores, ids = index.search(queries, int(top), nprobe, k_factor, ef_search)
     found = index.rows(sorted({int(i) for i in ids.ravel() if i >= 0}))
     by_id = {row["id"]: row for row in found}
     rankings = []
