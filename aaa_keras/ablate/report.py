@@ -283,7 +283,7 @@ def summary_markdown(results: dict, command: str = "") -> str:
              f"{runs[0]['metrics'][metric]['num_query']} queries; {metric} distance). Mean [95 % bootstrap "
              "interval over seeds and queries]; full tables, the other distances and the per-seed values "
              "in [docs/results.md](docs/results.md)."
-             + (" Occluded queries: " + occlusion_lib.describe(results) if "occlusion" in results else ""), "",
+             + (" " + occlusion_lib.describe(results) if "occlusion" in results else ""), "",
              "| configuration | Rank-1 (%) | mAP (%) |", "|---|---|---|"]
     for variant in VARIANTS:
         if variant.name in summary:
