@@ -242,3 +242,5 @@ def test_an_occluded_grid_writes_its_own_blocks_beside_the_reference_grids(aaa_d
         begin = report.markers(kind, "occluded")[0]
         assert text.count(begin) == 1 and "aaa_conv3" not in text.split(begin)[0], path
     assert (tmp_path / "ablation_claims_occluded.png").is_file()
+    summary = readme.read_text().split(report.markers("ablate-summary", "occluded")[0])[1]
+    assert "| configuration | clean Rank-1 (%) | clean mAP (%) | occluded Rank-1 (%) | occluded mAP (%) |" in summary

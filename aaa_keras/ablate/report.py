@@ -272,8 +272,9 @@ def plot_claims(results: dict, path: str) -> str | None:
 
 
 def summary_markdown(results: dict, command: str = "") -> str:
-    """The short form for a README: every configuration's Rank-1 / mAP and the mAP verdicts,
-    under the first metric; the full tables are :func:`report_markdown`'s."""
+    """The short form for a README: every configuration's Rank-1 / mAP (clean and occluded side by
+    side in a grid with occluded queries) and the mAP verdicts, under the first metric; the full
+    tables are :func:`report_markdown`'s."""
     metric = results["metrics"][0]
     summary = results["summary"][metric]
     runs = results["runs"]
@@ -283,12 +284,15 @@ def summary_markdown(results: dict, command: str = "") -> str:
              f"{runs[0]['metrics'][metric]['num_query']} queries; {metric} distance). Mean [95 % bootstrap "
              "interval over seeds and queries]; full tables, the other distances and the per-seed values "
              "in [docs/results.md](docs/results.md)."
-             + (" " + occlusion_lib.describe(results) if "occlusion" in results else ""), "",
-             "| configuration | Rank-1 (%) | mAP (%) |", "|---|---|---|"]
-    for variant in VARIANTS:
-        if variant.name in summary:
-            entry = summary[variant.name]
-            lines.append(f"| {variant.label} | {_cell(entry['rank1'])} | {_cell(entry['mAP'])} |")
+             + (" " + occlusion_lib.describe(results) if "occlusion" in results else ""), ""]
+    names = [v.name for v in VARIANTS if v.name in summary]
+    if "occlusion" in results:  # clean and occluded side by side
+        lines += occlusion_lib.occlusion_table(results, metric, names)
+    else:
+        lines += ["| configuration | Rank-1 (%) | mAP (%) |", "|---|---|---|"]
+        for name in names:
+            entry = summary[name]
+            lines.append(f"| {VARIANT_BY_NAME[name].label} | {_cell(entry['rank1'])} | {_cell(entry['mAP'])} |")
     lines += ["", "| claim | Δ mAP (points) [95 % CI] | p (Holm) | verdict |", "|---|---|---|---|"]
     for row in results["claims"][metric]["mAP"]:
         lines.append(f"| {row['claim']} | {_diff_cell(row)} | {_p(row['p_holm'])} | **{row['verdict']}** |")
