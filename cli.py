@@ -568,7 +568,8 @@ def search(index_path, model_path, images, top, nprobe, k_factor, ef_search, pic
                    "every query occluded (clean and occluded results).")
 @click.option("--out", default=None,
               help="Grid directory: OUT/seed<S>/<config>/ run dirs, results.json/.md, claims.png. [default: "
-                   "runs/ablate for builtin:ablate, else runs/ablate-<dataset name>; -strong added with --recipe strong]")
+                   "runs/ablate for builtin:ablate, else runs/ablate-<dataset name>; -<preset> for another preset than demo, "
+                   "-oq<SEED> with --occlude-queries, -strong with --recipe strong]")
 @click.option("--table", type=click.Choice([*vocabulary.ABLATION_TABLES, vocabulary.ALL]), default=None,
               help="Paper Table 3 (occlusion point), 4 (fine-tuning), 5 (random erasing), the controls, the "
                    "occlusion claims (on occluded queries: use builtin:occluded or --occlude-queries), or all. "
@@ -628,7 +629,7 @@ def ablate(data_dir, out, table, seeds, epochs, baseline_epochs, preset, recipe,
     from aaa_keras.run_lock import hold
 
     if out is None:
-        out = default_out(data_dir, recipe)
+        out = default_out(data_dir, recipe, preset, occlude_queries)
         click.echo(f"--out not given: the grid is {out}")
 
     arguments, skip = [], False

@@ -62,7 +62,12 @@ def start_run(config: RunConfig, run_dir: str, log=print, stages=STAGES,
                                  dataset_fingerprint=dataset_fingerprint(dataset))
     os.makedirs(run_dir, exist_ok=True)
     if os.path.isfile(os.path.join(run_dir, config_lib.CONFIG_FILE)):
-        config_lib.check_compatible(config_lib.load_config(run_dir), config, run_dir)
+        saved = config_lib.load_config(run_dir)
+        if config.attention_filters == 0 and saved.attention_filters:
+            # A run dir made before the width rule (attention_filters 0 = the rule's width) holds
+            # its explicit width: unless another is asked for, the run keeps it.
+            config = dataclasses.replace(config, attention_filters=saved.attention_filters)
+        config_lib.check_compatible(saved, config, run_dir)
     check_finished_stages(config, run_dir, stages)
     config_lib.save_config(config, run_dir)
     return config, dataset

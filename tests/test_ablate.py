@@ -247,3 +247,10 @@ def test_out_defaults_to_a_directory_named_after_the_data_and_recipe():
     assert default_out("builtin:occluded", "paper") == os.path.join("runs", "ablate-occluded")
     assert default_out("/data/Market-1501-v15.09.15/", None) == os.path.join("runs", "ablate-Market-1501-v15.09.15")
     assert default_out("csv:/data/mine.csv", None) == os.path.join("runs", "ablate-mine")
+    assert default_out("folder:/data/crops?camera-pattern=c(?P<cam>[0-9])", None) == os.path.join("runs", "ablate-crops")
+    assert default_out("builtin:ablate", None, "paper") == os.path.join("runs", "ablate-paper")
+    assert default_out("builtin:ablate", None, "demo", 0) == os.path.join("runs", "ablate-oq0")
+    from aaa_keras.ablate.report import grid_key  # the generated blocks: the same name
+
+    assert grid_key({"settings": {"data": "builtin:ablate", "preset": "demo", "overrides": {}, "occlude_queries": 0}}) == "oq0"
+    assert grid_key({"settings": {"data": "builtin:ablate", "preset": "demo", "overrides": {}}}) == ""

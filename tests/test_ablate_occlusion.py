@@ -177,23 +177,14 @@ def test_occlude_queries_on_already_occluded_data_is_refused_before_training(kin
     assert "\n" not in str(error.value) and data in str(error.value)
 
 
-def test_configs_bring_the_runs_they_copy_a_stage_from_in_training_order(monkeypatch, tmp_path):
+def test_configs_bring_the_runs_they_copy_a_stage_from_in_training_order():
     """--configs aaa_pixel alone also trains the baseline (stage 1) and aaa_conv3 (stage 2), first."""
-    from aaa_keras.ablate import run as ablate_run
+    from aaa_keras.ablate.run import plan_variants
 
-    order = []
-
-    def first_run_only(out, seed, variant, *args, **kwargs):
-        order.append(variant.name)
-        raise KeyboardInterrupt  # stop before anything trains
-
-    monkeypatch.setattr(ablate_run, "run_variant", first_run_only)
-    with pytest.raises(KeyboardInterrupt):
-        ablate_run.run_grid(str(tmp_path / "grid"), seeds=1, epochs=1, data="builtin:occluded",
-                            configs=["aaa_pixel"], progress=lambda *_: None, log=lambda *_: None)
-    assert order == ["baseline"]
-    plan = [v.name for v in ablate_run.VARIANTS if v.name in ("baseline", "aaa_conv3", "aaa_pixel")]
-    assert plan == ["baseline", "aaa_conv3", "aaa_pixel"]  # the order run_grid trains them in
+    assert [v.name for v in plan_variants("occlusion", ["aaa_pixel"])] == ["baseline", "aaa_conv3", "aaa_pixel"]
+    assert [v.name for v in plan_variants("occlusion", ["aaa_pixel_random_mask"])] == [
+        "baseline", "aaa_pixel_random_mask"]
+    assert [v.name for v in plan_variants("controls", None)] == [v.name for v in grid.select_variants("controls")]
 
 
 @pytest.mark.slow

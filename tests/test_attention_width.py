@@ -48,3 +48,19 @@ def test_the_demo_branch_is_64_wide_the_paper_s_256_and_the_backbone_decides():
     assert built_width(make_config("paper", **SMALL)) == 256
     assert built_width(make_config("demo", backbone="resnet50", **SMALL)) == 256  # not the demo's 64
     assert built_width(make_config("demo", attention_filters=16, **SMALL)) == 16  # the flag still wins
+
+
+def test_a_run_dir_saved_with_an_explicit_width_keeps_it_and_another_width_is_refused(tiny_data, tmp_path):
+    """Run dirs made before the rule hold attention_filters 256 (or 64): `fit` with the default
+    continues them at that width; an explicit other width is refused as before."""
+    from aaa_keras.config import save_config
+    from aaa_keras.errors import RunDirError
+    from aaa_keras.training import start_run
+
+    old = make_config("demo", data=tiny_data, attention_filters=256)
+    first, _ = start_run(old, str(tmp_path), log=lambda *_: None)
+    save_config(first, str(tmp_path))
+    resumed, _ = start_run(make_config("demo", data=tiny_data), str(tmp_path), log=lambda *_: None)
+    assert resumed.attention_filters == 256
+    with pytest.raises(RunDirError, match="attention_filters"):
+        start_run(make_config("demo", data=tiny_data, attention_filters=64), str(tmp_path), log=lambda *_: None)

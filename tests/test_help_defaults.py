@@ -90,7 +90,8 @@ DESCRIBED = {
         lambda tmp: all(config_lib.make_config(p).attention_filters == 0 for p in PRESETS)
         and __import__("aaa_keras.model.attention", fromlist=["x"]).attention_width(32) == 64
         and __import__("aaa_keras.model.attention", fromlist=["x"]).attention_width(512) == 256),
-    ("ablate", "out"): ("runs/ablate for builtin:ablate, else runs/ablate-<dataset name>; -strong added with --recipe strong",
+    ("ablate", "out"): ("runs/ablate for builtin:ablate, else runs/ablate-<dataset name>; -<preset> for another preset "
+                        "than demo, -oq<SEED> with --occlude-queries, -strong with --recipe strong",
                         lambda tmp: grid.default_out("builtin:ablate", None) == "runs/ablate"
                         and grid.default_out("builtin:occluded", "strong") == "runs/ablate-occluded-strong"),
     ("ablate", "table"): ("occlusion with occluded queries (builtin:occluded, --occlude-queries), else all",

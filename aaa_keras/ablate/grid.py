@@ -107,27 +107,32 @@ TABLE_LAYOUT = (
 )
 
 
-def grid_name(data: str, recipe: str | None) -> str:
-    """What tells a grid apart from the reference one (builtin:ablate, paper recipe: ``""``): the
-    recipe when not the paper's, then the dataset's name when not builtin:ablate (its builtin name,
-    its directory's, or its CSV file's stem), joined by "-": "strong", "occluded", "occluded-strong"."""
+def grid_name(data: str, recipe: str | None, preset: str = "demo", occlude_queries: int | None = None) -> str:
+    """What tells a grid apart from the reference one (builtin:ablate, demo preset, paper recipe, clean
+    queries: ``""``): the dataset's name when not builtin:ablate (its builtin name, or its directory's or
+    CSV file's name without options), the preset when not demo, ``oq<SEED>`` with ``--occlude-queries``,
+    ``strong`` under the strong recipe; joined by "-": "strong", "occluded", "paper-oq0"."""
     import os
 
     if data.startswith(BUILTIN_PREFIX):
         name = data[len(BUILTIN_PREFIX):]
-    elif data.startswith("csv:"):
-        name = os.path.splitext(os.path.basename(data[len("csv:"):]))[0]
     else:
-        name = os.path.basename(os.path.normpath(data[len("folder:"):] if data.startswith("folder:") else data))
-    parts = ([] if name == "ablate" else [name]) + (["strong"] if recipe == "strong" else [])
+        path = data.split("?", 1)[0]  # folder:DIR?camera-pattern=...: the options are not a name
+        kind, _, rest = path.partition(":") if path.startswith(("csv:", "folder:")) else ("", "", path)
+        name = os.path.basename(os.path.abspath(os.path.expanduser(rest)))
+        if kind == "csv":
+            name = os.path.splitext(name)[0]
+    parts = ([] if name == "ablate" else [name]) + ([] if preset == "demo" else [preset])
+    parts += ([] if occlude_queries is None else [f"oq{int(occlude_queries)}"])
+    parts += (["strong"] if recipe == "strong" else [])
     return "-".join(parts)
 
 
-def default_out(data: str, recipe: str | None) -> str:
+def default_out(data: str, recipe: str | None, preset: str = "demo", occlude_queries: int | None = None) -> str:
     """``--out``'s default: ``runs/ablate``, or ``runs/ablate-<grid_name>``."""
     import os
 
-    name = grid_name(data, recipe)
+    name = grid_name(data, recipe, preset, occlude_queries)
     return os.path.join("runs", "ablate" + (f"-{name}" if name else ""))
 
 

@@ -336,7 +336,9 @@ def write_report(results: dict, out: str, write=(), command: str = "") -> list[s
 def grid_key(results: dict) -> str:
     """The grid's name in its generated blocks and figure (``grid.grid_name``: "" for the paper
     recipe on builtin:ablate, else e.g. "strong", "occluded")."""
-    return grid_name(results["settings"]["data"] or ABLATE_DATA, grid_recipe(results))
+    settings = results["settings"]
+    return grid_name(settings["data"] or ABLATE_DATA, grid_recipe(results), settings.get("preset", "demo"),
+                     settings.get("occlude_queries"))
 
 
 def markers(kind: str, key: str = "") -> tuple[str, str]:

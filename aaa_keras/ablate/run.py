@@ -307,6 +307,20 @@ def default_table(data: str, occlude_queries: int | None) -> str:
     return "occlusion" if _has_query_pair(data, occlude_queries) else "all"
 
 
+def plan_variants(table: str, configs=None) -> list[Variant]:
+    """The configurations a grid trains, in training order: ``table``'s, or ``configs`` (names) with
+    the runs they copy a stage from (the baseline's stage 1, ``attention_from``'s stage 2)."""
+    if not configs:
+        return select_variants(table)
+    unknown = sorted(set(configs) - set(VARIANT_BY_NAME))
+    if unknown:
+        raise UserError(f"unknown configurations {unknown}; expected names from {sorted(VARIANT_BY_NAME)}")
+    chosen = [VARIANT_BY_NAME[name] for name in configs]
+    needed = {"baseline"} if any(v.from_baseline for v in chosen) else set()
+    needed |= {v.attention_from for v in chosen if v.attention_from}
+    return [v for v in VARIANTS if v.name in set(configs) | needed]
+
+
 def run_grid(out: str, table: str | None = None, seeds: int = 5, epochs: int | None = None,
              preset: str = "demo", data: str = ABLATE_DATA, metric: str = "euclidean",
              overrides: dict | None = None, progress=print, log=None, n_boot: int = 10000,
@@ -321,16 +335,7 @@ def run_grid(out: str, table: str | None = None, seeds: int = 5, epochs: int | N
     """
     if seeds < 1:
         raise UserError(f"--seeds must be at least 1, got {seeds}")
-    variants = select_variants(table or default_table(data, occlude_queries))
-    if configs:
-        unknown = sorted(set(configs) - set(VARIANT_BY_NAME))
-        if unknown:
-            raise UserError(f"unknown configurations {unknown}; expected names from {sorted(VARIANT_BY_NAME)}")
-        variants = [v for v in VARIANTS if v.name in configs]
-        needed = {"baseline"} if any(v.from_baseline for v in variants) else set()
-        needed |= {v.attention_from for v in variants if v.attention_from}
-        # the runs the others copy a stage from, in VARIANTS' (training) order
-        variants = [v for v in VARIANTS if v.name in set(configs) | needed]
+    variants = plan_variants(table or default_table(data, occlude_queries), configs)
     metrics = select_metrics(metric)
     if data and not data.startswith(BUILTIN_PREFIX):
         data = os.path.abspath(data)

@@ -3,7 +3,7 @@
 An index is a directory (``python cli.py index --out DIR``)::
 
     DIR/meta.sqlite        table ``meta`` (key -> value: format, dim, index_type, nlist, pq_m, pca, nprobe,
-                           k_factor, generation, base, deltas, ntotal, model_path, model_kind, image_size,
+                           k_factor, ef_search, generation, base, deltas, ntotal, model_path, model_kind, image_size,
                            created) and table ``images`` (id = the vector's position in the index, path UNIQUE,
                            file, gallery_dir, pid, camid, time, added, generation)
     DIR/vectors.B.faiss    the base: every vector up to generation B (``meta.base``)
@@ -446,7 +446,9 @@ class GalleryIndex:
         base_rows = _segment_sizes(connection, state)[0][1]
         delta_rows = state["ntotal"] - base_rows + delta.ntotal
         ntotal = state["ntotal"] + delta.ntotal
-        if delta_rows >= base_rows:  # the index has doubled since its base: write a new base
+        # A new base when the index has doubled since its base, and on every append to a graph (HNSW):
+        # a graph has no merge_from, so a delta would be re-inserted into the graph on every open.
+        if delta_rows >= base_rows or uses(self.index_type, "ef_search"):
             index, _ = self._read_live(connection, state)
             merge_into(index, delta)
             return {"generation": generation, "base": generation, "deltas": "", "ntotal": ntotal,

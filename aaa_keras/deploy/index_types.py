@@ -86,7 +86,8 @@ def _faiss():
 
 
 def uses(index_type: str, what: str) -> bool:
-    """Whether a type has a parameter: ``nlist``, ``pq_m``, ``pca`` or ``k_factor`` (the refine stage)."""
+    """Whether a type has a parameter: ``nlist``, ``pq_m``, ``pca``, ``k_factor`` (the refine stage) or
+    ``ef_search`` (an HNSW graph)."""
     template = FACTORY[index_type]
     return {"nlist": "{nlist}" in template, "pq_m": "{pq_m}" in template, "pca": "{pca}" in template,
             "k_factor": "Refine" in template, "ef_search": "HNSW" in template}[what]
