@@ -254,3 +254,22 @@ def test_out_defaults_to_a_directory_named_after_the_data_and_recipe():
 
     assert grid_key({"settings": {"data": "builtin:ablate", "preset": "demo", "overrides": {}, "occlude_queries": 0}}) == "oq0"
     assert grid_key({"settings": {"data": "builtin:ablate", "preset": "demo", "overrides": {}}}) == ""
+
+
+def test_a_csv_or_folder_spec_keeps_its_prefix_in_the_grid(monkeypatch, tmp_path):
+    """`ablate --data csv:FILE`: grid.json names the spec (absolute path), not cwd + "csv:..."."""
+    import json
+
+    from aaa_keras.ablate import run as ablate_run
+
+    def first_run_only(*args, **kwargs):
+        raise KeyboardInterrupt  # stop before anything trains
+
+    monkeypatch.setattr(ablate_run, "run_variant", first_run_only)
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "mine.csv").write_text("path,pid,camid\n")
+    with pytest.raises(KeyboardInterrupt):
+        ablate_run.run_grid(str(tmp_path / "grid"), seeds=1, epochs=1, data="csv:mine.csv",
+                            configs=["baseline"], progress=lambda *_: None, log=lambda *_: None)
+    data = json.loads((tmp_path / "grid" / "grid.json").read_text())["data"]
+    assert data.startswith("csv:") and data.endswith("mine.csv") and os.path.isabs(data[len("csv:"):])

@@ -338,7 +338,9 @@ def run_grid(out: str, table: str | None = None, seeds: int = 5, epochs: int | N
     variants = plan_variants(table or default_table(data, occlude_queries), configs)
     metrics = select_metrics(metric)
     if data and not data.startswith(BUILTIN_PREFIX):
-        data = os.path.abspath(data)
+        from aaa_keras.data.source import portable_data
+
+        data = portable_data(data)  # an absolute path; folder:/csv: specs keep their prefix and options
     settings = grid_settings(preset, epochs, data, overrides or {}, baseline_epochs, occlude_queries)
     query_sets = _has_query_pair(data, occlude_queries)
     if occlude_queries is not None and _has_clean_twins(data):  # refused before anything trains
