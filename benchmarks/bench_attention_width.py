@@ -23,9 +23,8 @@ import argparse
 import os
 import statistics
 import sys
-import time
 
-from common import machine_description  # noqa: E402  (puts the repo on sys.path)
+from common import machine_description, round_robin, spread_line  # noqa: E402  (puts the repo on sys.path)
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import keras  # noqa: E402
@@ -92,15 +91,7 @@ def main(argv=None):
             lambda m=cached: m.train_on_batch((images, views), labels, return_dict=True)
         calls[f"{width} filters: stage 3 occluded step, gated"] = \
             lambda m=adversarial: m.train_on_batch(images, labels, return_dict=True)
-    for fn in calls.values():  # tracing
-        fn(), fn()
-    samples = {name: [] for name in calls}
-    for _ in range(args.rounds):
-        for name, fn in calls.items():
-            start = time.perf_counter()
-            out = fn()
-            float(np.asarray(next(iter(out.values()))))
-            samples[name].append(time.perf_counter() - start)
+    samples = round_robin(calls, args.rounds)
     t = {name: statistics.median(v) for name, v in samples.items()}
     base, before = t["stage 1 step"], t[f"{widths[0]} filters: stage 2, search every step"]
     print(f"Machine: {machine_description()} (shared with other jobs), TensorFlow {tf.__version__}, "
@@ -119,8 +110,7 @@ def main(argv=None):
         print(f"| {width} filters: stage 3, take turns (mean of a stage-1 step and an occluded one) | "
               f"{(base + occluded) / 2 * 1000:.0f} | {(base + occluded) / 2 / base:.2f} | |")
     print()
-    print("Spread (min-max ms): " + "; ".join(f"{n}: {min(v) * 1000:.0f}-{max(v) * 1000:.0f}"
-                                            for n, v in samples.items()))
+    print(spread_line(samples))
     return 0
 
 

@@ -18,9 +18,8 @@ import dataclasses
 import os
 import statistics
 import sys
-import time
 
-from common import machine_description  # noqa: E402  (puts the repo on sys.path)
+from common import machine_description, round_robin, spread_line  # noqa: E402  (puts the repo on sys.path)
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import keras  # noqa: E402
@@ -83,15 +82,7 @@ def main(argv=None):
         "part: attention branch forward + backward": attention_step,
         "part: stem forward": stem_forward,
     }
-    for fn in calls.values():  # tracing
-        fn(), fn()
-    samples = {name: [] for name in calls}
-    for _ in range(args.rounds):
-        for name, fn in calls.items():
-            start = time.perf_counter()
-            out = fn()
-            float(np.asarray(next(iter(out.values())) if isinstance(out, dict) else out))
-            samples[name].append(time.perf_counter() - start)
+    samples = round_robin(calls, args.rounds)
     t = {name: statistics.median(v) for name, v in samples.items()}
     base, before = t["stage 1 step"], t["stage 2, search every step (before)"]
     print(f"Machine: {machine_description()} (shared with other jobs), TensorFlow {tf.__version__}, "
@@ -106,8 +97,7 @@ def main(argv=None):
     for name in calls:
         print(f"| {name} | {t[name] * 1000:.0f} | {t[name] / base:.2f} | {t[name] / before:.2f} |")
     print()
-    print("Spread (min-max ms): " + "; ".join(f"{n}: {min(v) * 1000:.0f}-{max(v) * 1000:.0f}"
-                                            for n, v in samples.items()))
+    print(spread_line(samples))
     return 0
 
 

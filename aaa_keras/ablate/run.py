@@ -50,6 +50,20 @@ def finished_record(run_dir: str, metrics, query_sets: bool = False) -> dict | N
     return record
 
 
+# What a stage copy leaves out: the stage's TensorBoard logs and fit's backup are not the stage.
+_STAGE_COPY_IGNORE = shutil.ignore_patterns("tensorboard", "backup")
+
+
+def _partial_copy_dir(target: str) -> str:
+    """The ``<target>.copying`` directory a stage dir is assembled in before ``os.replace`` puts it at
+    ``target``, after removing an interrupted earlier copy and a stage dir without done.json there."""
+    partial = target + ".copying"
+    shutil.rmtree(partial, ignore_errors=True)
+    if os.path.isdir(target):
+        shutil.rmtree(target)
+    return partial
+
+
 def _stage1_from_baseline(out: str, seed: int, run_dir: str, occlude_after: str, log) -> None:
     """Give ``run_dir`` the stage-1 weights of ``seed<S>/baseline`` (copy; no training)."""
     from aaa_keras import config as config_lib
@@ -62,14 +76,10 @@ def _stage1_from_baseline(out: str, seed: int, run_dir: str, occlude_after: str,
     if not stage_is_done(source_run, "baseline"):
         raise UserError(f"{source_run} has no finished stage 1 to start {run_dir} from")
     os.makedirs(run_dir, exist_ok=True)
-    partial = target + ".copying"
-    shutil.rmtree(partial, ignore_errors=True)  # an interrupted earlier copy
-    if os.path.isdir(target):
-        shutil.rmtree(target)  # a stage dir without done.json that is not a finished copy
+    partial = _partial_copy_dir(target)
     source_config = config_lib.load_config(source_run)
     if source_config.occlude_after == occlude_after:
-        shutil.copytree(os.path.join(source_run, "baseline"), partial,
-                        ignore=shutil.ignore_patterns("tensorboard", "backup"))
+        shutil.copytree(os.path.join(source_run, "baseline"), partial, ignore=_STAGE_COPY_IGNORE)
         shutil.copy(os.path.join(source_run, config_lib.CONFIG_FILE),
                     os.path.join(run_dir, config_lib.CONFIG_FILE))
         log(f"{run_dir}: stage 1 copied from {source_run}")
@@ -95,12 +105,8 @@ def _attention_from(out: str, seed: int, run_dir: str, source_name: str, log) ->
     source_run = run_dir_of(out, seed, source_name)
     if not stage_is_done(source_run, "attention"):
         raise UserError(f"{source_run} has no finished stage 2 to start {run_dir} from")
-    partial = target + ".copying"
-    shutil.rmtree(partial, ignore_errors=True)
-    if os.path.isdir(target):
-        shutil.rmtree(target)
-    shutil.copytree(os.path.join(source_run, "attention"), partial,
-                    ignore=shutil.ignore_patterns("tensorboard", "backup"))
+    partial = _partial_copy_dir(target)
+    shutil.copytree(os.path.join(source_run, "attention"), partial, ignore=_STAGE_COPY_IGNORE)
     os.replace(partial, target)
     log(f"{run_dir}: stage 2 copied from {source_run}")
 
