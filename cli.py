@@ -253,7 +253,10 @@ def data_check(root, strict, camera_pattern):
                    "only), per-step = every step on pad-crop-flip views. [default: cached]")
 @click.option("--adversarial-targets", type=click.Choice(config_lib.ADVERSARIAL_TARGETS), default=None,
               help="Stage 3's grid search: gated = only where eq. 4's gate is open (same loss), "
-                   "all = every sample. [default: gated]")
+                   "all = every sample, sampled = a few open gates per step, weighted by 1 / P(drawn) "
+                   "(the same gradient in expectation; beyond the paper). [default: gated]")
+@click.option("--adversarial-target-samples", type=click.IntRange(1), default=None,
+              help="With --adversarial-targets sampled: open gates searched per step. [default: 4]")
 @click.option("--steps-per-epoch", type=click.IntRange(0), default=None,
               help="0 = one pass over the data. [default: 0]")
 @click.option("--distribute", type=DISTRIBUTE_CHOICE, default=None,

@@ -27,7 +27,7 @@ OCCLUSION_SPACES = ("feature", "pixel")
 # every step on pad-crop-flip views (attention_targets.py; docs/decisions.md, "Stage 2's grid search once")
 ATTENTION_TARGETS = ("cached", "per-step")
 # Stage 3's M_occ: searched for the samples whose gate of eq. 4 is open, or for every sample (same loss)
-ADVERSARIAL_TARGETS = ("gated", "all")
+ADVERSARIAL_TARGETS = ("gated", "all", "sampled")
 OCCLUSION_POINTS = ("conv2", "conv3", "conv4", "conv5")
 BACKBONES = ("resnet50", "mobilenet_v3_large", "efficientnet_b0", "tiny_resnet")
 DISTRIBUTE_STRATEGIES = ("none", "mirrored", "multiworker")  # tf.distribute (execution.py)
@@ -102,7 +102,8 @@ class RunConfig:
     take_turns: bool = True  # alternate unabridged and occluded steps
     cells_per_call: int = 16  # occluded copies per tail call; lower it to save memory
     attention_targets: str = "cached"  # stage 2: grid search once per (image, flip), or every step
-    adversarial_targets: str = "gated"  # stage 3: grid search for the open gates of eq. 4, or every sample
+    adversarial_targets: str = "gated"  # stage 3: grid search for the open gates of eq. 4, every sample, or a few
+    adversarial_target_samples: int = 4  # with adversarial_targets "sampled": open gates searched per step
     # === Execution ===
     jit_compile: bool = False
     distribute: str = "none"
@@ -257,6 +258,8 @@ def validate(config: RunConfig) -> None:
         if getattr(config, name) not in choices:
             raise UserError(f"--{name.replace('_', '-')}: got {getattr(config, name)!r}; "
                             f"expected one of {choices}")
+    if config.adversarial_target_samples < 1:
+        raise UserError(f"--adversarial-target-samples must be >= 1, got {config.adversarial_target_samples}")
     if config.diagnostic_images < 0:
         raise UserError(f"diagnostic_images must be >= 0, got {config.diagnostic_images}")
     if config.distribute not in DISTRIBUTE_STRATEGIES:

@@ -187,6 +187,7 @@ def build_stage_model(stage: str, config: RunConfig, run_dir: str, log=print) ->
                             mask=config.mask, attention_loss=config.attention_loss,
                             occluded_batchnorm=config.occluded_batchnorm, seed=config.seed,
                             loss=loss, targets=config.adversarial_targets,
+                            target_samples=config.adversarial_target_samples,
                             occlusion_space=config.occlusion_space, name="adversarial")
 
 

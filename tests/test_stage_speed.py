@@ -14,7 +14,7 @@ from aaa_keras.model import stages
 from aaa_keras.model.attention import build_attention_branch
 from aaa_keras.model.backbone import build_parts
 from aaa_keras.model.diagnostics import AttentionDiagnostics, attention_diagnostics
-from aaa_keras.model.occlusion import hardest_occlusion, occlusion_target
+from aaa_keras.model.occlusion import hardest_occlusion, occlusion_target, sample_open_gates
 from aaa_keras.model.stages import AdversarialModel, AttentionAssignmentModel
 
 NUM_CLASSES = 5
@@ -139,7 +139,7 @@ def test_stage_three_gated_search_gives_the_losses_and_gradients_of_the_search_o
     """Eagerly, one occluded step of each (no tracing: this is a cheap test)."""
     images, labels = _batch(seed=2)
     results = {}
-    for targets in stages.ADVERSARIAL_TARGETS:
+    for targets in ("gated", "all"):
         model = _adversarial(targets)
         variables = model.parts.network.trainable_variables + model.attention.trainable_variables
         with tf.GradientTape(persistent=True) as tape:
@@ -161,6 +161,42 @@ def test_stage_three_gated_search_gives_the_losses_and_gradients_of_the_search_o
             assert b is None
         else:
             np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-4, atol=1e-6)
+
+
+def test_sampled_gates_are_open_ones_and_their_weights_average_to_the_gate():
+    """``weight = drawn / P(drawn)`` makes the sampled search's gradient the gated one in expectation."""
+    gate = tf.constant([1, 0, 1, 1, 0, 1, 1, 0, 1, 1, 0, 0], tf.float32)  # 7 open
+    seed = keras.random.SeedGenerator(0)
+    draws = np.stack([np.stack([d.numpy() for d in sample_open_gates(gate, 3, seed)]) for _ in range(1500)])
+    drawn, weight = draws[:, 0], draws[:, 1]
+    assert (drawn.sum(axis=1) == 3).all()  # min(count, open) every time
+    assert not drawn[:, gate.numpy() == 0].any()  # never a closed gate
+    np.testing.assert_allclose(weight[drawn > 0], 7 / 3, rtol=1e-6)
+    # E[weight] = gate: the open ones' mean weight is 1 (standard error 0.03 at 1,500 draws)
+    np.testing.assert_allclose(weight.mean(axis=0), gate.numpy(), atol=0.12)
+    few = tf.constant([0, 1, 0, 1], tf.float32)  # open <= count: every open gate, weight 1
+    np.testing.assert_array_equal(sample_open_gates(few, 3, seed)[1].numpy(), few.numpy())
+
+
+def test_stage_three_sampled_search_searches_a_few_and_weighs_them_up():
+    images, labels = _batch(seed=2)
+    steps = {}
+    for targets, samples in (("gated", 4), ("sampled", 8), ("sampled", 2)):
+        model = AdversarialModel(*_parts(seed=1), omega=0.0, take_turns=False, targets=targets,
+                                 attention_loss="soft", seed=0, target_samples=samples)
+        steps[targets, samples] = model._step(images, labels, training=True, occluded=tf.constant(True))[2]
+    gated = steps["gated", 4]
+    gate = gated["gate_rate"].numpy()
+    assert 2 < gate.sum() < 8
+    for name in ("adversarial_loss", "attention_loss", "gate_rate", "searched"):  # 8 >= the open gates: exact
+        np.testing.assert_allclose(steps["sampled", 8][name], gated[name], rtol=1e-5, atol=1e-7, err_msg=name)
+    few = steps["sampled", 2]
+    drawn = few["searched"].numpy()
+    assert drawn.sum() == 2 and not drawn[gate == 0].any()
+    # eq. 4 with L_att weighted by open / 2 on the two drawn samples and 0 on the other open ones
+    expected = gate * 0.3 * gated["regularization_loss"].numpy() + (
+        drawn * gate.sum() / 2 * 1.7 * gated["attention_loss"].numpy())
+    np.testing.assert_allclose(few["adversarial_loss"].numpy(), expected, rtol=1e-5, atol=1e-7)
 
 
 def test_the_choices_are_named_once():

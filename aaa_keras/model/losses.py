@@ -92,11 +92,18 @@ def adversarial_gate(p_before, p_after, omega: float = 0.04):
 
 def gated_adversarial_loss(attention_map, occlusion_target, p_before, p_after,
                            lambda1: float = 0.3, lambda2: float = 1.7, omega: float = 0.04,
-                           reading: str = "l1"):
-    """Eq. 4: g * (lambda1 * L_r + lambda2 * L_att), g = [p_bf - p_af > omega]."""
+                           reading: str = "l1", target_weight=None):
+    """Eq. 4: g * (lambda1 * L_r + lambda2 * L_att), g = [p_bf - p_af > omega].
+
+    ``target_weight`` (per sample, default ``g``) replaces ``g`` in front of ``L_att`` only: stage 3's
+    sampled search (``--adversarial-targets sampled``) computes ``M_occ`` for a random subset of the
+    open gates and weighs each by 1 / P(drawn), whose expectation is ``g``
+    (:func:`aaa_keras.model.occlusion.sample_open_gates`).
+    """
     gate = adversarial_gate(p_before, p_after, omega)
-    return gate * (lambda1 * regularization_loss(attention_map)
-                   + lambda2 * attention_loss(attention_map, occlusion_target, reading))
+    weight = gate if target_weight is None else ops.cast(target_weight, "float32")
+    return (gate * lambda1 * regularization_loss(attention_map)
+            + weight * lambda2 * attention_loss(attention_map, occlusion_target, reading))
 
 
 # === The strong recipe's network losses (Bag of Tricks) ===

@@ -107,6 +107,28 @@ def occlusion_target_where(logits_fn, features, labels, needed, reading: str = "
     return tf.stop_gradient(m_occ), tf.stop_gradient(probabilities)
 
 
+def sample_open_gates(gate, count: int, seed):
+    """At most ``count`` of the open gates, drawn uniformly without replacement, and their weights.
+
+    Returns ``(drawn, weight)``, both ``(B,)`` float32: ``drawn`` is 1 for the drawn samples,
+    ``weight`` is ``drawn / P(drawn)`` with ``P(drawn) = min(1, count / open)``, so that
+    ``E[weight] = gate`` for every sample and a loss term multiplied by ``weight`` has, in
+    expectation, the gradient of the same term multiplied by the gate (stage 3's sampled search,
+    ``--adversarial-targets sampled``; docs/decisions.md). With ``open <= count`` every open gate
+    is drawn with weight 1: ``weight == gate`` exactly. ``seed``: a ``keras.random.SeedGenerator``
+    (a fresh draw per call) or an int. Per replica under ``tf.distribute``.
+    """
+    import keras
+
+    gate = tf.cast(gate, tf.float32)
+    batch = tf.shape(gate)[0]
+    keys = tf.where(gate > 0, keras.random.uniform(tf.shape(gate), seed=seed), -1.0)  # open gates first
+    chosen = tf.math.top_k(keys, k=tf.minimum(count, batch), sorted=False).indices
+    drawn = tf.reduce_sum(tf.one_hot(chosen, batch, dtype=tf.float32), axis=0) * gate
+    probability = tf.minimum(1.0, float(count) / tf.maximum(tf.reduce_sum(gate), 1.0))
+    return tf.stop_gradient(drawn), tf.stop_gradient(drawn / probability)
+
+
 def top_fraction_mask(attention_map, fraction: float = 1.0 / 3.0):
     """The 0-1 mask ``B`` of paper 3.3 / Algorithm 2 line 1, with no gradient.
 

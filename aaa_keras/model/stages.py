@@ -25,10 +25,11 @@ from aaa_keras.model.losses import (adversarial_gate, adversarial_loss, attentio
                                     label_smoothing_cross_entropy, regularization_loss)
 from aaa_keras.model.pixel_occlusion import donor_indices, occlude_images
 from aaa_keras.model.occlusion import (feature_response, hardest_occlusion, occlusion_target,
-                                       occlusion_target_where, random_scores, top_fraction_mask,
-                                       true_class_probability)
+                                       occlusion_target_where, random_scores, sample_open_gates,
+                                       top_fraction_mask, true_class_probability)
 
-ADVERSARIAL_TARGETS = ("gated", "all")  # stage 3: M_occ for the open gates of eq. 4 only, or every sample
+# stage 3: M_occ for the open gates of eq. 4 only, for every sample, or for a random few open gates
+ADVERSARIAL_TARGETS = ("gated", "all", "sampled")
 OCCLUSION_SPACES = ("feature", "pixel")  # stage 3 occludes f with zeros (paper) or the image (pixel_occlusion.py)
 
 
@@ -283,7 +284,13 @@ class AdversarialModel(_StageModel):
     multiplied by 0, so the loss and every gradient are those of ``"all"``
     (the search on every sample), and the target still comes from the current
     network. The logged ``attention_loss`` is eq. 2 averaged over the samples
-    with an open gate, under both settings.
+    whose target was searched (the open gates, or the drawn ones).
+
+    ``targets="sampled"`` (beyond the paper) searches at most ``target_samples`` of
+    the open gates per occluded step (per replica), drawn uniformly, and weighs
+    their ``L_att`` by 1 / P(drawn) (:func:`sample_open_gates`): the attention
+    player's gradient is that of ``"gated"`` in expectation, from a search of a
+    few samples (docs/decisions.md, "Stage 3's sampled search").
 
     ``occlusion_space="pixel"`` (beyond the paper, ``model/pixel_occlusion.py``): the same mask
     ``B``, upsampled to the image, is covered with the pixels of another identity of the batch,
@@ -301,7 +308,7 @@ class AdversarialModel(_StageModel):
                  take_turns: bool = True, mask: str = "attention", attention_loss: str = "bce",
                  occluded_batchnorm: str = "batch", seed: int | None = None,
                  loss: NetworkLoss | None = None, targets: str = "gated",
-                 occlusion_space: str = "feature", **kwargs):
+                 occlusion_space: str = "feature", target_samples: int = 4, **kwargs):
         super().__init__(**kwargs)
         if occlusion_space not in OCCLUSION_SPACES:
             raise ValueError(f"occlusion_space must be one of {OCCLUSION_SPACES}, got {occlusion_space!r}")
@@ -311,6 +318,9 @@ class AdversarialModel(_StageModel):
         if targets not in ADVERSARIAL_TARGETS:
             raise ValueError(f"targets must be one of {ADVERSARIAL_TARGETS}, got {targets!r}")
         self.targets = targets
+        if targets == "sampled" and target_samples < 1:
+            raise ValueError(f"target_samples must be >= 1, got {target_samples}")
+        self.target_samples = int(target_samples)
         self.parts = parts
         self.network_loss = loss or NetworkLoss()
         self.stem, self.tail = parts.stem, parts.tail
@@ -329,8 +339,13 @@ class AdversarialModel(_StageModel):
         if occlusion_space == "pixel":  # only then: the feature-space model keeps its state unchanged
             self.donor_seed = keras.random.SeedGenerator(None if seed is None else seed + 2,
                                                          name="pixel_donor_seed")
+        if targets == "sampled" and self.attention is not None:  # only then: other models keep their state
+            self.target_draw_seed = keras.random.SeedGenerator(None if seed is None else seed + 3,
+                                                               name="target_draw_seed")
         self.occluded_names = ("ce_after", "p_bf", "p_af") + (
             self._adversarial_names if self.attention is not None else ())
+        # per-sample values that are not logged: which samples' M_occ was searched (attention_loss' weights)
+        self.unlogged_names = ("searched",) if self.attention is not None else ()
         self.tracker_names = ("loss", "accuracy", "ce_before") + (
             ("triplet_loss",) if self.network_loss.triplet else ()) + self.occluded_names
         self.attention_optimizer = None
@@ -406,14 +421,20 @@ class AdversarialModel(_StageModel):
         if self.attention is None:
             return terms
         gate = self._gate(p_bf, p_af)
-        m_occ = self._occlusion_target(features, labels, gate)
+        if self.targets == "sampled":
+            searched, target_weight = sample_open_gates(gate, self.target_samples, self.target_draw_seed)
+        else:
+            searched, target_weight = gate, None
+        m_occ = self._occlusion_target(features, labels, searched)
         reading = self.attention_loss_reading
         terms.update({
             "adversarial_loss": gated_adversarial_loss(  # eq. 4
-                scores, m_occ, p_bf, p_af, self.lambda1, self.lambda2, self.omega, reading),
-            "attention_loss": attention_loss(scores, m_occ, reading),  # logged over open gates only
+                scores, m_occ, p_bf, p_af, self.lambda1, self.lambda2, self.omega, reading,
+                target_weight=target_weight),
+            "attention_loss": attention_loss(scores, m_occ, reading),  # logged over the searched only
             "regularization_loss": regularization_loss(scores),
             "gate_rate": gate,
+            "searched": searched,
         })
         return terms
 
@@ -421,16 +442,16 @@ class AdversarialModel(_StageModel):
         """The switch of eq. 4 per sample (1 = the attention player learns from this sample)."""
         return adversarial_gate(p_bf, p_af, self.omega)
 
-    def _occlusion_target(self, features, labels, gate):
-        """``M_occ`` from the current network (Alg. 1's search, tail in inference mode) where ``gate`` is
-        open (``targets="gated"``) or for every sample (``"all"``)."""
+    def _occlusion_target(self, features, labels, needed):
+        """``M_occ`` from the current network (Alg. 1's search, tail in inference mode) where ``needed``
+        (the open gates, or the drawn ones) or for every sample (``targets="all"``)."""
         logits_fn = lambda f: self.tail(f, training=False)[1]  # noqa: E731
         if self.targets == "all":
             _, cell_probabilities, hardest_cell = hardest_occlusion(
                 logits_fn, features, labels, self.grid_size, self.cells_per_call)
             return occlusion_target(self.attention_loss_reading, cell_probabilities, hardest_cell,
                                     features.shape[1], features.shape[2], self.grid_size)
-        return occlusion_target_where(logits_fn, features, labels, gate, self.attention_loss_reading,
+        return occlusion_target_where(logits_fn, features, labels, needed, self.attention_loss_reading,
                                       self.grid_size, self.cells_per_call)[0]
 
     def _step(self, images, labels, training, occluded):
@@ -451,7 +472,7 @@ class AdversarialModel(_StageModel):
         terms = tf.cond(
             occluded,
             lambda: self._occluded_terms(images, features, logits_before, keep, labels, training),
-            lambda: {name: zeros for name in self.occluded_names})
+            lambda: {name: zeros for name in self.occluded_names + self.unlogged_names})
         network_loss = ce_before + terms["ce_after"]
         if "triplet_loss" in extra:
             network_loss = network_loss + extra["triplet_loss"]
@@ -486,16 +507,16 @@ class AdversarialModel(_StageModel):
             self._attention_player_step(tape, attention_loss_value, occluded, values["gate_rate"])
         del tape
         weight = tf.cast(occluded, tf.float32)
-        self._update({k: v for k, v in values.items() if k not in self.occluded_names})
+        self._update({k: v for k, v in values.items() if k in self.tracker_names and k not in self.occluded_names})
         self._update({k: v for k, v in values.items() if k in self.occluded_names}, weight=weight,
                      sample_weights=self._gated_weights(values, weight))
         return self._results()
 
     def _gated_weights(self, values, weight):
-        """``attention_loss`` is averaged over the samples with an open gate (their M_occ is computed)."""
+        """``attention_loss`` is averaged over the samples whose M_occ was searched."""
         if self.attention is None:
             return None
-        return {"attention_loss": values["gate_rate"] * weight}
+        return {"attention_loss": values["searched"] * weight}
 
     def _attention_player_step(self, tape, loss, occluded, gate):
         """Update the attention branch only when its loss is on somewhere in the global batch.
@@ -526,5 +547,6 @@ class AdversarialModel(_StageModel):
     def test_step(self, data):
         images, labels, _ = keras.utils.unpack_x_y_sample_weight(data)
         _, _, values = self._step(images, labels, training=False, occluded=tf.constant(True))
-        self._update(values, sample_weights=self._gated_weights(values, tf.constant(1.0)))
+        self._update({k: v for k, v in values.items() if k in self.tracker_names},
+                     sample_weights=self._gated_weights(values, tf.constant(1.0)))
         return self._results()
