@@ -45,6 +45,7 @@ STAGE_SETTINGS = {
     "attention": ("grid_size", "attention_loss"),
     "adversarial": ("mask", "occlusion_space", "attention_loss", "occluded_batchnorm", "take_turns", "lambda1",
                     "lambda2", "omega", "occluded_fraction", "grid_size",
+                    "adversarial_targets", "adversarial_target_samples",
                     "ids_per_batch", "images_per_id", "label_smoothing", "triplet", "triplet_margin",
                     "optimizer", "weight_decay", "warmup_epochs", "precise_bn_batches"),
 }

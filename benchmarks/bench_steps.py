@@ -186,6 +186,7 @@ def stage_model(stage, config, jit_compile, take_turns=False, targets="all", gat
 
 
 def sampled_name(count: int, rate: float) -> str:
+    """The row name of the sampled-search step with ``count`` searched samples and gate ``rate``."""
     return f"stage 3, sampled search ({count} per step), gate open {rate:.0%}"
 
 

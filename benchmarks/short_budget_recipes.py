@@ -64,7 +64,11 @@ def old_sampler_tree(commit: str, where: str) -> str:
 
 def train(setting: str, seed: int, args, data: str, tree: str) -> str:
     run_dir = os.path.join(args.out, f"{setting}_s{seed}")
-    if os.path.exists(os.path.join(run_dir, "done")):
+    marker = os.path.join(run_dir, "done")
+    what = f"epochs {args.epochs}, data {data}\n"
+    if os.path.exists(marker):
+        if open(marker).read() != what:
+            sys.exit(f"{run_dir}: trained with other settings ({open(marker).read().strip()}); use another --out")
         return run_dir
     command = [sys.executable, "cli.py", "fit", "--stage", "baseline", "--epochs", str(args.epochs),
                "--data", data, "--run-dir", run_dir, "--seed", str(seed), *SETTINGS[setting]]
@@ -72,7 +76,8 @@ def train(setting: str, seed: int, args, data: str, tree: str) -> str:
     with open(run_dir + ".log", "w") as log:
         subprocess.run(command, cwd=tree if setting == "strong-old-sampler" else REPO_ROOT,
                        stdout=log, stderr=subprocess.STDOUT, check=True)
-    open(os.path.join(run_dir, "done"), "w").close()
+    with open(marker, "w") as handle:
+        handle.write(what)
     return run_dir
 
 
@@ -85,17 +90,24 @@ def main(argv=None) -> int:
     parser.add_argument("--data-seed", type=int, default=7)
     parser.add_argument("--old-sampler-commit", default="db7a2ae")
     args = parser.parse_args(argv)
+    args.out = os.path.abspath(args.out)  # the old-sampler runs start in another directory
+    if subprocess.run(["git", "-C", REPO_ROOT, "status", "--porcelain", "--untracked-files=no"],
+                      check=True, capture_output=True, text=True).stdout.strip():
+        sys.exit("the working tree has uncommitted changes: the old-sampler runs use committed HEAD, the "
+                 "others the working tree; commit or stash first")
     os.makedirs(args.out, exist_ok=True)
     data = dataset(args.ids, args.data_seed)
     runs = {name: [] for name in SETTINGS}
     with tempfile.TemporaryDirectory() as scratch:
-        tree = old_sampler_tree(args.old_sampler_commit, scratch)
         try:
+            tree = old_sampler_tree(args.old_sampler_commit, scratch)
             for seed in range(args.seeds):
                 for setting in SETTINGS:
                     runs[setting].append(train(setting, seed, args, data, tree))
         finally:
-            subprocess.run(["git", "-C", REPO_ROOT, "worktree", "remove", "--force", tree], check=False)
+            subprocess.run(["git", "-C", REPO_ROOT, "worktree", "remove", "--force",
+                            os.path.join(scratch, "old-sampler")], check=False, capture_output=True)
+            subprocess.run(["git", "-C", REPO_ROOT, "worktree", "prune"], check=False)
 
     from compare_runs import per_query
     from aaa_keras.evaluation.ablation_stats import paired_difference

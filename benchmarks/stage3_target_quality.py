@@ -31,8 +31,8 @@ def retrain(source: str, target: str, targets: str, samples: int) -> None:
 
     if os.path.exists(os.path.join(target, "done")):
         return
-    shutil.rmtree(target, ignore_errors=True)
-    shutil.copytree(source, target, ignore=shutil.ignore_patterns("adversarial", "ablation_eval.json", "*.lock"))
+    if not os.path.isdir(target):  # a half-trained copy resumes through fit's own resume
+        shutil.copytree(source, target, ignore=shutil.ignore_patterns("adversarial", "ablation_eval.json", "*.lock"))
     config = dataclasses.replace(load_config(target), adversarial_targets=targets,
                                  adversarial_target_samples=samples)
     training.fit("adversarial", config, target)

@@ -509,10 +509,10 @@ class AdversarialModel(_StageModel):
         weight = tf.cast(occluded, tf.float32)
         self._update({k: v for k, v in values.items() if k in self.tracker_names and k not in self.occluded_names})
         self._update({k: v for k, v in values.items() if k in self.occluded_names}, weight=weight,
-                     sample_weights=self._gated_weights(values, weight))
+                     sample_weights=self._attention_loss_weights(values, weight))
         return self._results()
 
-    def _gated_weights(self, values, weight):
+    def _attention_loss_weights(self, values, weight):
         """``attention_loss`` is averaged over the samples whose M_occ was searched."""
         if self.attention is None:
             return None
@@ -548,5 +548,5 @@ class AdversarialModel(_StageModel):
         images, labels, _ = keras.utils.unpack_x_y_sample_weight(data)
         _, _, values = self._step(images, labels, training=False, occluded=tf.constant(True))
         self._update({k: v for k, v in values.items() if k in self.tracker_names},
-                     sample_weights=self._gated_weights(values, tf.constant(1.0)))
+                     sample_weights=self._attention_loss_weights(values, tf.constant(1.0)))
         return self._results()
