@@ -39,6 +39,12 @@ def per_query(run_dirs, stage):
     return {name: np.stack(values) for name, values in rows.items()}
 
 
+def difference_cell(b: np.ndarray, a: np.ndarray) -> str:
+    """``b - a`` (seeds x queries each, paired) as "mean [95 % low, high]", the crossed bootstrap."""
+    diff = paired_difference(b, a)
+    return f"{diff['mean']:+.1f} [{diff['low']:+.1f}, {diff['high']:+.1f}]"
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--a", nargs="+", required=True, help="run dirs of setting A, one per seed")
@@ -54,10 +60,9 @@ def main(argv=None) -> int:
     print("|---|---|---|---|---|---|")
     for name in MEASURES:
         ma, mb = a[name].mean(axis=1), b[name].mean(axis=1)
-        diff = paired_difference(b[name], a[name])
         fmt = lambda v: " / ".join(f"{x:.1f}" for x in v)  # noqa: E731
         print(f"| {name} | {fmt(ma)} | {fmt(mb)} | {' / '.join(f'{x:+.1f}' for x in mb - ma)} | "
-              f"{diff['mean']:+.1f} [{diff['low']:+.1f}, {diff['high']:+.1f}] | "
+              f"{difference_cell(b[name], a[name])} | "
               f"{np.ptp(ma):.1f} / {np.ptp(mb):.1f} |")
     return 0
 

@@ -109,8 +109,7 @@ def main(argv=None) -> int:
                             os.path.join(scratch, "old-sampler")], check=False, capture_output=True)
             subprocess.run(["git", "-C", REPO_ROOT, "worktree", "prune"], check=False)
 
-    from compare_runs import per_query
-    from aaa_keras.evaluation.ablation_stats import paired_difference
+    from compare_runs import difference_cell, per_query
 
     results = {name: per_query(dirs, "baseline") for name, dirs in runs.items()}
     print(f"\nMachine: {machine_description()}")
@@ -125,10 +124,7 @@ def main(argv=None) -> int:
     print("\n| question (B - A) | Δ Rank-1 [95 % CI] | Δ mAP [95 % CI] |")
     print("|---|---|---|")
     for a, b, question in COMPARISONS:
-        cells = []
-        for measure in ("rank1", "mAP"):
-            diff = paired_difference(results[b][measure], results[a][measure])
-            cells.append(f"{diff['mean']:+.1f} [{diff['low']:+.1f}, {diff['high']:+.1f}]")
+        cells = [difference_cell(results[b][measure], results[a][measure]) for measure in ("rank1", "mAP")]
         print(f"| {question} | {cells[0]} | {cells[1]} |")
     return 0
 

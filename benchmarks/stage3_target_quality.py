@@ -53,8 +53,7 @@ def main(argv=None) -> int:
     for source, copy in zip(sources, copies):
         retrain(source, copy, args.targets, args.samples)
 
-    from compare_runs import MEASURES, per_query
-    from aaa_keras.evaluation.ablation_stats import paired_difference
+    from compare_runs import MEASURES, difference_cell, per_query
 
     grid, retrained = per_query(sources, "adversarial"), per_query(copies, "adversarial")
     print(f"\nMachine: {machine_description()}")
@@ -63,10 +62,9 @@ def main(argv=None) -> int:
     print("| measure | A per seed | B per seed | B - A [95 % CI] |")
     print("|---|---|---|---|")
     for name in MEASURES:
-        diff = paired_difference(retrained[name], grid[name])
         print(f"| {name} | {' / '.join(f'{v:.1f}' for v in grid[name].mean(axis=1))} | "
               f"{' / '.join(f'{v:.1f}' for v in retrained[name].mean(axis=1))} | "
-              f"{diff['mean']:+.1f} [{diff['low']:+.1f}, {diff['high']:+.1f}] |")
+              f"{difference_cell(retrained[name], grid[name])} |")
     print("\n| stage 3 | " + " | ".join(DIAGNOSTICS) + " |")
     print("|---|" + "---|" * len(DIAGNOSTICS))
     for label, runs in (("A (grid)", sources), ("B (retrained)", copies)):
