@@ -459,8 +459,8 @@ def export(run_dir, stage, out, formats, quantize, model_name, version, represen
               help="exact: brute force. The others are approximate, for large galleries (>= 256 images), named "
                    "after their FAISS stages (pca: PCA to --pca dims; ivf: --nlist cells; sq8: 8-bit codes; "
                    "opq/pq: product codes of --pq-m bytes; refine: candidates re-ranked by full-dimension "
-                   "distance; hnsw: a graph searched with --ef-search); recall, speed and memory of each: "
-                   "docs/benchmarks.md.")
+                   "distance, from 8-bit codes or, -sq6, 6-bit ones; hnsw: a graph searched with --ef-search); "
+                   "recall, speed and memory of each: docs/benchmarks.md.")
 @click.option("--nlist", type=click.IntRange(1), default=None,
               help="IVF cells, over N gallery images: at least 39 training images per cell, so N // 39 "
                    "decides below about 24,000 images. [default: min(4 sqrt(N), N // 39)]")

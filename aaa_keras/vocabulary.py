@@ -25,8 +25,8 @@ QUANTIZATIONS = ("float32", "float16", "int8")
 EXPORT_TARGETS = ("aaa-keras", "boxmot")
 
 # Gallery index types of `index --index-type` (aaa_keras/deploy/index_types.py: what each one is).
-INDEX_TYPES = ("exact", "ivf-pq", "ivf-sq8", "pca-ivf-sq8", "pca-ivf-sq8-refine", "opq-ivf-pq-refine", "pca-hnsw",
-               "pca-hnsw-sq8")
+INDEX_TYPES = ("exact", "ivf-pq", "ivf-sq8", "pca-ivf-sq8", "pca-ivf-sq8-refine", "pca-ivf-sq8-refine-sq6",
+               "opq-ivf-pq-refine", "pca-hnsw", "pca-hnsw-sq8")
 
 # Tables of `ablate --table` (aaa_keras/ablate/).
 ABLATION_TABLES = ("3", "4", "5", "controls", "occlusion")

@@ -73,8 +73,8 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import numpy as np  # noqa: E402
 
-APPROXIMATE = ("ivf-pq", "ivf-sq8", "pca-ivf-sq8", "pca-ivf-sq8-refine", "opq-ivf-pq-refine", "pca-hnsw",
-               "pca-hnsw-sq8")
+APPROXIMATE = ("ivf-pq", "ivf-sq8", "pca-ivf-sq8", "pca-ivf-sq8-refine", "pca-ivf-sq8-refine-sq6", "opq-ivf-pq-refine",
+               "pca-hnsw", "pca-hnsw-sq8")
 # The data models (--model): their --noise / --decay / --knee / --offset defaults.
 MODELS = {"calibrated": {"noise": 0.5, "decay": 3.6, "knee": 0.065, "offset": 1.0, "group": 25, "group_share": 0.94},
           "power-law": {"noise": 1.0, "decay": 1.0, "knee": 0.0, "offset": 0.0, "group": 1, "group_share": 0.0}}
