@@ -459,7 +459,7 @@ def export(run_dir, stage, out, formats, quantize, model_name, version, represen
               help="exact: brute force. The others are approximate, for large galleries (>= 256 images), named "
                    "after their FAISS stages (pca: PCA to --pca dims; ivf: --nlist cells; sq8: 8-bit codes; "
                    "opq/pq: product codes of --pq-m bytes; refine: candidates re-ranked by full-dimension "
-                   "distance, from 8-bit codes or, -sq6, 6-bit ones; hnsw: a graph searched with --ef-search); "
+                   "distance (8-bit codes; with -sq6, 6-bit); hnsw: a graph searched with --ef-search); "
                    "recall, speed and memory of each: docs/benchmarks.md.")
 @click.option("--nlist", type=click.IntRange(1), default=None,
               help="IVF cells, over N gallery images: at least 39 training images per cell, so N // 39 "
@@ -491,7 +491,7 @@ def index(model_path, gallery, out, append, index_type, nlist, pq_m, pca, nprobe
       python cli.py index --model models/aaa_net/1 --gallery ~/synth/bounding_box_test --out gallery_index
       python cli.py index --model models/aaa_net/1 --gallery crops/2024-06-02 --out gallery_index --append
       python cli.py index --model models/onnx/aaa_net/1/aaa_net_v1.onnx --gallery big/ --out big_index \\
-          --index-type pca-ivf-sq8-refine --nprobe 32
+          --index-type pca-ivf-sq8-refine-sq6
     """
     from aaa_keras.deploy import build_index
 

@@ -51,7 +51,9 @@ The exact ground truth is computed chunk by chunk (``IndexFlatIP`` over each
 chunk, results merged), so the 8 GB exact index is never held: its queries/s
 is the sum of the chunk searches' time, its memory N x D x 4 bytes.
 ``pca-ivf-sq8`` is measured as the first stage of ``pca-ivf-sq8-refine``
-(the same FAISS index searched without re-ranking) when both are asked for.
+(the same FAISS index searched without re-ranking) when both are asked for;
+``pca-ivf-sq8-refine-sq6`` builds its own (an identical first stage, ~0.3 GB
+at 1M, beside its 1.5 GB of 6-bit codes).
 
     python benchmarks/bench_search.py                                         # 1M x 2048-d, every type
     python benchmarks/bench_search.py --stats-only                            # the data's statistics

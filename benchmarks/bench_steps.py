@@ -282,7 +282,7 @@ def main(argv=None):
     base = t["stage 1"]
 
     print()
-    print(f"Machine: {machine_description()} (shared with other jobs), "
+    print(f"Machine: {machine_description()} (load average {os.getloadavg()[0]:.1f} at the end), "
           f"TensorFlow {tf.__version__}, Keras {keras.__version__}")
     print(f"Command: `{command}`")
     print(f"{args.backbone} split after {args.occlude_after}, input {height}x{width}, batch "

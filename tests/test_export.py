@@ -654,7 +654,11 @@ def test_exact_index_search_equals_brute_force_with_onnx_and_openvino_models(kin
 
 def test_append_embeds_only_new_crops_then_search_finds_them_and_keeps_old_results(exported, keras_reference,
                                                                                   tmp_path, monkeypatch):
+    import importlib
+
     from aaa_keras.deploy import build_index, runtime, search
+
+    search_lib = importlib.import_module("aaa_keras.deploy.search")  # the module; the package exports the function
 
     model = exported["onnx"]
     day1, day2 = tmp_path / "crops" / "day1", tmp_path / "crops" / "day2"
@@ -664,7 +668,10 @@ def test_append_embeds_only_new_crops_then_search_finds_them_and_keeps_old_resul
     for path in paths[10:30]:
         shutil.copy(path, day1)
     queries = paths[:3]
-    build_index(model, str(tmp_path / "crops"), str(tmp_path / "index"), log=_quiet)
+    monkeypatch.setattr(search_lib, "LARGE_EXACT_GALLERY", 23)  # the note on large exact indexes, at test size
+    logged = []
+    build_index(model, str(tmp_path / "crops"), str(tmp_path / "index"), log=logged.append)
+    assert not [line for line in logged if "--index-type pca-ivf-sq8-refine-sq6" in line]  # 20 images: no note
     before = search(str(tmp_path / "index"), model, queries, top=20)
 
     for i, path in enumerate(queries):  # new crops: exact copies of the queries, so each is found first
@@ -673,8 +680,10 @@ def test_append_embeds_only_new_crops_then_search_finds_them_and_keeps_old_resul
     original = runtime.embed_files
     monkeypatch.setattr(runtime, "embed_files", lambda m, files, *a, **k: embedded.extend(files) or original(
         m, files, *a, **k))
-    info = build_index(model, str(tmp_path / "crops"), str(tmp_path / "index"), append=True, log=_quiet)
+    logged.clear()
+    info = build_index(model, str(tmp_path / "crops"), str(tmp_path / "index"), append=True, log=logged.append)
     assert info["num_added"] == 3 and info["num_skipped"] == 20 and info["num_images"] == 23
+    assert [line for line in logged if line.startswith("Note: 23 images in an exact index")]
     assert sorted(os.path.basename(p) for p in embedded) == ["new_0.jpg", "new_1.jpg", "new_2.jpg"]
     monkeypatch.undo()
 

@@ -96,7 +96,7 @@ def test_the_compaction_rule_merges_deltas_and_rewrites_the_base_when_the_index_
                                       _brute_force_ids(queries, everything, 15))
 
 
-@pytest.mark.parametrize("index_type", ["pca-ivf-sq8-refine", "ivf-sq8",
+@pytest.mark.parametrize("index_type", ["pca-ivf-sq8-refine", "pca-ivf-sq8-refine-sq6", "ivf-sq8",
                                         pytest.param("opq-ivf-pq-refine", marks=pytest.mark.slow)])  # OPQ: ~1 min
 def test_deltas_of_a_trained_index_search_as_one_index_holding_every_vector(index_type, tmp_path):
     """Base + deltas merged at load = the trained index with every vector added at once (same results)."""

