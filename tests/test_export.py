@@ -683,7 +683,8 @@ def test_append_embeds_only_new_crops_then_search_finds_them_and_keeps_old_resul
     logged.clear()
     info = build_index(model, str(tmp_path / "crops"), str(tmp_path / "index"), append=True, log=logged.append)
     assert info["num_added"] == 3 and info["num_skipped"] == 20 and info["num_images"] == 23
-    assert [line for line in logged if line.startswith("Note: 23 images in an exact index")]
+    notes = [line for line in logged if line.startswith("Note: 23 images in an exact index")]
+    assert len(notes) == 1 and "--index-type pca-ivf-sq8-refine-sq6" in notes[0] and "\n" not in notes[0], logged
     assert sorted(os.path.basename(p) for p in embedded) == ["new_0.jpg", "new_1.jpg", "new_2.jpg"]
     monkeypatch.undo()
 

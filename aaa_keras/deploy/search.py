@@ -148,9 +148,9 @@ def build_index(model_path: str, gallery_dir: str, out_path: str, batch_size: in
         f"{num_named} of the added carry a person id and camera in their name")
     if index.index_type == "exact" and index.size >= LARGE_EXACT_GALLERY:
         log(f"Note: {index.size} images in an exact index ({index.size * model.embedding_dim * 4 / 1e9:.1f} GB in "
-            f"memory, every query scans them all). At this size --index-type {LARGE_GALLERY_TYPE} found 97.5 % of "
-            f"the exact top-10 at 33-71x the speed and 0.22 of the memory (1M 2048-d crops, docs/benchmarks.md); "
-            f"build a new index with it to switch")
+            f"memory, every query scans them all). On 1M 2048-d crops --index-type {LARGE_GALLERY_TYPE} found "
+            f"97.5 % of the exact top-10 at 33-71x the speed and 0.22 of the memory (docs/benchmarks.md); build a "
+            f"new index with it to switch")
     return {"path": out_path, "num_images": index.size, "num_added": added, "num_skipped": skipped,
             "embedding_dim": model.embedding_dim, "num_named": num_named, "model_path": model_path,
             "model_kind": model.kind, "index_type": index.index_type}
