@@ -31,6 +31,24 @@ def tiny_data(tmp_path_factory):
 
 
 @pytest.fixture
+def finished_stage(tmp_path):
+    """``write(config, stage)``: a run directory under ``tmp_path`` whose ``stage`` is finished and records
+    ``config``'s settings in its done.json, as training does (no weights); returns the run directory."""
+
+    def write(config, stage="adversarial"):
+        import json
+
+        from aaa_keras import run_dir
+
+        os.makedirs(tmp_path / stage, exist_ok=True)
+        (tmp_path / stage / run_dir.DONE_FILE).write_text(
+            json.dumps({"settings": run_dir.stage_settings(config, stage)}))
+        return str(tmp_path)
+
+    return write
+
+
+@pytest.fixture
 def tiny_config(tiny_data):
     """A RunConfig for tiny_resnet at 64x32 on the tiny dataset, a few steps per epoch."""
     from aaa_keras.config import make_config

@@ -5,9 +5,6 @@ the batch; the rest of the image stays bit-identical; the occluded image goes th
 network; the feature-space path (the default) is unchanged. Eager, tiny network, a few seconds.
 """
 
-import json
-import os
-
 import numpy as np
 import keras
 import pytest
@@ -162,7 +159,7 @@ def test_the_random_mask_control_works_in_pixel_space():
     assert not np.allclose(values["p_af"], values["p_bf"])  # the occlusion changed the input
 
 
-def test_the_option_is_validated_shown_and_recorded_with_the_stage(tmp_path):
+def test_the_option_is_validated_shown_and_recorded_with_the_stage(finished_stage):
     import cli
 
     with pytest.raises(UserError, match="occlusion-space"):
@@ -171,9 +168,7 @@ def test_the_option_is_validated_shown_and_recorded_with_the_stage(tmp_path):
     assert "--occlusion-space" in help_text and "[default: feature]" in " ".join(help_text.split())
     assert "occlusion_space" in run_dir_lib.STAGE_SETTINGS["adversarial"]
     trained = config_lib.RunConfig(occlusion_space="pixel")
-    os.makedirs(tmp_path / "adversarial")
-    (tmp_path / "adversarial" / "done.json").write_text(
-        json.dumps({"settings": run_dir_lib.stage_settings(trained, "adversarial")}))
-    run_dir_lib.check_finished_stages(trained, str(tmp_path), ["adversarial"])  # the same: accepted
+    run_dir = finished_stage(trained)
+    run_dir_lib.check_finished_stages(trained, run_dir, ["adversarial"])  # the same: accepted
     with pytest.raises(RunDirError, match="occlusion_space: trained with 'pixel', requested 'feature'"):
-        run_dir_lib.check_finished_stages(config_lib.RunConfig(), str(tmp_path), ["adversarial"])
+        run_dir_lib.check_finished_stages(config_lib.RunConfig(), run_dir, ["adversarial"])

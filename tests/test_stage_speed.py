@@ -4,8 +4,6 @@ Both are claimed exact: the cached table holds what a fresh grid search gives, a
 gated search changes no loss or gradient, its target still coming from the current network.
 """
 
-import os
-
 import numpy as np
 import keras
 import pytest
@@ -201,20 +199,16 @@ def test_stage_three_sampled_search_searches_a_few_and_weighs_them_up():
     np.testing.assert_allclose(few["adversarial_loss"].numpy(), expected, rtol=1e-5, atol=1e-7)
 
 
-def test_a_finished_stage_three_refuses_another_target_search(tmp_path):
+def test_a_finished_stage_three_refuses_another_target_search(finished_stage):
     """``sampled`` trains with another gradient estimate: a finished stage records it and refuses a switch."""
-    import json
-
     from aaa_keras import run_dir as run_dir_lib
     from aaa_keras.errors import RunDirError
 
     trained = config.RunConfig(adversarial_targets="sampled", adversarial_target_samples=2)
-    os.makedirs(tmp_path / "adversarial")
-    (tmp_path / "adversarial" / "done.json").write_text(
-        json.dumps({"settings": run_dir_lib.stage_settings(trained, "adversarial")}))
-    run_dir_lib.check_finished_stages(trained, str(tmp_path), ["adversarial"])  # the same: accepted
+    run_dir = finished_stage(trained)
+    run_dir_lib.check_finished_stages(trained, run_dir, ["adversarial"])  # the same: accepted
     with pytest.raises(RunDirError, match="adversarial_targets: trained with 'sampled', requested 'gated'"):
-        run_dir_lib.check_finished_stages(config.RunConfig(), str(tmp_path), ["adversarial"])
+        run_dir_lib.check_finished_stages(config.RunConfig(), run_dir, ["adversarial"])
 
 
 def test_the_choices_are_named_once():
