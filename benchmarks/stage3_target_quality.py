@@ -14,15 +14,16 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import os
 import shutil
 import sys
 
 from common import machine_description  # noqa: E402  (puts the repo on sys.path)
+from epoch_log_ratios import DIAGNOSTICS  # noqa: E402  (the stage-3 diagnostics, gate rate included)
+
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-DIAGNOSTICS = ("hit_rate", "argmax_agreement", "cell_rank_correlation", "efficacy", "gate_rate")
+from aaa_keras.config import ADVERSARIAL_TARGETS  # noqa: E402
 
 
 def retrain(source: str, target: str, targets: str, samples: int) -> None:
@@ -43,7 +44,7 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--grid", required=True, help="a finished ablate grid (OUT of `python cli.py ablate`)")
     parser.add_argument("--out", required=True)
-    parser.add_argument("--targets", default="sampled", choices=("gated", "all", "sampled"))
+    parser.add_argument("--targets", default="sampled", choices=ADVERSARIAL_TARGETS)
     parser.add_argument("--samples", type=int, default=4, help="--adversarial-target-samples")
     parser.add_argument("--config", default="aaa_conv3", help="the grid's configuration to retrain")
     parser.add_argument("--seeds", type=int, default=5)
@@ -54,6 +55,8 @@ def main(argv=None) -> int:
         retrain(source, copy, args.targets, args.samples)
 
     from compare_runs import MEASURES, difference_cell, per_query
+
+    from aaa_keras.run_dir import read_done
 
     grid, retrained = per_query(sources, "adversarial"), per_query(copies, "adversarial")
     print(f"\nMachine: {machine_description()}")
@@ -68,7 +71,7 @@ def main(argv=None) -> int:
     print("\n| stage 3 | " + " | ".join(DIAGNOSTICS) + " |")
     print("|---|" + "---|" * len(DIAGNOSTICS))
     for label, runs in (("A (grid)", sources), ("B (retrained)", copies)):
-        finals = [json.load(open(os.path.join(run, "adversarial", "done.json")))["final_metrics"] for run in runs]
+        finals = [read_done(run, "adversarial")["final_metrics"] for run in runs]
         means = [sum(f[k] for f in finals) / len(finals) for k in DIAGNOSTICS]
         print(f"| {label}, mean of {len(runs)} seeds | " + " | ".join(f"{m:.3f}" for m in means) + " |")
     return 0
